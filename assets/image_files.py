@@ -1,0 +1,120 @@
+"""Finding and decoding the image files of a batch. Bad files become errors, never exceptions.
+
+Every model sees the image as ``open_image`` returns it: fully decoded, EXIF
+orientation applied, RGB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: str  # sha256 of the file's bytes
+    path: str  # relative to the batch folder, '/'-separated
+    bytes: int
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    mode: str | None = None
+    error: str | None = None
+    ms: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def list_batch_files(batch_dir: Path) -> list[Path]:
+    """Every regular file under the batch folder, recursively, skipping hidden files and folders."""
+    if not batch_dir.is_dir():
+        raise FileNotFoundError(f"batch folder {batch_dir} does not exist")
+    files = []
+    for path in batch_dir.rglob("*"):
+        rel = path.relative_to(batch_dir)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        files.append(path)
+    return sorted(files, key=lambda p: p.relative_to(batch_dir).as_posix())
+
+
+class ImageDecodeError(Exception):
+    pass
+
+
+def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str | None]:
+    """Decode fully (so truncation surfaces here) and apply EXIF orientation; returns (image, format)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"too large: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
+                )
+            image_format = image.format
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image Pillow can read") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"decompression bomb: {exc}") from None
+    except Image.DecompressionBombWarning as exc:
+        raise ImageDecodeError(f"decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"cannot decode: {exc}") from None
+    return image, image_format
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for the models; transparent areas are composited onto white rather than black."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def inspect_file(path: Path, batch_dir: Path, max_pixels: int) -> ImageRecord:
+    """Hash and decode one file; any failure is described in ``error``."""
+    start = time.perf_counter()
+    rel = path.relative_to(batch_dir).as_posix()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return ImageRecord(image_id="", path=rel, bytes=0, error=f"cannot read file: {exc.strerror or exc}")
+    image_id = hashlib.sha256(data).hexdigest()
+    try:
+        image, image_format = decode(data, max_pixels)
+    except ImageDecodeError as exc:
+        return ImageRecord(image_id=image_id, path=rel, bytes=len(data), error=str(exc),
+                           ms=(time.perf_counter() - start) * 1000)
+    return ImageRecord(
+        image_id=image_id,
+        path=rel,
+        bytes=len(data),
+        format=image_format,
+        width=image.width,
+        height=image.height,
+        mode=image.mode,
+        ms=(time.perf_counter() - start) * 1000,
+    )
+
+
+def open_image(batch_dir: Path, rel_path: str, max_pixels: int) -> Image.Image:
+    """The image exactly as every model sees it: decoded, oriented, RGB."""
+    return to_rgb(decode((batch_dir / rel_path).read_bytes(), max_pixels)[0])

@@ -1,0 +1,78 @@
+"""The three model interfaces the assets depend on, one per task.
+
+Assets call only these methods, so an in-process transformers model, a tiny test
+model or an HTTP endpoint can stand behind them without touching asset code.
+Each result carries the wall time the model spent on that item (its batch's time
+divided by the batch size), so assets can account latency per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    ms: float
+    new_tokens: int
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # the raw decoded text; parsed and validated by the caller
+    ms: float
+    new_tokens: int
+    finished: bool  # False when the token budget ran out before the JSON was complete
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: np.ndarray  # (n, dim) float32, each row L2-normalised
+    ms: list[float]
+
+
+class Captioner(Protocol):
+    @property
+    def model_id(self) -> str: ...
+
+    def fingerprint(self) -> str:
+        """Identifies the model and every setting that changes its output (for reuse)."""
+
+    def caption(self, images: Sequence[Image.Image]) -> list[Caption]: ...
+
+
+class StructuredGenerator(Protocol):
+    @property
+    def model_id(self) -> str: ...
+
+    def fingerprint(self) -> str: ...
+
+    def generate_json(
+        self,
+        *,
+        system: str,
+        instruction: str,
+        inputs: Sequence[str],
+        schema: type[BaseModel],
+        max_new_tokens: int,
+    ) -> list[Generation]:
+        """One JSON document per input, constrained by ``schema``.
+
+        The chat prompt for input i is [system, user: instruction + "\\n\\n" + inputs[i]];
+        the part shared by all inputs is prefilled once and reused.
+        """
+
+
+class ImageEmbedder(Protocol):
+    @property
+    def model_id(self) -> str: ...
+
+    def fingerprint(self) -> str: ...
+
+    def embed(self, images: Sequence[Image.Image]) -> Embeddings: ...

@@ -1,0 +1,45 @@
+"""Where pixelsift reads images and writes results: one resource, one place for every path setting."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"PIXELSIFT_{name}", default)
+
+
+class PixelsiftSettings(ConfigurableResource):
+    """Paths and pipeline behaviour. Each default can be overridden by a ``PIXELSIFT_*`` variable."""
+
+    images_root: str = Field(
+        default_factory=lambda: _env("IMAGES_ROOT", "data/images"),
+        description="Folder whose immediate subfolders are batches (PIXELSIFT_IMAGES_ROOT).",
+    )
+    warehouse_dir: str = Field(
+        default_factory=lambda: _env("WAREHOUSE_DIR", "data/warehouse"),
+        description="Root of the Parquet warehouse, hive layout <asset>/batch=<key>/ (PIXELSIFT_WAREHOUSE_DIR).",
+    )
+    baselines_dir: str = Field(
+        default_factory=lambda: _env("BASELINES_DIR", "data/baselines"),
+        description="Reference datasets, one <batch>.jsonl or .parquet per batch (PIXELSIFT_BASELINES_DIR).",
+    )
+    reports_dir: str = Field(
+        default_factory=lambda: _env("REPORTS_DIR", "data/reports"),
+        description="Quality-eval HTML reports go to <reports_dir>/<batch>/ (PIXELSIFT_REPORTS_DIR).",
+    )
+    reuse_results: bool = Field(
+        default=True,
+        description="Reuse a model's earlier output for an image with the same sha256 and the same model settings.",
+    )
+    max_image_pixels: int = Field(
+        default=89_478_485,
+        description="Images with more pixels are rejected as decompression bombs (Pillow's default limit).",
+    )
+    model_retries: int = Field(
+        default=1,
+        description="How many times a failed model batch is retried (then item by item) before errors are recorded.",
+    )

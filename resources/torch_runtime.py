@@ -1,0 +1,66 @@
+"""Device and dtype choice, and the once-per-process model cache, shared by all model resources."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> str:
+    """'auto' picks CUDA when present, else CPU; anything else is passed through."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """'auto' is bf16 on CUDA and on CPUs with native bf16, float32 elsewhere."""
+    if dtype == "auto":
+        if device.startswith("cuda") or cpu_supports_bf16():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(_DTYPES)}") from None
+
+
+def fingerprint(**settings: Any) -> str:
+    """A short stable hash of the settings that determine a model's output."""
+    blob = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_cache: dict[tuple, Any] = {}
+_lock = threading.Lock()
+
+
+def load_once(key: tuple, loader: Callable[[], Any]) -> Any:
+    """Load a model at most once per process for a given key (model, device, dtype, ...)."""
+    with _lock:
+        if key not in _cache:
+            _cache[key] = loader()
+        return _cache[key]
+
+
+def clear_model_cache() -> None:
+    with _lock:
+        _cache.clear()
