@@ -60,4 +60,5 @@ def _attempt(chunk: Sequence[T], fn: Callable[[Sequence[T]], Sequence[R]], retri
 
 
 def describe_failure(exc: Exception) -> str:
+    # The prefix is what reuse looks for to retry these next run (assets/reuse.py).
     return f"model failed: {type(exc).__name__}: {exc}"

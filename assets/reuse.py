@@ -1,7 +1,10 @@
-"""Content-hash reuse: results an identical image already got from the same model and settings.
+"""Content-hash reuse: results an identical input already got from the same model and settings.
 
-Looks in every batch of the asset in the warehouse, so a photo copied into a new batch
-is not sent to the model again either. Only ``ok`` rows are reused.
+Rows carry a ``fingerprint`` of everything that determined them (model, settings, prompt;
+for per-image assets the image is identified by its sha256 ``image_id``). Lookups span
+every batch of the asset in the warehouse, so a photo copied into a new batch is not sent
+to the model again either. Error rows have no fingerprint and are never reused, nor are
+fallbacks caused by a model failure (those may succeed next time).
 """
 
 from __future__ import annotations
@@ -13,22 +16,31 @@ import pyarrow as pa
 
 from resources.warehouse import DATA_FILE
 
+MODEL_FAILURE_PREFIX = "model failed"
 
-def previous_results(warehouse_dir: str | Path, asset: str, fingerprint: str, image_ids: list[str]) -> dict[str, dict]:
-    """Earlier ok rows of ``asset`` with this fingerprint, by image_id (one per image)."""
-    asset_dir = Path(warehouse_dir) / asset
-    files = sorted(asset_dir.glob(f"batch=*/{DATA_FILE}"))
-    if not files or not image_ids:
+
+def earlier_rows(warehouse_dir: str | Path, asset: str, fingerprints: list[str], key: str) -> dict[str, dict]:
+    """Reusable earlier rows of ``asset`` whose fingerprint is in ``fingerprints``, one per ``key`` value."""
+    files = sorted((Path(warehouse_dir) / asset).glob(f"batch=*/{DATA_FILE}"))
+    if not files or not fingerprints:
         return {}
     con = duckdb.connect(":memory:")
-    wanted = pa.table({"image_id": pa.array(sorted(set(image_ids)), pa.string())})
-    con.register("wanted", wanted)
-    rel = con.sql(
-        "SELECT * EXCLUDE (rn) FROM ("
-        "  SELECT p.*, row_number() OVER (PARTITION BY p.image_id ORDER BY p.path) AS rn"
-        "  FROM read_parquet($files, union_by_name = true) p JOIN wanted USING (image_id)"
-        "  WHERE p.status = 'ok' AND p.fingerprint = $fp"
-        ") WHERE rn = 1",
-        params={"files": [str(f) for f in files], "fp": fingerprint},
-    )
-    return {row["image_id"]: row for row in rel.arrow().to_pylist()}
+    con.register("wanted", pa.table({"fingerprint": pa.array(sorted(set(fingerprints)), pa.string())}))
+    rows = con.sql(
+        "SELECT p.* FROM read_parquet($files, union_by_name = true, hive_partitioning = false) p "
+        "JOIN wanted USING (fingerprint)",
+        params={"files": [str(f) for f in files]},
+    ).arrow().read_all().to_pylist()
+    found: dict[str, dict] = {}
+    for row in rows:
+        if (row.get("fallback_reason") or "").startswith(MODEL_FAILURE_PREFIX):
+            continue
+        found.setdefault(row[key], row)
+    return found
+
+
+def previous_results(warehouse_dir: str | Path, asset: str, fingerprint: str, image_ids: list[str]) -> dict[str, dict]:
+    """Earlier rows of a per-image asset made with ``fingerprint``, by image_id, for the given images."""
+    wanted = set(image_ids)
+    found = earlier_rows(warehouse_dir, asset, [fingerprint], key="image_id")
+    return {image_id: row for image_id, row in found.items() if image_id in wanted}

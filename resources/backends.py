@@ -38,6 +38,8 @@ class Embeddings:
 
 
 class Captioner(Protocol):
+    batch_size: int  # items per model call; assets retry failures per chunk of this size
+
     @property
     def model_id(self) -> str: ...
 
@@ -48,6 +50,8 @@ class Captioner(Protocol):
 
 
 class StructuredGenerator(Protocol):
+    batch_size: int  # items per model call; assets retry failures per chunk of this size
+
     @property
     def model_id(self) -> str: ...
 
@@ -70,9 +74,15 @@ class StructuredGenerator(Protocol):
 
 
 class ImageEmbedder(Protocol):
+    batch_size: int  # items per model call; assets retry failures per chunk of this size
+
     @property
     def model_id(self) -> str: ...
 
     def fingerprint(self) -> str: ...
+
+    @property
+    def dim(self) -> int:
+        """Length of each embedding vector."""
 
     def embed(self, images: Sequence[Image.Image]) -> Embeddings: ...

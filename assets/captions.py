@@ -1,0 +1,32 @@
+"""Stage 2, ``captions``: one sentence per image from BLIP-2."""
+
+import pyarrow as pa
+from dagster import AssetExecutionContext, ResourceParam, asset
+
+from assets.per_image import assemble, run_image_model
+from assets.tables import CAPTIONS
+from dagster_project.partitions import batch_partitions
+from resources.backends import Caption, Captioner
+from resources.settings import PixelsiftSettings
+
+
+@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"})
+def captions(
+    context: AssetExecutionContext,
+    images: pa.Table,
+    settings: PixelsiftSettings,
+    captioner: ResourceParam[Captioner],
+) -> pa.Table:
+    """A caption per decodable image (BLIP-2, greedy), with the model id and time per image."""
+    fingerprint = captioner.fingerprint()
+
+    def to_fields(c: Caption) -> dict:
+        return {"caption": c.text, "model_id": captioner.model_id, "ms": c.ms, "new_tokens": c.new_tokens}
+
+    results, reused = run_image_model(
+        images, settings=settings, batch=context.partition_key, asset="captions", fingerprint=fingerprint,
+        infer=captioner.caption, to_fields=to_fields, chunk_size=captioner.batch_size,
+        logger=context.log,
+    )
+    context.add_output_metadata({"model_id": captioner.model_id, "reused": reused})
+    return assemble(images, results, CAPTIONS)

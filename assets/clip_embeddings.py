@@ -1,0 +1,37 @@
+"""Stage 5, ``clip_embeddings``: an L2-normalised open_clip image embedding per image."""
+
+import numpy as np
+import pyarrow as pa
+from dagster import AssetExecutionContext, ResourceParam, asset
+
+from assets.per_image import assemble, run_image_model
+from assets.tables import clip_embeddings_schema
+from dagster_project.partitions import batch_partitions
+from resources.backends import Embeddings, ImageEmbedder
+from resources.settings import PixelsiftSettings
+
+
+def _split(e: Embeddings) -> list[tuple[np.ndarray, float]]:
+    return list(zip(e.vectors, e.ms))
+
+
+@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"})
+def clip_embeddings(
+    context: AssetExecutionContext,
+    images: pa.Table,
+    settings: PixelsiftSettings,
+    clip_embedder: ResourceParam[ImageEmbedder],
+) -> pa.Table:
+    """One float32 unit vector per decodable image (fixed-size list), with the model id."""
+
+    def to_fields(item: tuple[np.ndarray, float]) -> dict:
+        vector, ms = item
+        return {"embedding": vector.astype(np.float32).tolist(), "model_id": clip_embedder.model_id, "ms": ms}
+
+    results, reused = run_image_model(
+        images, settings=settings, batch=context.partition_key, asset="clip_embeddings",
+        fingerprint=clip_embedder.fingerprint(), infer=lambda ims: _split(clip_embedder.embed(ims)),
+        to_fields=to_fields, chunk_size=clip_embedder.batch_size, logger=context.log,
+    )
+    context.add_output_metadata({"model_id": clip_embedder.model_id, "dim": clip_embedder.dim, "reused": reused})
+    return assemble(images, results, clip_embeddings_schema(clip_embedder.dim))

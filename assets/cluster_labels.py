@@ -1,0 +1,84 @@
+"""Stage 7, ``cluster_labels``: the LLM names each cluster from its representatives' captions."""
+
+from collections import defaultdict
+
+import pyarrow as pa
+from dagster import AssetExecutionContext, Config, ResourceParam, asset
+from pydantic import Field
+
+from assets.fallbacks import cluster_label_fallback
+from assets.prompts import CLUSTER_INSTRUCTION, PROMPT_VERSION, SYSTEM, cluster_input
+from assets.reuse import earlier_rows
+from assets.schemas import ClusterLabelOutput
+from assets.structured_output import generate_structured
+from assets.tables import CLUSTER_LABELS, OK
+from dagster_project.partitions import batch_partitions
+from resources.backends import StructuredGenerator
+from resources.settings import PixelsiftSettings
+from resources.torch_runtime import fingerprint
+
+LLM_FIELDS = ["cluster_name", "description", "tags", "primary_category", "fallback_used", "fallback_reason",
+              "attempts", "json_valid", "llm_ms"]
+
+
+class ClusterLabelConfig(Config):
+    max_new_tokens: int = Field(default=256, description="Token budget of the first LLM attempt per cluster.")
+    retry_max_new_tokens: int = Field(default=512, description="Budget of the single retry for invalid output.")
+
+
+@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"})
+def cluster_labels(
+    context: AssetExecutionContext,
+    config: ClusterLabelConfig,
+    clusters: pa.Table,
+    captions: pa.Table,
+    settings: PixelsiftSettings,
+    metadata_llm: ResourceParam[StructuredGenerator],
+) -> pa.Table:
+    """A 2-4 word name, a description, tags and a category for every cluster (noise is not labelled)."""
+    caption_of = {r["path"]: r["caption"] for r in captions.select(["path", "status", "caption"]).to_pylist()
+                  if r["status"] == OK}
+    members: dict[int, list[dict]] = defaultdict(list)
+    for r in clusters.select(["path", "status", "cluster_id", "distance", "is_representative"]).to_pylist():
+        if r["status"] == OK and r["cluster_id"] is not None and r["cluster_id"] >= 0:
+            members[r["cluster_id"]].append(r)
+    cluster_ids = sorted(members)
+    reps = {
+        c: [caption_of[m["path"]] for m in sorted(members[c], key=lambda m: (m["distance"], m["path"]))
+            if m["is_representative"] and m["path"] in caption_of]
+        for c in cluster_ids
+    }
+    budgets = [config.max_new_tokens, config.retry_max_new_tokens]
+    base_fp = fingerprint(llm=metadata_llm.fingerprint(), prompt=PROMPT_VERSION, budgets=budgets)
+    fps = {c: fingerprint(base=base_fp, captions=reps[c]) for c in cluster_ids}
+
+    prior = {}
+    if settings.reuse_results:
+        prior = earlier_rows(settings.warehouse_dir, "cluster_labels", list(fps.values()), key="fingerprint")
+    fields: dict[int, dict] = {c: {k: prior[fps[c]][k] for k in LLM_FIELDS} | {"reused": True}
+                               for c in cluster_ids if fps[c] in prior}
+    todo = [c for c in cluster_ids if c not in fields]
+    structured = generate_structured(
+        metadata_llm,
+        system=SYSTEM,
+        instruction=CLUSTER_INSTRUCTION,
+        inputs=[cluster_input(reps[c]) for c in todo],
+        schema=ClusterLabelOutput,
+        budgets=budgets,
+        fallback=lambda k: cluster_label_fallback(reps[todo[k]]),
+        chunk_size=metadata_llm.batch_size,
+        retries=settings.model_retries,
+        logger=context.log,
+    )
+    for c, s in zip(todo, structured):
+        fields[c] = s.value.model_dump() | {
+            "fallback_used": s.fallback_used, "fallback_reason": s.fallback_reason, "attempts": s.attempts,
+            "json_valid": s.json_valid, "llm_ms": s.ms, "reused": False,
+        }
+    rows = [
+        {"cluster_id": c, **fields[c], "vlm_model": metadata_llm.model_id, "images_analyzed": len(reps[c]),
+         "total_images": len(members[c]), "fingerprint": fps[c]}
+        for c in cluster_ids
+    ]
+    context.add_output_metadata({"clusters": len(rows), "reused": len(cluster_ids) - len(todo)})
+    return pa.Table.from_pylist(rows, schema=CLUSTER_LABELS)

@@ -1,0 +1,49 @@
+"""Stage 6, ``clusters``: group images by CLIP embedding; outliers stay noise (cluster -1)."""
+
+import math
+
+import numpy as np
+import pyarrow as pa
+from dagster import AssetExecutionContext, Config, asset
+from pydantic import Field
+
+from assets.clustering import NOISE, cluster_embeddings
+from assets.per_image import Failed, assemble
+from assets.tables import CLUSTERS, OK
+from dagster_project.partitions import batch_partitions
+
+
+class ClusteringConfig(Config):
+    distance_threshold: float = Field(
+        default=0.35, description="Average cosine distance under which groups of images merge (0..2)."
+    )
+    min_cluster_size: int = Field(default=2, description="Smaller groups are noise (cluster -1).")
+    representatives: int = Field(default=5, description="Images nearest each centroid that name the cluster.")
+
+
+@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "scikitlearn"})
+def clusters(
+    context: AssetExecutionContext, config: ClusteringConfig, images: pa.Table, clip_embeddings: pa.Table
+) -> pa.Table:
+    """Cluster id, cosine distance to the centroid and representative flag per image."""
+    rows = [r for r in clip_embeddings.select(["image_id", "status", "error"]).to_pylist()]
+    ok_ids = list(dict.fromkeys(r["image_id"] for r in rows if r["status"] == OK))
+    by_id = {r["image_id"]: i for i, r in enumerate(clip_embeddings.column("image_id").to_pylist())}
+    embeddings = clip_embeddings.column("embedding").to_pylist()
+    vectors = np.array([embeddings[by_id[i]] for i in ok_ids], dtype=np.float32).reshape(len(ok_ids), -1)
+    result = cluster_embeddings(vectors, ok_ids, distance_threshold=config.distance_threshold,
+                                min_cluster_size=config.min_cluster_size, n_representatives=config.representatives)
+
+    results: dict[str, dict | Failed] = {
+        r["image_id"]: Failed(f"no embedding: {r['error']}") for r in rows if r["status"] != OK
+    }
+    for k, image_id in enumerate(ok_ids):
+        distance = float(result.distances[k])
+        results[image_id] = {
+            "cluster_id": int(result.labels[k]),
+            "distance": None if math.isnan(distance) else distance,
+            "is_representative": bool(result.representatives[k]),
+        }
+    n_clusters = int(result.labels.max() + 1) if len(ok_ids) else 0
+    context.add_output_metadata({"clusters": n_clusters, "noise_images": int((result.labels == NOISE).sum())})
+    return assemble(images, results, CLUSTERS)

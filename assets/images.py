@@ -1,0 +1,38 @@
+"""Stage 1, ``images``: one row per file in the batch folder, decodable or not."""
+
+import pyarrow as pa
+from dagster import AssetExecutionContext, asset
+
+from assets.image_files import inspect_file, list_batch_files
+from assets.per_image import batch_dir
+from assets.tables import ERROR, IMAGES, OK
+from dagster_project.partitions import batch_partitions, validate_batch_key
+from resources.settings import PixelsiftSettings
+
+
+@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet"})
+def images(context: AssetExecutionContext, settings: PixelsiftSettings) -> pa.Table:
+    """Every file of the batch with its sha256, format and size; files that fail to decode are error rows."""
+    batch = validate_batch_key(context.partition_key)
+    folder = batch_dir(settings, batch)
+    records = [inspect_file(path, folder, settings.max_image_pixels) for path in list_batch_files(folder)]
+    rows = [
+        {
+            "image_id": r.image_id,
+            "path": r.path,
+            "status": OK if r.ok else ERROR,
+            "error": r.error,
+            "format": r.format,
+            "width": r.width,
+            "height": r.height,
+            "mode": r.mode,
+            "bytes": r.bytes,
+            "ms": r.ms,
+        }
+        for r in records
+    ]
+    errors = [r for r in records if not r.ok]
+    for r in errors:
+        context.log.warning(f"{r.path}: {r.error}")
+    context.add_output_metadata({"ok_images": len(records) - len(errors), "error_images": len(errors)})
+    return pa.Table.from_pylist(rows, schema=IMAGES)

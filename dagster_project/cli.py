@@ -1,0 +1,130 @@
+"""The ``pixelsift`` command: run the pipeline on a batch, open the UI, query the warehouse."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from dagster_project.profiles import PROFILES, TINY_WARNING
+
+EXAMPLE_QUERY = (
+    "select m.path, m.primary_category, m.scene_type, m.tags, c.cluster_id "
+    "from image_metadata m join clusters c using (batch, path) where m.batch = '{batch}' order by m.path"
+)
+
+
+def _use_profile(models: str | None) -> None:
+    """Settings travel as environment variables so the UI's code server sees the same ones."""
+    if models:
+        os.environ["PIXELSIFT_MODELS"] = models
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path("data/dagster_home").resolve())))
+    home.mkdir(parents=True, exist_ok=True)
+
+
+models_option = click.option(
+    "--models", type=click.Choice(PROFILES), default=None,
+    help="hub: the real models from the Hugging Face Hub (default); tiny: random-weight offline models.",
+)
+
+
+@click.group()
+def main() -> None:
+    """pixelsift: captions, metadata, palettes, embeddings and clusters for folders of photos, locally.
+
+    Each subfolder of the images root (default data/images) is a batch.
+    """
+
+
+@main.command()
+@click.option("--batch", default="sample", show_default=True, help="Subfolder of the images root to process.")
+@models_option
+def run(batch: str, models: str | None) -> None:
+    """Materialize every asset of one batch and say where the results are.
+
+    Example: pixelsift run --batch sample --models tiny
+    """
+    _use_profile(models)
+    from dagster import DagsterInstance
+
+    from dagster_project.definitions import build_definitions
+    from dagster_project.partitions import batch_partitions, validate_batch_key
+    from dagster_project.profiles import current_profile
+    from resources.settings import PixelsiftSettings
+
+    settings = PixelsiftSettings()
+    key = validate_batch_key(batch)
+    folder = Path(settings.images_root) / key
+    if not folder.is_dir():
+        raise click.ClickException(f"no batch folder {folder}")
+    if current_profile() == "tiny":
+        click.secho(f"warning: {TINY_WARNING}", fg="yellow", err=True)
+    defs = build_definitions(settings)
+    instance = DagsterInstance.get()
+    if not instance.has_dynamic_partition(batch_partitions.name, key):
+        instance.add_dynamic_partitions(batch_partitions.name, [key])
+    result = defs.resolve_job_def("process_batch").execute_in_process(
+        partition_key=key, instance=instance, raise_on_error=False
+    )
+    if not result.success:
+        raise click.ClickException(f"run {result.run_id} failed; see the log above or the Dagster UI")
+
+    from resources.warehouse import connect
+
+    click.echo(f"\nBatch {key!r} done (run {result.run_id}). Results, one Parquet file per asset:")
+    con = connect(settings.warehouse_dir)
+    for (name,) in con.sql("show tables").fetchall():
+        rows = con.sql(f'select count(*) from "{name}" where batch = ?', params=[key]).fetchone()[0]
+        click.echo(f"  {name:<18} {rows:>6} rows  {Path(settings.warehouse_dir) / name / f'batch={key}'}")
+    report = Path(settings.reports_dir) / key / "report.html"
+    if report.exists():
+        click.echo(f"Quality report: {report}")
+    click.echo("\nQuery them with SQL, for example:\n  pixelsift query \"" + EXAMPLE_QUERY.format(batch=key) + '"')
+
+
+@main.command()
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--max-rows", default=100, show_default=True, help="Rows shown in table format.")
+def query(sql: str, fmt: str, max_rows: int) -> None:
+    """Run one read-only SQL query over the warehouse; each asset is a view with a batch column.
+
+    Example: pixelsift query "select primary_category, count(*) from image_metadata group by 1"
+    """
+    from resources.settings import PixelsiftSettings
+    from resources.warehouse import ReadOnlyQueryError
+    from resources.warehouse import query as run_query
+
+    try:
+        rel = run_query(PixelsiftSettings().warehouse_dir, sql)
+    except ReadOnlyQueryError as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # duckdb's own errors (syntax, unknown table) are the user's to read
+        raise click.ClickException(f"query failed: {exc}") from None
+    if fmt == "table":
+        rel.show(max_rows=max_rows, max_width=shutil.get_terminal_size((160, 20)).columns)
+    elif fmt == "csv":
+        rel.df().to_csv(sys.stdout, index=False)
+    else:
+        click.echo(rel.df().to_json(orient="records", lines=True))
+
+
+@main.command()
+@models_option
+@click.option("--port", default=3000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+def ui(models: str | None, port: int, host: str) -> None:
+    """Start the Dagster UI (and daemon, for the folder sensor) on pixelsift's definitions.
+
+    Example: pixelsift ui --models tiny
+    """
+    _use_profile(models)
+    dagster = Path(sys.executable).with_name("dagster")
+    os.execv(str(dagster), [str(dagster), "dev", "-m", "dagster_project.definitions", "-h", host, "-p", str(port)])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""The Dagster code location: ``dagster dev -m dagster_project.definitions`` or ``pixelsift ui``."""
+
+from __future__ import annotations
+
+from dagster import Definitions
+
+from assets import pipeline_assets
+from dagster_project.jobs import process_batch_job
+from dagster_project.profiles import model_resources
+from dagster_project.sensors import batch_folder_sensor
+from resources.settings import PixelsiftSettings
+from resources.warehouse import ParquetWarehouse
+
+
+def build_definitions(settings: PixelsiftSettings | None = None, models: dict | None = None) -> Definitions:
+    """All assets, the job and the sensor, with the warehouse and the model resources of the current profile."""
+    settings = settings or PixelsiftSettings()
+    return Definitions(
+        assets=pipeline_assets,
+        jobs=[process_batch_job],
+        sensors=[batch_folder_sensor],
+        resources={
+            "settings": settings,
+            "io_manager": ParquetWarehouse(root=settings.warehouse_dir),
+            **(models if models is not None else model_resources()),
+        },
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,60 @@
+"""Shared fixtures: real images (good and bad) written to a temporary batch folder."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "images" / "sample"
+
+
+def solid(color: tuple[int, int, int], size=(40, 30)) -> Image.Image:
+    return Image.new("RGB", size, color)
+
+
+def jpeg_bytes(image: Image.Image, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", **kwargs)
+    return buf.getvalue()
+
+
+def exif_rotated_jpeg() -> bytes:
+    """A 40x20 landscape JPEG whose EXIF says 'rotate 90°' (orientation 6): upright it is 20x40."""
+    image = Image.new("RGB", (40, 20), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return jpeg_bytes(image, exif=exif.tobytes())
+
+
+def write_bad_files(folder: Path) -> dict[str, str]:
+    """Each kind of bad file, by name, with a word its error message must contain."""
+    good = jpeg_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "notes.txt").write_text("not an image at all\n")
+    (folder / "empty.png").write_bytes(b"")
+    Image.new("L", (3000, 3000)).save(folder / "huge.png")  # over the test's pixel limit
+    return {"truncated.jpg": "decode", "notes.txt": "not an image", "empty.png": "not an image", "huge.png": "too large"}
+
+
+@pytest.fixture
+def images_root(tmp_path: Path) -> Path:
+    """An images root with a 'mixed' batch: four real photos, a duplicate, an EXIF-rotated JPEG and bad files."""
+    batch = tmp_path / "images" / "mixed"
+    (batch / "sub").mkdir(parents=True)
+    for name in ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png"]:
+        image = Image.open(SAMPLE / name).convert("RGB")
+        image.thumbnail((96, 96))
+        image.save(batch / (Path(name).stem + ".png"))
+    shutil.copy(batch / "chelsea.png", batch / "sub" / "chelsea_copy.png")
+    (batch / "rotated.jpg").write_bytes(exif_rotated_jpeg())
+    (batch / ".hidden.png").write_bytes(b"ignored")
+    write_bad_files(batch)
+    return tmp_path / "images"
+
+
+MAX_PIXELS_IN_TESTS = 2_000_000
