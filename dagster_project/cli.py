@@ -77,7 +77,7 @@ def run(batch: str, models: str | None) -> None:
     click.echo(f"\nBatch {key!r} done (run {result.run_id}). Results, one Parquet file per asset:")
     con = connect(settings.warehouse_dir)
     for (name,) in con.sql("show tables").fetchall():
-        rows = con.sql(f'select count(*) from "{name}" where batch = ?', params=[key]).fetchone()[0]
+        rows = con.execute(f'select count(*) from "{name}" where batch = ?', [key]).fetchall()[0][0]
         click.echo(f"  {name:<18} {rows:>6} rows  {Path(settings.warehouse_dir) / name / f'batch={key}'}")
     report = Path(settings.reports_dir) / key / "report.html"
     if report.exists():

@@ -1,0 +1,34 @@
+# One command to set up and run the main job, one to set up and run the tests.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+MODELS ?= hub
+BATCH ?= sample
+
+.PHONY: setup run run-tiny test ui docs
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch and torchvision are pinned in pyproject.toml (they install from the local wheel store).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(BIN)/pixelsift run --batch $(BATCH) --models $(MODELS)
+
+run-tiny:
+	$(MAKE) run MODELS=tiny
+
+ui: setup
+	$(BIN)/pixelsift ui --models $(MODELS)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+docs: setup
+	$(BIN)/python -m dagster_project.config_reference > docs/configuration.md

@@ -1,0 +1,101 @@
+"""Validate / retry / fall back, driven by a scripted generator.
+
+The scripted generator stands in for the LLM so each path (valid, cut off, invalid,
+model crash) can be forced; the real tiny Phi-3 runs through this code in test_pipeline.py.
+"""
+
+import json
+
+import pytest
+
+from assets.fallbacks import image_metadata_fallback
+from assets.schemas import ImageMetadataOutput
+from assets.structured_output import generate_structured, parse
+from resources.backends import Generation
+
+VALID = json.dumps({"primary_category": "food", "tags": ["coffee", "cup", "drink", "table", "morning"],
+                    "detected_objects": [{"name": "cup", "confidence": 0.9}], "scene_type": "indoor",
+                    "suggested_cluster_name": "Coffee Cups"})
+
+
+class Scripted:
+    """Returns, per input and attempt, the scripted text or raises the scripted exception."""
+
+    batch_size = 4
+    model_id = "scripted"
+
+    def __init__(self, script):
+        self.script = script  # input -> list of outcomes by attempt
+        self.calls = []
+
+    def fingerprint(self):
+        return "scripted"
+
+    def generate_json(self, *, system, instruction, inputs, schema, max_new_tokens):
+        self.calls.append((list(inputs), max_new_tokens))
+        out = []
+        for text in inputs:
+            outcome = self.script[text].pop(0)
+            if isinstance(outcome, Exception):
+                raise outcome
+            finished = not outcome.startswith("CUT:")
+            out.append(Generation(text=outcome.removeprefix("CUT:"), ms=10.0, new_tokens=7, finished=finished))
+        return out
+
+
+def run(script, inputs):
+    llm = Scripted(script)
+    results = generate_structured(llm, system="s", instruction="i", inputs=inputs, schema=ImageMetadataOutput,
+                                  budgets=[100, 200], fallback=lambda k: image_metadata_fallback(inputs[k]),
+                                  chunk_size=4, retries=1)
+    return llm, results
+
+
+def test_valid_first_time():
+    llm, [r] = run({"a cup": [VALID]}, ["a cup"])
+    assert r.json_valid and not r.fallback_used and r.attempts == 1 and r.value.primary_category == "food"
+    assert llm.calls == [(["a cup"], 100)]
+
+
+def test_cut_off_output_is_retried_with_the_larger_budget():
+    llm, [r] = run({"a cup": ["CUT:" + VALID[:30], VALID]}, ["a cup"])
+    assert r.json_valid and r.attempts == 2 and r.ms == 20.0 and r.new_tokens == 14
+    assert [budget for _, budget in llm.calls] == [100, 200]
+
+
+def test_invalid_twice_falls_back_with_the_reason():
+    bad = VALID.replace('"food"', '"spaceships"')
+    _, [r] = run({"a dog on a beach": [bad, bad]}, ["a dog on a beach"])
+    assert r.fallback_used and not r.json_valid and r.attempts == 2
+    assert "primary_category" in r.fallback_reason
+    assert r.value == image_metadata_fallback("a dog on a beach")
+    assert r.value.primary_category == "animals"
+
+
+def test_budget_exhausted_twice_says_so():
+    _, [r] = run({"x": ["CUT:{", "CUT:{\"tags"]}, ["x"])
+    assert r.fallback_used and r.fallback_reason == "token budget of 200 exhausted before the JSON ended"
+
+
+def test_model_crash_is_retried_then_recorded_and_neighbours_survive():
+    script = {"ok": [VALID] * 5, "crash": [RuntimeError("boom")] * 10}
+    _, results = run(script, ["ok", "crash"])
+    # The chunk failed, so items were retried alone: 'ok' still succeeded.
+    assert results[0].json_valid
+    assert results[1].fallback_used and results[1].attempts == 0
+    assert results[1].fallback_reason.startswith("model failed: RuntimeError: boom")
+
+
+def test_parse_reports_where_it_failed():
+    assert parse(VALID, ImageMetadataOutput).scene_type == "indoor"
+    assert parse("{", ImageMetadataOutput).startswith("invalid JSON output")
+    assert "tags" in parse(VALID.replace('"morning"', '"Not Plain!"'), ImageMetadataOutput)
+
+
+@pytest.mark.parametrize("caption", ["", "!!!", "a " * 300, "Ünïcödé café 東京", "a cat and a dog and a car"])
+def test_fallbacks_always_validate(caption):
+    from assets.fallbacks import cluster_label_fallback
+    from assets.schemas import ClusterLabelOutput
+
+    ImageMetadataOutput.model_validate(image_metadata_fallback(caption).model_dump())
+    ClusterLabelOutput.model_validate(cluster_label_fallback([caption, caption]).model_dump())

@@ -1,0 +1,83 @@
+"""The Parquet IO manager through real Dagster materializations, and the DuckDB views over it."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from dagster import DagsterInstance, asset, materialize
+
+from dagster_project.partitions import batch_partitions
+from resources.warehouse import ParquetWarehouse, ReadOnlyQueryError, partition_file, query, write_table
+
+SCHEMA = pa.schema([pa.field("n", pa.int64()), pa.field("vec", pa.list_(pa.float32(), 2))])
+
+
+@asset(partitions_def=batch_partitions)
+def numbers(context) -> pa.Table:
+    count = int(context.partition_key.split("-")[1])
+    return pa.table({"n": list(range(count)), "vec": [[float(i), 0.0] for i in range(count)]}, schema=SCHEMA)
+
+
+@asset(partitions_def=batch_partitions)
+def doubled(numbers: pa.Table) -> pa.Table:
+    return pa.table({"n": [2 * v for v in numbers.column("n").to_pylist()]})
+
+
+def run(tmp_path, key, instance):
+    return materialize([numbers, doubled], partition_key=key, instance=instance,
+                       resources={"io_manager": ParquetWarehouse(root=str(tmp_path))})
+
+
+def test_round_trip_schema_metadata_and_views(tmp_path):
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("batch", ["b-3", "b-5"])
+    result = run(tmp_path, "b-3", instance)
+    assert result.success
+    run(tmp_path, "b-5", instance)
+
+    table = pq.read_table(partition_file(tmp_path, "numbers", "b-3"))
+    assert table.schema.field("vec").type == pa.list_(pa.float32(), 2)  # fixed-size list survives
+    meta = result.asset_materializations_for_node("numbers")[0].metadata
+    assert meta["dagster/row_count"].value == 3
+    assert [c.name for c in meta["dagster/column_schema"].schema.columns] == ["n", "vec"]
+    assert "| n | vec |" in meta["preview"].value
+
+    assert query(tmp_path, "select batch, sum(n) from doubled group by 1 order by 1").fetchall() == [
+        ("b-3", 6), ("b-5", 20)
+    ]
+
+
+def test_rematerializing_replaces_the_partition(tmp_path):
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("batch", ["b-4"])
+    run(tmp_path, "b-4", instance)
+    stray = partition_file(tmp_path, "numbers", "b-4").with_name("old.parquet")
+    pq.write_table(pa.table({"n": [99]}), stray)
+    run(tmp_path, "b-4", instance)
+    assert not stray.exists()
+    assert query(tmp_path, "select count(*) from numbers").fetchall() == [(4,)]
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = partition_file(tmp_path, "t", "k")
+    write_table(pa.table({"n": [1]}), path)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", broken)  # simulates a crash mid-write
+    with pytest.raises(OSError):
+        write_table(pa.table({"n": [2]}), path)
+    assert pq.read_table(path).column("n").to_pylist() == [1]
+    assert [p.name for p in path.parent.iterdir()] == ["data.parquet"]
+
+
+@pytest.mark.parametrize("sql", ["create table x as select 1", "copy (select 1) to 'x.csv'", "select 1; select 2",
+                                 "attach 'x.db'", "install httpfs"])
+def test_only_read_only_queries(tmp_path, sql):
+    with pytest.raises(ReadOnlyQueryError):
+        query(tmp_path, sql)
+
+
+def test_partition_keys_cannot_escape_the_warehouse(tmp_path):
+    with pytest.raises(ValueError):
+        partition_file(tmp_path, "t", "../../etc")
