@@ -28,7 +28,7 @@ def clusters(
     """Cluster id, cosine distance to the centroid and representative flag per image."""
     rows = [r for r in clip_embeddings.select(["image_id", "status", "error"]).to_pylist()]
     ok_ids = list(dict.fromkeys(r["image_id"] for r in rows if r["status"] == OK))
-    by_id = {r["image_id"]: i for i, r in enumerate(clip_embeddings.column("image_id").to_pylist())}
+    by_id = {image_id: i for i, image_id in enumerate(clip_embeddings.column("image_id").to_pylist())}
     embeddings = clip_embeddings.column("embedding").to_pylist()
     vectors = np.array([embeddings[by_id[i]] for i in ok_ids], dtype=np.float32).reshape(len(ok_ids), -1)
     result = cluster_embeddings(vectors, ok_ids, distance_threshold=config.distance_threshold,

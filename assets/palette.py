@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from assets.colorspace import lab_to_rgb, rgb_to_hex, rgb_to_lab
 
@@ -31,7 +32,10 @@ def extract_palette(image: Image.Image, seed: int = 0) -> Palette:
     lab = rgb_to_lab(pixels)
     distinct = np.unique(np.round(lab, 1), axis=0)
     k = min(MAX_COLORS, len(distinct))
-    km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(lab)
+    # One thread: 4096 points need no more, and after torch has run in this process, sklearn's
+    # OpenMP pool and torch's spin against each other (measured 100x slower on 2 cores).
+    with threadpool_limits(limits=1):
+        km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(lab)
     counts = np.bincount(km.labels_, minlength=k).astype(np.float64)
     merged: dict[str, float] = {}
     for center, count in zip(km.cluster_centers_, counts):

@@ -1,0 +1,128 @@
+"""BLIP-2 image captioning with transformers (``Salesforce/blip2-opt-2.7b`` by default)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from dagster import ConfigurableResource
+from PIL import Image
+from pydantic import Field
+from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+from resources.backends import Caption
+from resources.torch_runtime import fingerprint, load_once, resolve_device, resolve_dtype
+
+
+def _model_source(model: str) -> str:
+    """The local directory to load from, or the hub id as given.
+
+    A hub id is ``name`` or ``org/name``; anything that is clearly a path but is not
+    a directory fails here, rather than as a confusing hub lookup error.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model:
+        raise FileNotFoundError(
+            f"BLIP-2 model directory {model!r} does not exist; give a directory saved with "
+            "save_pretrained (model + processor) or a hub id such as 'Salesforce/blip2-opt-2.7b'"
+        )
+    return model
+
+
+def _load(source: str, device: str, dtype: torch.dtype) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
+    processor = Blip2Processor.from_pretrained(source)
+    model = Blip2ForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True)
+    return model.to(device).eval(), processor
+
+
+def _generated_lengths(new_ids: torch.Tensor, eos_ids: set[int]) -> list[int]:
+    """Tokens generated per row, up to and including the first EOS (later ones are padding)."""
+    lengths = []
+    for row in new_ids.tolist():
+        end = next((i for i, token in enumerate(row) if token in eos_ids), None)
+        lengths.append(len(row) if end is None else end + 1)
+    return lengths
+
+
+class CaptionerResource(ConfigurableResource):
+    """Greedy BLIP-2 captions; the model loads once per process on first use."""
+
+    model: str = Field(
+        default="Salesforce/blip2-opt-2.7b",
+        description="Hub id, or a local directory holding the model and its processor.",
+    )
+    device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
+    batch_size: int = Field(default=8, ge=1, description="Images per generate call.")
+    max_new_tokens: int = Field(default=20, ge=1, description="Caption length limit in tokens.")
+    min_new_tokens: int = Field(
+        default=0, ge=0, description="Suppress EOS until this many tokens (fixed-length runs for benchmarks)."
+    )
+    prompt: str = Field(default="", description="Text the caption continues (e.g. 'a photo of'); empty = unconditional.")
+
+    @property
+    def model_id(self) -> str:
+        return self.model
+
+    def _resolved(self) -> tuple[str, torch.dtype]:
+        device = resolve_device(self.device)
+        return device, resolve_dtype(self.dtype, device)
+
+    def fingerprint(self) -> str:
+        # Batch size is left out: rows are independent (same prompt, no padding).
+        device, dtype = self._resolved()
+        return fingerprint(
+            kind="blip2-caption",
+            model=self.model,
+            device=torch.device(device).type,
+            dtype=str(dtype),
+            prompt=self.prompt,
+            max_new_tokens=self.max_new_tokens,
+            min_new_tokens=self.min_new_tokens,
+        )
+
+    def _loaded(self) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
+        device, dtype = self._resolved()
+        source = _model_source(self.model)
+        return load_once(("blip2", source, device, dtype), lambda: _load(source, device, dtype))
+
+    def caption(self, images: Sequence[Image.Image]) -> list[Caption]:
+        if not images:
+            return []
+        model, processor = self._loaded()
+        captions: list[Caption] = []
+        for start in range(0, len(images), self.batch_size):
+            captions.extend(self._caption_batch(model, processor, images[start : start + self.batch_size]))
+        return captions
+
+    @torch.inference_mode()
+    def _caption_batch(
+        self, model: Blip2ForConditionalGeneration, processor: Blip2Processor, images: Sequence[Image.Image]
+    ) -> list[Caption]:
+        started = time.perf_counter()
+        # Every row gets the same prompt, so the rows are the same length and need no padding.
+        inputs = processor(
+            images=[image.convert("RGB") for image in images],
+            text=[self.prompt] * len(images),
+            return_tensors="pt",
+        ).to(model.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        output = model.generate(
+            **inputs,
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=self.max_new_tokens,
+            min_new_tokens=self.min_new_tokens,
+        )
+        # Decoder-only generate returns prompt + continuation; keep the continuation.
+        new_ids = output[:, inputs["input_ids"].shape[1] :].cpu()
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos) if isinstance(eos, list) else {eos}
+        lengths = _generated_lengths(new_ids, eos_ids)
+        texts = processor.batch_decode(new_ids, skip_special_tokens=True)
+        ms = (time.perf_counter() - started) * 1000 / len(images)
+        return [Caption(text=text.strip(), ms=ms, new_tokens=n) for text, n in zip(texts, lengths)]

@@ -1,0 +1,128 @@
+"""open_clip image embeddings (``ViT-B-32`` with ``laion2b_s34b_b79k`` weights by default)."""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import open_clip
+from open_clip.factory import parse_model_name
+import torch
+import torch.nn.functional as F
+from dagster import ConfigurableResource
+from PIL import Image
+from pydantic import Field
+
+from resources.backends import Embeddings
+from resources.torch_runtime import fingerprint, load_once, resolve_device, resolve_dtype
+
+# open_clip's own precision names; "bf16"/"fp16" keep LayerNorms in float32 like the OpenAI release.
+_PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _open_clip_name(model: str, pretrained: str) -> tuple[str, str | None]:
+    """The (model_name, pretrained) pair for open_clip.
+
+    A directory becomes ``local-dir:<path>`` (open_clip then reads ``open_clip_config.json``
+    and the weights file there); the ``pretrained`` tag only applies to built-in names.
+    """
+    if model.startswith(("local-dir:", "hf-hub:")):
+        return model, None
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return f"local-dir:{path}", None
+    if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model:
+        raise FileNotFoundError(
+            f"open_clip model directory {model!r} does not exist; give a directory holding "
+            "open_clip_config.json and open_clip_model.safetensors, 'hf-hub:org/repo', "
+            "or a built-in name such as 'ViT-B-32'"
+        )
+    return model, pretrained
+
+
+@lru_cache(maxsize=None)
+def _embed_dim(name: str) -> int:
+    schema, _ = parse_model_name(name)
+    # Built-in names may be spelled "ViT-B/32"; create_model looks them up with "-" too.
+    config = open_clip.get_model_config(name if schema else name.replace("/", "-"))
+    if config is None:
+        raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
+    return int(config["embed_dim"])
+
+
+def _load(name: str, pretrained: str | None, device: str, dtype: torch.dtype) -> tuple[torch.nn.Module, Callable]:
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        name, pretrained=pretrained, precision=_PRECISION[dtype], device=device
+    )
+    return model.eval(), preprocess
+
+
+class ClipEmbedderResource(ConfigurableResource):
+    """L2-normalised image embeddings; the model loads once per process on first use."""
+
+    model: str = Field(
+        default="ViT-B-32",
+        description="open_clip built-in name, 'hf-hub:org/repo', or a local directory "
+        "with open_clip_config.json + open_clip_model.safetensors.",
+    )
+    pretrained: str = Field(
+        default="laion2b_s34b_b79k", description="Weights tag for a built-in model name (ignored otherwise)."
+    )
+    device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
+    batch_size: int = Field(default=32, ge=1, description="Images per forward pass.")
+
+    @property
+    def model_id(self) -> str:
+        # A built-in name alone does not identify the weights, so the tag is part of the id.
+        pretrained = _open_clip_name(self.model, self.pretrained)[1]
+        return f"{self.model}/{pretrained}" if pretrained else self.model
+
+    @property
+    def dim(self) -> int:
+        # Read from the model config, so the output schema is known without loading weights.
+        return _embed_dim(_open_clip_name(self.model, self.pretrained)[0])
+
+    def _resolved(self) -> tuple[str, torch.dtype]:
+        device = resolve_device(self.device)
+        return device, resolve_dtype(self.dtype, device)
+
+    def fingerprint(self) -> str:
+        device, dtype = self._resolved()
+        name, pretrained = _open_clip_name(self.model, self.pretrained)
+        return fingerprint(
+            kind="open_clip-image",
+            model=name,
+            pretrained=pretrained,
+            device=torch.device(device).type,
+            dtype=str(dtype),
+        )
+
+    def _loaded(self) -> tuple[torch.nn.Module, Callable]:
+        device, dtype = self._resolved()
+        name, pretrained = _open_clip_name(self.model, self.pretrained)
+        return load_once(("open_clip", name, pretrained, device, dtype), lambda: _load(name, pretrained, device, dtype))
+
+    def embed(self, images: Sequence[Image.Image]) -> Embeddings:
+        if not images:
+            return Embeddings(vectors=np.zeros((0, self.dim), dtype=np.float32), ms=[])
+        model, preprocess = self._loaded()
+        vectors: list[np.ndarray] = []
+        ms: list[float] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            started = time.perf_counter()
+            vectors.append(self._embed_batch(model, preprocess, chunk))
+            ms.extend([(time.perf_counter() - started) * 1000 / len(chunk)] * len(chunk))
+        return Embeddings(vectors=np.concatenate(vectors), ms=ms)
+
+    @torch.inference_mode()
+    def _embed_batch(self, model: torch.nn.Module, preprocess: Callable, images: Sequence[Image.Image]) -> np.ndarray:
+        device, dtype = self._resolved()
+        pixels = torch.stack([preprocess(image.convert("RGB")) for image in images]).to(device, dtype)
+        # Normalise in float32 so rows are unit length to float32 precision whatever the model dtype.
+        features = F.normalize(model.encode_image(pixels).float(), dim=-1)
+        return features.cpu().numpy()
