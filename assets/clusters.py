@@ -8,7 +8,7 @@ from dagster import AssetExecutionContext, Config, asset
 from pydantic import Field
 
 from assets.clustering import NOISE, cluster_embeddings
-from assets.per_image import Failed, assemble
+from assets.per_image import Failed, assemble, unique_ok_images
 from assets.tables import CLUSTERS, OK
 from dagster_project.partitions import batch_partitions
 
@@ -46,4 +46,13 @@ def clusters(
         }
     n_clusters = int(result.labels.max() + 1) if len(ok_ids) else 0
     context.add_output_metadata({"clusters": n_clusters, "noise_images": int((result.labels == NOISE).sum())})
-    return assemble(images, results, CLUSTERS)
+    return _one_representative_per_image(assemble(images, results, CLUSTERS), unique_ok_images(images))
+
+
+def _one_representative_per_image(table: pa.Table, first_path: dict[str, str]) -> pa.Table:
+    """Copies of a file share its cluster, but only the first copy counts as a representative."""
+    flags = [None if rep is None else rep and first_path.get(image_id) == path for image_id, path, rep in zip(
+        table.column("image_id").to_pylist(), table.column("path").to_pylist(),
+        table.column("is_representative").to_pylist())]
+    index = table.schema.get_field_index("is_representative")
+    return table.set_column(index, table.schema.field(index), pa.array(flags, pa.bool_()))

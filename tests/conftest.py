@@ -41,8 +41,7 @@ def write_bad_files(folder: Path) -> dict[str, str]:
     return {"truncated.jpg": "decode", "notes.txt": "not an image", "empty.png": "not an image", "huge.png": "too large"}
 
 
-@pytest.fixture
-def images_root(tmp_path: Path) -> Path:
+def make_mixed_batch(tmp_path: Path) -> Path:
     """An images root with a 'mixed' batch: four real photos, a duplicate, an EXIF-rotated JPEG and bad files."""
     batch = tmp_path / "images" / "mixed"
     (batch / "sub").mkdir(parents=True)
@@ -55,6 +54,11 @@ def images_root(tmp_path: Path) -> Path:
     (batch / ".hidden.png").write_bytes(b"ignored")
     write_bad_files(batch)
     return tmp_path / "images"
+
+
+@pytest.fixture
+def images_root(tmp_path: Path) -> Path:
+    return make_mixed_batch(tmp_path)
 
 
 MAX_PIXELS_IN_TESTS = 2_000_000

@@ -1,0 +1,220 @@
+"""The whole pipeline on tiny random-weight models, through the real Dagster job and the real model code.
+
+Outputs of random weights are meaningless, so these tests check structure, schema validity,
+row accounting, reuse, determinism and error paths, never quality.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from dagster import DagsterInstance
+
+from assets import tables
+from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
+from dagster_project.definitions import build_definitions
+from dagster_project.profiles import model_resources
+from resources.settings import PixelsiftSettings
+from resources.warehouse import partition_file, query
+from tests.conftest import MAX_PIXELS_IN_TESTS, make_mixed_batch
+
+PER_IMAGE = ["images", "captions", "image_metadata", "color_palettes", "clip_embeddings", "clusters"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    os.environ["PIXELSIFT_TINY_MODELS_DIR"] = str(tmp_path_factory.mktemp("tiny_models"))
+    return model_resources("tiny")
+
+
+class Counting:
+    """Passes every call through to a real model resource and counts them (a spy, not a mock)."""
+
+    def __init__(self, inner, fail: bool = False):
+        self.inner, self.fail, self.calls = inner, fail, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def _call(self, method, *args, **kwargs):
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("simulated model crash")
+        return getattr(self.inner, method)(*args, **kwargs)
+
+    def caption(self, images):
+        return self._call("caption", images)
+
+    def embed(self, images):
+        return self._call("embed", images)
+
+    def generate_json(self, **kwargs):
+        return self._call("generate_json", **kwargs)
+
+
+def run_batch(images_root, warehouse, models, batch="mixed", reuse=True):
+    settings = PixelsiftSettings(images_root=str(images_root), warehouse_dir=str(warehouse),
+                                 max_image_pixels=MAX_PIXELS_IN_TESTS, reuse_results=reuse)
+    defs = build_definitions(settings, models)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("batch", [batch])
+    job = defs.resolve_job_def("process_batch")
+    result = job.execute_in_process(partition_key=batch, instance=instance)
+    assert result.success
+    return {name: pq.read_table(partition_file(warehouse, name, batch)) for name in PER_IMAGE + ["cluster_labels"]}
+
+
+def spies(models, fail=False):
+    return {key: Counting(resource, fail=fail) for key, resource in models.items()}
+
+
+@pytest.fixture(scope="session")
+def first_run(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    images_root = make_mixed_batch(root)
+    counted = spies(tiny_models)
+    out = run_batch(images_root, root / "warehouse", counted)
+    return images_root, root / "warehouse", out, counted
+
+
+def test_every_asset_has_its_schema_and_every_file_its_row(first_run):
+    _, _, out, _ = first_run
+    expected = {"images": tables.IMAGES, "captions": tables.CAPTIONS, "image_metadata": tables.IMAGE_METADATA,
+                "color_palettes": tables.COLOR_PALETTES, "clusters": tables.CLUSTERS,
+                "cluster_labels": tables.CLUSTER_LABELS}
+    for name, schema in expected.items():
+        assert out[name].schema.remove_metadata() == schema, name
+    assert out["clip_embeddings"].schema.field("embedding").type.list_size > 0
+
+    paths = out["images"].column("path").to_pylist()
+    assert len(paths) == 10 and len(set(paths)) == 10
+    errors = {r["path"]: r["error"] for r in out["images"].to_pylist() if r["status"] == "error"}
+    assert set(errors) == {"truncated.jpg", "notes.txt", "empty.png", "huge.png"}
+    for name in PER_IMAGE:
+        rows = {r["path"]: r for r in out[name].to_pylist()}
+        assert list(rows) == paths, name  # same rows, same order: nothing lost or duplicated
+        for path, reason in errors.items():
+            assert rows[path]["status"] == "error" and rows[path]["error"] == reason, (name, path)
+        assert all(rows[p]["status"] == "ok" for p in paths if p not in errors), name
+
+
+def test_metadata_rows_are_schema_valid_and_accounted(first_run):
+    _, _, out, _ = first_run
+    palettes = {r["path"]: r["colors"] for r in out["color_palettes"].to_pylist()}
+    captions = {r["path"]: r for r in out["captions"].to_pylist()}
+    for row in out["image_metadata"].to_pylist():
+        if row["status"] != "ok":
+            continue
+        ImageMetadataOutput.model_validate({k: row[k] for k in ImageMetadataOutput.model_fields})
+        assert row["description"] == captions[row["path"]]["caption"]
+        assert row["color_palette"] == palettes[row["path"]]
+        assert row["fallback_used"] == (row["fallback_reason"] is not None) == (not row["json_valid"])
+        assert row["attempts"] >= 1 and row["llm_ms"] > 0
+        assert row["processing_time_ms"] >= row["llm_ms"] + captions[row["path"]]["ms"]
+        assert "+" in row["vlm_model"]
+    for row in out["cluster_labels"].to_pylist():
+        ClusterLabelOutput.model_validate({k: row[k] for k in ClusterLabelOutput.model_fields})
+
+
+def test_identical_files_are_computed_once(first_run):
+    _, _, out, counted = first_run
+    captions = {r["path"]: r["caption"] for r in out["captions"].to_pylist()}
+    assert captions["chelsea.png"] == captions["sub/chelsea_copy.png"]
+    # 6 decodable files, 5 distinct images: one captioner call of 5 (batch size 8).
+    assert counted["captioner"].calls == 1
+
+
+def test_embeddings_clusters_and_labels_fit_together(first_run):
+    _, _, out, _ = first_run
+    ok = [r for r in out["clip_embeddings"].to_pylist() if r["status"] == "ok"]
+    vectors = np.array([r["embedding"] for r in ok])
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    clusters = [r for r in out["clusters"].to_pylist() if r["status"] == "ok"]
+    ids = {r["cluster_id"] for r in clusters if r["cluster_id"] >= 0}
+    labels = out["cluster_labels"].to_pylist()
+    assert sorted(r["cluster_id"] for r in labels) == sorted(ids)
+    for label in labels:
+        members = [r for r in clusters if r["cluster_id"] == label["cluster_id"]]
+        assert label["total_images"] == len(members)
+        assert label["images_analyzed"] == sum(r["is_representative"] for r in members) <= 5
+    assert all(not r["is_representative"] for r in clusters if r["cluster_id"] == -1)
+
+
+def test_rerun_of_an_unchanged_batch_calls_no_model_and_gives_the_same_rows(first_run, tiny_models):
+    images_root, warehouse, first, _ = first_run
+    counted = spies(tiny_models)
+    second = run_batch(images_root, warehouse, counted)
+    assert {k: c.calls for k, c in counted.items()} == {"captioner": 0, "metadata_llm": 0, "clip_embedder": 0}
+    for name in ["captions", "image_metadata", "clip_embeddings"]:
+        ok = [r for r in second[name].to_pylist() if r["status"] == "ok"]
+        assert ok and all(r["reused"] for r in ok), name
+    assert second["cluster_labels"].column("reused").to_pylist() == [True] * second["cluster_labels"].num_rows
+    drop = ["reused", "ms", "llm_ms", "processing_time_ms"]
+    for name in PER_IMAGE + ["cluster_labels"]:
+        keep = [c for c in first[name].column_names if c not in drop]
+        assert second[name].select(keep).equals(first[name].select(keep)), name
+
+
+def test_deterministic_without_reuse(first_run, tiny_models, tmp_path):
+    images_root, _, first, _ = first_run
+    again = run_batch(images_root, tmp_path / "wh", tiny_models, reuse=False)
+    for name, column in [("captions", "caption"), ("image_metadata", "tags"), ("clusters", "cluster_id"),
+                         ("clip_embeddings", "embedding"), ("cluster_labels", "cluster_name")]:
+        assert again[name].column(column).equals(first[name].column(column)), name
+
+
+def test_model_crash_becomes_error_rows_not_a_failed_run(first_run, tiny_models, tmp_path):
+    images_root, _, _, _ = first_run
+    broken = spies(tiny_models)
+    broken["captioner"] = Counting(tiny_models["captioner"], fail=True)
+    out = run_batch(images_root, tmp_path / "wh", broken)
+    caption_rows = [r for r in out["captions"].to_pylist() if r["status"] == "error"]
+    crashed = [r for r in caption_rows if r["error"].startswith("model failed: RuntimeError")]
+    assert len(crashed) == 6  # every decodable file
+    metadata = {r["path"]: r for r in out["image_metadata"].to_pylist()}
+    assert all(metadata[r["path"]]["error"].startswith("no caption: model failed") for r in crashed)
+    # Retried: the chunk twice, then each of the 5 distinct images twice.
+    assert broken["captioner"].calls == 2 + 5 * 2
+    # Embeddings and palettes do not depend on captions and are still computed.
+    assert all(r["status"] == "ok" for r in out["clip_embeddings"].to_pylist() if r["path"] in metadata
+               and r["path"] in {c["path"] for c in crashed})
+
+
+def test_duckdb_answers_over_the_warehouse(first_run):
+    _, warehouse, _, _ = first_run
+    rows = query(warehouse, "select status, count(*) from images where batch = 'mixed' group by 1 order by 1")
+    assert rows.fetchall() == [("error", 4), ("ok", 6)]
+    joined = query(warehouse, "select count(*) from image_metadata m join clusters c using (batch, path) "
+                              "where m.status = 'ok'")
+    assert joined.fetchall() == [(6,)]
+
+
+def test_cli_runs_the_tiny_profile_and_queries(tmp_path, tiny_models):
+    env = {**os.environ, "PIXELSIFT_IMAGES_ROOT": str(ROOT / "data" / "images"),
+           "PIXELSIFT_WAREHOUSE_DIR": str(tmp_path / "wh"), "PIXELSIFT_REPORTS_DIR": str(tmp_path / "reports"),
+           "DAGSTER_HOME": str(tmp_path / "home")}
+    cli = [sys.executable, "-m", "dagster_project.cli"]
+    run = subprocess.run(cli + ["run", "--batch", "sample", "--models", "tiny"], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "meaningless" in run.stderr
+    for name in PER_IMAGE + ["cluster_labels"]:
+        assert f"batch=sample" in run.stdout and name in run.stdout
+        assert partition_file(tmp_path / "wh", name, "sample").exists()
+    out = subprocess.run(cli + ["query", "select count(*) as n from captions", "--format", "csv"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["n", "10"]
+    bad = subprocess.run(cli + ["query", "drop view captions"], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "read-only" in bad.stderr
+
+
+def test_dagster_definitions_validate():
+    dagster = Path(sys.executable).with_name("dagster")
+    result = subprocess.run([str(dagster), "definitions", "validate", "-m", "dagster_project.definitions"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
