@@ -5,6 +5,13 @@ two groups merge only while their images are, on average, closer than the thresh
 the number of clusters follows from the data. Groups smaller than ``min_cluster_size``
 are noise (cluster -1): outliers are kept out instead of being forced into a cluster.
 The result does not depend on row order (rows are sorted by image id first).
+
+Exact average linkage needs the full n x n distance matrix, so above ``EXACT_LIMIT`` images
+it runs on micro-clusters instead (documented approximation): a few spherical k-means steps
+(matrix products, seeded from a fixed sample) reduce the images to at most
+``MICRO_CLUSTERS`` unit centroids, those are clustered exactly, and every image takes its
+centroid's cluster. Images farther than the threshold from their centroid are noise.
+100,000 x 512 takes a few seconds on 2 cores.
 """
 
 from __future__ import annotations
@@ -12,9 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 from sklearn.cluster import AgglomerativeClustering
 
 NOISE = -1
+EXACT_LIMIT = 5_000
+MICRO_CLUSTERS = 2_000
+KMEANS_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -46,11 +57,9 @@ def cluster_embeddings(
 
     order = np.lexsort((np.arange(n), np.array(keys)))
     unit = normalize_rows(np.asarray(vectors, dtype=np.float64))[order]
-    raw = AgglomerativeClustering(
-        n_clusters=None, distance_threshold=distance_threshold, metric="cosine", linkage="average"
-    ).fit_predict(unit)
-    sizes = np.bincount(raw)
-    raw = np.where(sizes[raw] >= min_cluster_size, raw, NOISE)
+    raw = _agglomerative(unit, distance_threshold) if n <= EXACT_LIMIT else _via_micro_clusters(unit, distance_threshold)
+    sizes = np.bincount(raw[raw != NOISE], minlength=max(raw.max() + 1, 1))
+    raw = np.where((raw != NOISE) & (sizes[np.maximum(raw, 0)] >= min_cluster_size), raw, NOISE)
     labels[order] = _renumber_by_size(raw)
 
     unit_by_row = np.empty_like(unit)
@@ -64,6 +73,39 @@ def cluster_embeddings(
         nearest = sorted(members, key=lambda i: (distances[i], keys[i]))[:n_representatives]
         representatives[nearest] = True
     return Clustering(labels, distances, representatives)
+
+
+def _agglomerative(unit: np.ndarray, distance_threshold: float) -> np.ndarray:
+    return AgglomerativeClustering(
+        n_clusters=None, distance_threshold=distance_threshold, metric="cosine", linkage="average"
+    ).fit_predict(unit)
+
+
+def _via_micro_clusters(unit: np.ndarray, distance_threshold: float, chunk: int = 16_384) -> np.ndarray:
+    n = len(unit)
+    k = min(MICRO_CLUSTERS, n // 10)
+    data = unit.astype(np.float32)
+    centroids = data[np.sort(np.random.default_rng(0).choice(n, size=k, replace=False))]
+    for _ in range(KMEANS_STEPS):
+        assign, similarity = _nearest(data, centroids, chunk)
+        members = sparse.csr_matrix((np.ones(n, np.float32), (assign, np.arange(n))), shape=(len(centroids), n))
+        sums = np.asarray(members @ data)
+        used = np.asarray(members.sum(axis=1)).ravel() > 0
+        centroids = normalize_rows(sums[used]).astype(np.float32)
+    assign, similarity = _nearest(data, centroids, chunk)
+    labels = _agglomerative(centroids, distance_threshold)[assign]
+    return np.where(1.0 - similarity > distance_threshold, NOISE, labels)
+
+
+def _nearest(data: np.ndarray, centroids: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index of, and cosine similarity to, each row's nearest centroid (chunked to bound memory)."""
+    assign = np.empty(len(data), dtype=np.int64)
+    similarity = np.empty(len(data), dtype=np.float32)
+    for start in range(0, len(data), chunk):
+        sims = data[start : start + chunk] @ centroids.T
+        assign[start : start + chunk] = sims.argmax(axis=1)
+        similarity[start : start + chunk] = sims.max(axis=1)
+    return assign, similarity
 
 
 def _renumber_by_size(raw: np.ndarray) -> np.ndarray:

@@ -17,6 +17,8 @@ from transformers import PreTrainedTokenizerBase
 
 
 class SchemaGrammars:
+    """Grammars, stop tokens and token spellings for one tokenizer and model vocabulary."""
+
     def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, stop_token_ids: Iterable[int]):
         self.vocab_size = vocab_size
         self.info = xgr.TokenizerInfo.from_huggingface(
@@ -24,12 +26,15 @@ class SchemaGrammars:
         )
         self.stop_token_ids = frozenset(self.info.stop_token_ids)
         self._tokenizer = tokenizer
-        self._compiler = xgr.GrammarCompiler(self.info)
+        # The compiler's own cache is off: its grammar hasher crashes on some schemas in
+        # xgrammar 0.2.8 ("per_rule_fsm_hashes ... has_value() is false", e.g. our Sentence
+        # pattern; mlc-ai/xgrammar#647), and each schema is compiled once below anyway.
+        self._compiler = xgr.GrammarCompiler(self.info, cache_enabled=False)
         self._compiled: dict[str, xgr.CompiledGrammar] = {}
         # The exact bytes each token stands for, as the grammar sees them (byte-level and
         # byte-fallback vocabularies decoded), so output text is exactly what was matched.
         self._token_bytes: list[bytes] = self.info.decoded_vocab
-        special = set(self.info.special_token_ids) | self.stop_token_ids
+        special = set(self.info.special_token_ids) | set(tokenizer.all_special_ids) | self.stop_token_ids
         self._id_by_bytes: dict[bytes, int] = {}
         for token_id, piece in enumerate(self._token_bytes):
             # On duplicates keep the later id: SentencePiece vocabularies list their <0xNN>
@@ -41,7 +46,7 @@ class SchemaGrammars:
 
     def compile(self, schema: type[BaseModel]) -> xgr.CompiledGrammar:
         """The grammar for compact JSON (no free whitespace) valid against ``schema``."""
-        key = json.dumps(schema.model_json_schema(), sort_keys=True)
+        key = json.dumps(schema.model_json_schema())  # key order is the order fields are written
         if key not in self._compiled:
             self._compiled[key] = self._compiler.compile_json_schema(key, any_whitespace=False)
         return self._compiled[key]
@@ -65,14 +70,15 @@ class SchemaGrammars:
         if not forced or limit <= 0:
             return []
         accepted: list[int] = []
-        for token_id in self._spell(forced.encode("utf-8"))[:limit]:
+        for token_id in self._spell(forced)[:limit]:
             if not matcher.accept_token(token_id):
                 break
             accepted.append(token_id)
         return accepted
 
-    def _spell(self, target: bytes) -> list[int]:
-        natural = self._tokenizer.encode(target.decode("utf-8", errors="replace"), add_special_tokens=False)
+    def _spell(self, text: str) -> list[int]:
+        target = text.encode("utf-8")
+        natural = self._tokenizer.encode(text, add_special_tokens=False)
         if all(t < self.vocab_size for t in natural) and b"".join(self._token_bytes[t] for t in natural) == target:
             return natural
         ids: list[int] = []

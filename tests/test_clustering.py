@@ -47,3 +47,18 @@ def test_representatives_are_the_nearest_to_the_centroid():
 def test_tiny_inputs():
     assert (cluster_embeddings(np.zeros((0, 4)), []).labels == []).all()
     assert cluster_embeddings(np.ones((1, 4)), ["a"]).labels.tolist() == [NOISE]
+
+
+def test_large_inputs_use_micro_clusters_and_still_find_the_groups(monkeypatch):
+    from assets import clustering
+
+    monkeypatch.setattr(clustering, "EXACT_LIMIT", 100)  # force the approximation on a small input
+    vectors, truth = groups(seed=6, sizes=(120, 90, 60), dim=24)
+    outlier = np.random.default_rng(7).normal(size=(1, 24)) * 5
+    keys = [f"id{i:04d}" for i in range(len(vectors) + 1)]
+    result = cluster_embeddings(np.concatenate([vectors, outlier]), keys)
+    assert (result.labels[:-1] == truth).all()
+    assert result.labels[-1] == NOISE
+    perm = np.random.default_rng(8).permutation(len(keys))
+    again = cluster_embeddings(np.concatenate([vectors, outlier])[perm], [keys[i] for i in perm])
+    assert (again.labels == result.labels[perm]).all()

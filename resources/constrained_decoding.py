@@ -1,0 +1,268 @@
+"""Greedy, grammar-constrained decoding over our own forward loop (not ``model.generate``).
+
+Each row has its own xgrammar matcher; its token bitmask sets disallowed logits to -inf
+before the argmax, so the output always matches the grammar unless the token budget
+runs out. A complete document ends its row without a forward call for the stop token.
+Three switches save work on top of the plain loop:
+
+* batching: rows share forward calls. Every step appends one block of slots to the KV
+  cache; a row's tokens are right-aligned in the block and padding fills the left. The
+  2-D attention mask hides padding slots and explicit ``position_ids`` give each row its
+  own positions, so a row computes what it would alone (up to float rounding). Finished
+  rows are dropped from the batch and the cache.
+* prefix caching: the prompt prefix shared by all inputs is prefilled once per model
+  (``PrefixCache``) and copied into each batch; only the per-input suffix is prefilled.
+  Neither of these two changes a row's tokens.
+* jump-forward: when the grammar forces a unique continuation (keys, punctuation), its
+  tokens are accepted at once and fed with the row's sampled token (or its prompt) in
+  the next block, instead of one forward call each. Rows with different numbers of
+  pending tokens share the block through the same left padding: free where a forward
+  call is memory-bound (GPU), but on a compute-bound CPU padding slots cost like real
+  tokens (``DecodeStats.padding_tokens`` counts them). The forced tokens are our
+  spelling of the forced text, not the model's own choice, so outputs can differ from
+  the plain loop's.
+
+With prefix caching and jump-forward off and a batch of one, this is the naive reference
+loop: the whole prompt prefilled, then one token per forward call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import xgrammar as xgr
+from transformers import DynamicCache, PreTrainedModel
+
+from resources.json_grammar import SchemaGrammars
+from resources.prefix_cache import PrefixCache, SharedPrefix
+
+
+@dataclass
+class DecodeStats:
+    """Where decoding spent its work; counts are tokens, times are wall seconds."""
+
+    forward_calls: int = 0
+    prefill_tokens: int = 0  # prompt tokens run through the model (a cached prefix counts once, when prefilled)
+    padding_tokens: int = 0  # slots computed only to align rows in a batch
+    decode_tokens: int = 0  # generated tokens chosen by argmax
+    jump_forward_tokens: int = 0  # generated tokens forced by the grammar, never sampled
+    prefix_hits: int = 0  # batches that reused a cached prefix
+    grammar_seconds: float = 0.0  # xgrammar: masks, applying them, accepting tokens, jump-forward
+    model_seconds: float = 0.0  # forward calls, including copying logits to the CPU
+
+
+@dataclass(frozen=True)
+class Decoded:
+    token_ids: list[int]  # generated tokens, stop token excluded
+    text: str
+    finished: bool  # the text is a complete document of the grammar
+    seconds: float  # this row's share of its batch's wall time
+
+
+@dataclass
+class _Row:
+    matcher: xgr.GrammarMatcher
+    pending: list[int]  # chosen tokens not yet run through the model
+    next_position: int
+    generated: list[int] = field(default_factory=list)
+    done: bool = False
+
+
+def generate_constrained(
+    model: PreTrainedModel,
+    grammars: SchemaGrammars,
+    grammar: xgr.CompiledGrammar,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    pad_token_id: int,
+    prefix_ids: Sequence[int] = (),
+    prefix_cache: PrefixCache | None = None,
+    jump_forward: bool = False,
+) -> tuple[list[Decoded], DecodeStats]:
+    """One grammar-constrained greedy decode per prompt (token ids of the full prompt).
+
+    ``prefix_ids`` is the tokenised shared part of the prompts; with a ``prefix_cache`` the
+    longest token prefix that it shares with every prompt is prefilled once and reused.
+    (Tokenisers may merge across the prefix/suffix boundary, so that can be a few tokens
+    shorter than ``prefix_ids``.)
+    """
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    stats = DecodeStats()
+    results: list[Decoded | None] = [None] * len(prompts)
+    if not prompts:
+        return [], stats
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    shared = _shared_length(prefix_ids, prompts) if prefix_cache is not None else 0
+
+    # Similar lengths in a batch mean less padding; results go back in input order.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        began = time.perf_counter()
+        prefix = None
+        if shared:
+            t = time.perf_counter()
+            prefix, missed = prefix_cache.get(model, tuple(prompts[batch[0]][:shared]))
+            if missed:
+                stats.forward_calls += 1
+                stats.prefill_tokens += shared
+                stats.model_seconds += time.perf_counter() - t
+            else:
+                stats.prefix_hits += 1
+        rows = _decode_batch(
+            model,
+            grammars,
+            grammar,
+            [prompts[i] for i in batch],
+            prefix=prefix,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_token_id,
+            jump_forward=jump_forward,
+            stats=stats,
+        )
+        share = (time.perf_counter() - began) / len(batch)
+        for i, row in zip(batch, rows):
+            complete = row.matcher.is_terminated() or row.matcher.is_completed()
+            results[i] = Decoded(row.generated, grammars.text(row.generated), complete, share)
+    return results, stats
+
+
+def _shared_length(prefix_ids: Sequence[int], prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens of ``prefix_ids`` that start every prompt, leaving each prompt at least one token."""
+    shared = min(len(prefix_ids), *(len(p) - 1 for p in prompts))
+    for prompt in prompts:
+        while shared and list(prompt[:shared]) != list(prefix_ids[:shared]):
+            shared -= 1
+    return shared
+
+
+def _decode_batch(
+    model: PreTrainedModel,
+    grammars: SchemaGrammars,
+    grammar: xgr.CompiledGrammar,
+    prompts: list[Sequence[int]],
+    *,
+    prefix: SharedPrefix | None,
+    max_new_tokens: int,
+    pad_token_id: int,
+    jump_forward: bool,
+    stats: DecodeStats,
+) -> list[_Row]:
+    device = model.device
+    start = len(prefix.token_ids) if prefix is not None else 0
+    rows = [_Row(xgr.GrammarMatcher(grammar), list(p[start:]), next_position=start) for p in prompts]
+    if jump_forward:
+        t = time.perf_counter()
+        for row in rows:
+            _jump_forward(row, grammars, max_new_tokens, stats)  # e.g. '{"primary_category": "'
+            row.done = len(row.generated) >= max_new_tokens
+        stats.grammar_seconds += time.perf_counter() - t
+    live = [row for row in rows if not row.done]  # rows still decoding, in the cache's batch order
+    if not live:
+        return rows
+    stats.prefill_tokens += sum(len(p) - start for p, row in zip(prompts, rows) if not row.done)
+    cache = prefix.expand(len(live)) if prefix is not None else DynamicCache(config=model.config)
+    mask = torch.ones(len(live), start, dtype=torch.long, device=device)
+    bitmask = xgr.allocate_token_bitmask(len(live), grammars.vocab_size)
+
+    while live:
+        t = time.perf_counter()
+        ids, positions, block_mask, padding = _block(live, pad_token_id, device)
+        mask = torch.cat([mask, block_mask], dim=1)
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1, :].float().cpu()
+        stats.model_seconds += time.perf_counter() - t
+        stats.forward_calls += 1
+        stats.padding_tokens += padding
+
+        _choose_next(live, logits, bitmask, grammars, max_new_tokens, jump_forward, stats)
+
+        keep = [j for j, row in enumerate(live) if not row.done]
+        if len(keep) < len(live):
+            if keep:
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask = mask[index]
+            live = [live[j] for j in keep]
+    return rows
+
+
+def _block(live: list[_Row], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The next slots for every live row: its pending tokens right-aligned, padding on the left."""
+    width = max(len(r.pending) for r in live)
+    ids = torch.full((len(live), width), pad_token_id, dtype=torch.long)
+    positions = torch.zeros((len(live), width), dtype=torch.long)
+    block_mask = torch.zeros((len(live), width), dtype=torch.long)
+    for j, row in enumerate(live):
+        n = len(row.pending)
+        ids[j, width - n :] = torch.tensor(row.pending)
+        positions[j, width - n :] = torch.arange(row.next_position, row.next_position + n)
+        block_mask[j, width - n :] = 1
+        row.next_position += n
+        row.pending = []
+    padding = ids.numel() - int(block_mask.sum())
+    return ids.to(device), positions.to(device), block_mask.to(device), padding
+
+
+def _choose_next(
+    live: list[_Row],
+    logits: torch.Tensor,
+    bitmask: torch.Tensor,
+    grammars: SchemaGrammars,
+    max_new_tokens: int,
+    jump_forward: bool,
+    stats: DecodeStats,
+) -> None:
+    """Pick each live row's next token under its grammar mask, then any forced run after it."""
+    t = time.perf_counter()
+    masks = bitmask[: len(live)]
+    for j, row in enumerate(live):
+        row.matcher.fill_next_token_bitmask(masks, j)
+    xgr.apply_token_bitmask_inplace(logits, masks, vocab_size=grammars.vocab_size)
+    stats.grammar_seconds += time.perf_counter() - t
+    chosen = logits.argmax(dim=-1).tolist()
+
+    t = time.perf_counter()
+    for j, (row, token_id) in enumerate(zip(live, chosen)):
+        if not row.matcher.accept_token(token_id):
+            raise RuntimeError(f"the grammar rejected its own masked choice {token_id}; no token was allowed")
+        if token_id in grammars.stop_token_ids:
+            row.done = True
+            continue
+        row.generated.append(token_id)
+        row.pending.append(token_id)
+        stats.decode_tokens += 1
+        if jump_forward:
+            _jump_forward(row, grammars, max_new_tokens, stats)
+        if row.matcher.is_completed():
+            # A complete document needs no forward call just to pick the stop token.
+            row.matcher.fill_next_token_bitmask(masks, j)
+            if grammars.only_stop_allowed(masks[j]):
+                row.matcher.accept_token(min(grammars.stop_token_ids))
+                row.done = True
+        if len(row.generated) >= max_new_tokens:
+            row.done = True
+    stats.grammar_seconds += time.perf_counter() - t
+
+
+def _jump_forward(row: _Row, grammars: SchemaGrammars, max_new_tokens: int, stats: DecodeStats) -> None:
+    forced = grammars.accept_forced(row.matcher, limit=max_new_tokens - len(row.generated))
+    row.generated += forced
+    row.pending += forced
+    stats.jump_forward_tokens += len(forced)

@@ -1,0 +1,167 @@
+"""The metadata LLM: a chat model writing schema-constrained JSON (Phi-3.5-mini by default).
+
+Prompts are the tokenizer's chat template over [system, user: instruction + "\\n\\n" + input].
+The template is rendered once with a sentinel where the input goes; the text before it
+is the prefix shared by every input, whose KV cache is computed once per model and
+reused (see ``resources/constrained_decoding.py`` for the decode loop and its switches).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from dagster import ConfigurableResource
+from pydantic import BaseModel, Field, PrivateAttr
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from resources import torch_runtime
+from resources.backends import Generation
+from resources.constrained_decoding import DecodeStats, generate_constrained
+from resources.json_grammar import SchemaGrammars
+from resources.prefix_cache import PrefixCache
+
+log = logging.getLogger(__name__)
+
+_INPUT_SENTINEL = "\u2063PIXELSIFT_INPUT\u2063"
+
+
+@dataclass
+class ChatModel:
+    """A loaded chat model with everything decoding needs, kept once per process."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    grammars: SchemaGrammars
+    prefixes: PrefixCache
+    pad_token_id: int
+
+
+class MetadataLLMResource(ConfigurableResource):
+    """Writes one JSON document per input, constrained by a pydantic schema (greedy decoding)."""
+
+    model: str = Field(
+        default="microsoft/Phi-3.5-mini-instruct",
+        description="Hugging Face hub id, or a local directory holding a saved model and tokenizer.",
+    )
+    device: str = Field(default="auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'...")
+    dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
+    batch_size: int = Field(default=16, ge=1, description="Inputs decoded together in one batch.")
+    prefix_cache: bool = Field(default=True, description="Prefill the prompt part shared by all inputs once.")
+    jump_forward: bool = Field(
+        default=True, description="Feed text the schema forces (keys, punctuation) without sampling it token by token."
+    )
+
+    _last_stats: DecodeStats | None = PrivateAttr(default=None)
+
+    @property
+    def model_id(self) -> str:
+        return self.model
+
+    @property
+    def last_stats(self) -> DecodeStats | None:
+        """Work counters and timings of the latest ``generate_json`` call (for benchmarks)."""
+        return self._last_stats
+
+    def fingerprint(self) -> str:
+        device = torch_runtime.resolve_device(self.device)
+        return torch_runtime.fingerprint(
+            kind="metadata_llm",
+            model=self.model_id,
+            device=torch.device(device).type,
+            dtype=str(torch_runtime.resolve_dtype(self.dtype, device)),
+            decoding="greedy",
+            jump_forward=self.jump_forward,  # forced text is spelled by us, not chosen by the model
+        )
+
+    def generate_json(
+        self,
+        *,
+        system: str,
+        instruction: str,
+        inputs: Sequence[str],
+        schema: type[BaseModel],
+        max_new_tokens: int,
+    ) -> list[Generation]:
+        if not inputs:
+            return []
+        loaded = self._load()
+        prefix_ids, prompts = prompt_ids(loaded.tokenizer, system, instruction, inputs)
+        with torch.inference_mode():
+            decoded, stats = generate_constrained(
+                loaded.model,
+                loaded.grammars,
+                loaded.grammars.compile(schema),
+                prompts,
+                max_new_tokens=max_new_tokens,
+                batch_size=self.batch_size,
+                pad_token_id=loaded.pad_token_id,
+                prefix_ids=prefix_ids,
+                prefix_cache=loaded.prefixes if self.prefix_cache else None,
+                jump_forward=self.jump_forward,
+            )
+        self._last_stats = stats
+        log.info("metadata LLM: %d inputs, %s", len(inputs), stats)
+        return [Generation(d.text, d.seconds * 1000.0, len(d.token_ids), d.finished) for d in decoded]
+
+    def _load(self) -> ChatModel:
+        device = torch_runtime.resolve_device(self.device)
+        dtype = torch_runtime.resolve_dtype(self.dtype, device)
+        key = ("metadata_llm", self.model, device, str(dtype))
+        return torch_runtime.load_once(key, lambda: load_chat_model(self.model, device, dtype))
+
+
+def load_chat_model(model_ref: str, device: str, dtype: torch.dtype) -> ChatModel:
+    """Load model and tokenizer from a hub id or local directory (safetensors only, no remote code).
+
+    The one place a model is built: weight-only quantisation for CPU decoding would go here.
+    """
+    source = _resolve_source(model_ref)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True).to(device).eval()
+    stop_ids = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} - {None}
+    grammars = SchemaGrammars(tokenizer, model.config.vocab_size, {t for t in stop_ids if t < model.config.vocab_size})
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return ChatModel(model, tokenizer, grammars, PrefixCache(), pad)
+
+
+def _resolve_source(model_ref: str) -> str:
+    """A local directory path as given, or a hub id; a path-like reference must exist."""
+    path = Path(model_ref).expanduser()
+    if path.is_dir():
+        return str(path)
+    looks_like_path = path.is_absolute() or model_ref.startswith((".", "~")) or model_ref.count("/") > 1
+    if looks_like_path or path.exists():
+        raise FileNotFoundError(f"model directory {model_ref!r} does not exist (or is not a directory)")
+    return model_ref
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, system: str, instruction: str, inputs: Sequence[str]
+) -> tuple[list[int], list[list[int]]]:
+    """Token ids of the shared prompt prefix and of each full prompt.
+
+    Each full prompt is tokenised whole, so the model sees exactly the tokens of the
+    rendered chat; the decoder reuses the prefix only as far as those tokens agree.
+    """
+    messages = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": instruction + "\n\n" + _INPUT_SENTINEL},
+    ]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if rendered.count(_INPUT_SENTINEL) != 1:
+        raise ValueError("the chat template must place the user message in the prompt exactly once")
+    before, after = rendered.split(_INPUT_SENTINEL)
+    # The template already holds every special token the model expects (as apply_chat_template does).
+    prefix_ids = tokenizer(before, add_special_tokens=False)["input_ids"]
+    prompts = tokenizer([before + text + after for text in inputs], add_special_tokens=False)["input_ids"]
+    return prefix_ids, prompts

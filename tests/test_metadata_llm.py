@@ -1,0 +1,116 @@
+"""MetadataLLMResource on a tiny random-weight Phi-3 loaded from disk through the real loading code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
+from resources.metadata_llm import MetadataLLMResource, prompt_ids
+from resources.tiny.phi3 import build_tiny_phi3
+
+SYSTEM = "You write metadata for photos."
+INSTRUCTION = "Describe the photo from its caption as JSON."
+CAPTIONS = [
+    "a cat sleeping on a wooden table",
+    "people walking on the beach at sunset",
+    "a bowl of soup",
+    "a mountain covered in snow with pine trees in front",
+]
+BUDGET = 1024  # the tiny model's documents here take about 130-350 tokens
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return str(build_tiny_phi3(tmp_path_factory.mktemp("phi3")))
+
+
+def generate(llm: MetadataLLMResource, schema=ImageMetadataOutput, inputs=CAPTIONS, budget=BUDGET):
+    return llm.generate_json(system=SYSTEM, instruction=INSTRUCTION, inputs=inputs, schema=schema, max_new_tokens=budget)
+
+
+@pytest.fixture(scope="module")
+def metadata(model_dir):
+    llm = MetadataLLMResource(model=model_dir, dtype="float32", batch_size=3)
+    return llm, generate(llm)
+
+
+def test_model_id_is_the_local_directory_or_the_hub_id(model_dir, metadata):
+    llm, _ = metadata
+    assert llm.model_id == model_dir
+    assert MetadataLLMResource().model_id == "microsoft/Phi-3.5-mini-instruct"
+
+
+@pytest.mark.parametrize("schema", [ImageMetadataOutput, ClusterLabelOutput])
+def test_every_output_is_a_valid_document_of_the_schema(model_dir, metadata, schema):
+    llm, out = metadata
+    if schema is ClusterLabelOutput:
+        out = generate(llm, schema)
+    assert len(out) == len(CAPTIONS)
+    for generation in out:
+        assert generation.finished and generation.new_tokens > 0 and generation.ms > 0
+        schema.model_validate_json(generation.text)
+    stats = llm.last_stats
+    assert stats.forward_calls > 0 and stats.jump_forward_tokens > 0
+    assert stats.decode_tokens + stats.jump_forward_tokens == sum(g.new_tokens for g in out)
+
+
+def test_a_tiny_budget_returns_unfinished_text_for_the_caller_to_handle(model_dir):
+    out = generate(MetadataLLMResource(model=model_dir, dtype="float32"), ClusterLabelOutput, budget=4)
+    for generation in out:
+        assert not generation.finished and generation.new_tokens == 4
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(generation.text)
+
+
+def test_outputs_are_deterministic_and_independent_of_batch_size(model_dir, metadata):
+    _, reference = metadata
+    texts = [g.text for g in reference]
+    for batch_size in (1, 3, 16):
+        again = generate(MetadataLLMResource(model=model_dir, dtype="float32", batch_size=batch_size))
+        assert [g.text for g in again] == texts
+
+
+def test_fast_paths_match_the_naive_loop_when_jump_forward_is_off(model_dir):
+    naive = MetadataLLMResource(model=model_dir, dtype="float32", batch_size=1, prefix_cache=False, jump_forward=False)
+    fast = MetadataLLMResource(model=model_dir, dtype="float32", batch_size=3, prefix_cache=True, jump_forward=False)
+    inputs = CAPTIONS[:3]
+    expected = generate(naive, ClusterLabelOutput, inputs)
+    assert [g.text for g in generate(fast, ClusterLabelOutput, inputs)] == [g.text for g in expected]
+    assert [g.new_tokens for g in generate(fast, ClusterLabelOutput, inputs)] == [g.new_tokens for g in expected]
+    assert fast.last_stats.prefill_tokens < naive.last_stats.prefill_tokens / 2
+
+
+def test_prompt_split_renders_exactly_the_chat_template(metadata):
+    llm, _ = metadata
+    tokenizer = llm._load().tokenizer
+    prefix, prompts = prompt_ids(tokenizer, SYSTEM, INSTRUCTION, CAPTIONS)
+    for caption, ids in zip(CAPTIONS, prompts):
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": INSTRUCTION + "\n\n" + caption}]
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert ids == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        assert rendered.startswith("<|system|>\n" + SYSTEM + "<|end|>\n<|user|>\n") and rendered.endswith("<|assistant|>\n")
+        assert ids[: len(prefix) - 2] == prefix[:-2]
+
+
+def test_no_inputs_no_work(model_dir):
+    assert generate(MetadataLLMResource(model=model_dir), inputs=[]) == []
+
+
+def test_a_missing_local_directory_is_an_error(tmp_path):
+    for missing in (str(tmp_path / "no-such-model"), "./models/phi3"):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            generate(MetadataLLMResource(model=missing))
+
+
+def test_fingerprint_follows_what_changes_outputs(model_dir):
+    base = MetadataLLMResource(model=model_dir, dtype="float32")
+    assert base.fingerprint() == MetadataLLMResource(model=model_dir, dtype="float32", batch_size=2).fingerprint()
+    assert base.fingerprint() == MetadataLLMResource(model=model_dir, dtype="float32", prefix_cache=False).fingerprint()
+    for changed in (
+        MetadataLLMResource(model=model_dir, dtype="bfloat16"),
+        MetadataLLMResource(model=model_dir, dtype="float32", jump_forward=False),
+        MetadataLLMResource(model=model_dir + "-other", dtype="float32"),
+    ):
+        assert changed.fingerprint() != base.fingerprint()
