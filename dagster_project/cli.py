@@ -126,5 +126,14 @@ def ui(models: str | None, port: int, host: str) -> None:
     os.execv(str(dagster), [str(dagster), "dev", "-m", "dagster_project.definitions", "-h", host, "-p", str(port)])
 
 
+def _register_subcommands() -> None:
+    from evals.cli import baseline, eval_group
+
+    for command in (baseline, eval_group):
+        main.add_command(command)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     main()

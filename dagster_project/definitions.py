@@ -5,6 +5,7 @@ from __future__ import annotations
 from dagster import Definitions
 
 from assets import pipeline_assets
+from evals.definitions import eval_asset_checks, eval_assets, eval_resources
 from dagster_project.jobs import process_batch_job
 from dagster_project.profiles import model_resources
 from dagster_project.sensors import batch_folder_sensor
@@ -13,15 +14,17 @@ from resources.warehouse import ParquetWarehouse
 
 
 def build_definitions(settings: PixelsiftSettings | None = None, models: dict | None = None) -> Definitions:
-    """All assets, the job and the sensor, with the warehouse and the model resources of the current profile."""
+    """All assets and checks, the job and the sensor, with the warehouse and the current profile's models."""
     settings = settings or PixelsiftSettings()
     return Definitions(
-        assets=pipeline_assets,
+        assets=[*pipeline_assets, *eval_assets],
+        asset_checks=eval_asset_checks,
         jobs=[process_batch_job],
         sensors=[batch_folder_sensor],
         resources={
             "settings": settings,
             "io_manager": ParquetWarehouse(root=settings.warehouse_dir),
+            **eval_resources(),
             **(models if models is not None else model_resources()),
         },
     )
