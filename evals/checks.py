@@ -1,0 +1,130 @@
+"""Asset checks: the migration's acceptance thresholds on ``eval_summary``, and a clean baseline load.
+
+Each threshold compares one summary column with one ``EvalSettings`` field. A figure
+that could not be measured (no covered image, no fresh timing) fails with severity
+WARN and says why: an unmeasured target is not a met one.
+"""
+
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, PreviewWarning, asset_check
+
+from dagster_project.partitions import batch_partitions
+from evals.settings import EvalSettings
+from evals.summary import headline_markdown
+from evals.tables import PROBLEM
+
+
+@dataclass(frozen=True)
+class Threshold:
+    check: str
+    figure: str  # what the check message calls the value
+    column: str  # eval_summary column
+    setting: str  # EvalSettings field
+    minimum: bool  # True: the figure must reach the setting; False: must not exceed it
+    scale: float  # multiplies the column into the setting's unit
+    description: str
+
+
+THRESHOLDS = [
+    Threshold(
+        check="metadata_accuracy_meets_target", figure="metadata_accuracy", column="metadata_accuracy",
+        setting="min_metadata_accuracy", minimum=True, scale=1.0,
+        description="metadata_accuracy (weighted per-field agreement with the baseline) reaches the migration target.",
+    ),
+    Threshold(
+        check="fallback_rate_within_limit", figure="fallback_rate", column="fallback_rate",
+        setting="max_fallback_rate", minimum=False, scale=1.0,
+        description="Few LLM outputs were replaced by the rule-based fallback.",
+    ),
+    Threshold(
+        check="llm_outputs_schema_valid", figure="json_validity", column="json_validity",
+        setting="min_json_validity", minimum=True, scale=1.0,
+        description="Every LLM output (image metadata and cluster labels) parsed and validated against its schema.",
+    ),
+    Threshold(
+        check="p95_latency_within_limit", figure="p95 end-to-end seconds per image", column="end_to_end_p95_ms",
+        setting="max_p95_latency_s", minimum=False, scale=0.001,
+        description="95th percentile of end-to-end seconds per image is within the limit.",
+    ),
+]
+
+_UNMEASURED = {
+    "metadata_accuracy": "no image of the batch is covered by the baseline",
+    "fallback_rate": "no LLM output in the batch",
+    "json_validity": "no LLM output in the batch",
+    "end_to_end_p95_ms": "no image was timed in this run (all results reused or failed)",
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    passed: bool
+    severity: AssetCheckSeverity
+    value: float | None
+    limit: float
+    message: str
+
+
+def evaluate(threshold: Threshold, summary: dict[str, Any], settings: EvalSettings) -> Outcome:
+    limit = float(getattr(settings, threshold.setting))
+    raw = summary.get(threshold.column)
+    if raw is None:
+        return Outcome(False, AssetCheckSeverity.WARN, None, limit, f"not measured: {_UNMEASURED[threshold.column]}")
+    value = raw * threshold.scale
+    passed = value >= limit if threshold.minimum else value <= limit
+    relation = ("≥" if passed else "<") if threshold.minimum else ("≤" if passed else ">")
+    return Outcome(passed, AssetCheckSeverity.ERROR, value, limit,
+                   f"{threshold.figure} = {value:.4g} {relation} {threshold.setting} = {limit:g}")
+
+
+def _partitioned_check(**kwargs):
+    """``asset_check`` per batch partition, so each batch's result shows on that batch.
+
+    Partitioned checks are a preview feature of Dagster 1.13; its warning is silenced here
+    only, as this is the one place that relies on it."""
+    def decorate(fn):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PreviewWarning)
+            return asset_check(partitions_def=batch_partitions, **kwargs)(fn)
+
+    return decorate
+
+
+def _make_threshold_check(threshold: Threshold):
+    @_partitioned_check(asset=AssetKey("eval_summary"), name=threshold.check, description=threshold.description)
+    def _check(eval_summary: pa.Table, eval_settings: EvalSettings) -> AssetCheckResult:
+        summary = eval_summary.to_pylist()[0]
+        outcome = evaluate(threshold, summary, eval_settings)
+        metadata = {
+            "value": MetadataValue.float(outcome.value) if outcome.value is not None else MetadataValue.text("–"),
+            "limit": MetadataValue.float(outcome.limit),
+            "result": MetadataValue.text(outcome.message),
+            "headline": MetadataValue.md(headline_markdown(summary, eval_settings)),
+        }
+        return AssetCheckResult(passed=outcome.passed, severity=outcome.severity, metadata=metadata,
+                                description=outcome.message)
+
+    return _check
+
+
+@_partitioned_check(asset=AssetKey("gemini_baseline"),
+                    description="Every line of the baseline file loaded (a bad line is skipped, and listed here).")
+def baseline_loads_cleanly(gemini_baseline: pa.Table) -> AssetCheckResult:
+    problems = [r for r in gemini_baseline.to_pylist() if r["record"] == PROBLEM]
+    table = "\n".join(f"| {p['line']} | {p['problem'].replace('|', '/')} |" for p in problems[:50])
+    return AssetCheckResult(
+        passed=not problems,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "problems": MetadataValue.int(len(problems)),
+            "lines": MetadataValue.md("| line | reason |\n|---|---|\n" + table if problems else "none"),
+        },
+    )
+
+
+eval_asset_checks = [_make_threshold_check(t) for t in THRESHOLDS] + [baseline_loads_cleanly]
