@@ -18,7 +18,7 @@ from resources.settings import PixelsiftSettings
 from resources.torch_runtime import fingerprint
 
 LLM_FIELDS = ["cluster_name", "description", "tags", "primary_category", "fallback_used", "fallback_reason",
-              "attempts", "json_valid", "llm_ms"]
+              "attempts", "json_valid", "llm_ms", "new_tokens"]
 
 
 class ClusterLabelConfig(Config):
@@ -55,7 +55,7 @@ def cluster_labels(
     prior = {}
     if settings.reuse_results:
         prior = earlier_rows(settings.warehouse_dir, "cluster_labels", list(fps.values()), key="fingerprint")
-    fields: dict[int, dict] = {c: {k: prior[fps[c]][k] for k in LLM_FIELDS} | {"reused": True}
+    fields: dict[int, dict] = {c: {k: prior[fps[c]].get(k) for k in LLM_FIELDS} | {"reused": True}
                                for c in cluster_ids if fps[c] in prior}
     todo = [c for c in cluster_ids if c not in fields]
     structured = generate_structured(
@@ -70,11 +70,7 @@ def cluster_labels(
         retries=settings.model_retries,
         logger=context.log,
     )
-    for c, s in zip(todo, structured):
-        fields[c] = s.value.model_dump() | {
-            "fallback_used": s.fallback_used, "fallback_reason": s.fallback_reason, "attempts": s.attempts,
-            "json_valid": s.json_valid, "llm_ms": s.ms, "reused": False,
-        }
+    fields |= {c: s.row() for c, s in zip(todo, structured)}
     rows = [
         {"cluster_id": c, **fields[c], "vlm_model": metadata_llm.model_id, "images_analyzed": len(reps[c]),
          "total_images": len(members[c]), "fingerprint": fps[c]}

@@ -57,7 +57,7 @@ def image_metadata(
     llm_fields: dict[str, dict] = {}
     if settings.reuse_results:
         for image_id, row in previous_results(settings.warehouse_dir, "image_metadata", fp, list(caps)).items():
-            llm_fields[image_id] = {k: row[k] for k in LLM_FIELDS} | {"reused": True}
+            llm_fields[image_id] = {k: row.get(k) for k in LLM_FIELDS} | {"reused": True}
     reused = len(llm_fields)
     todo = [i for i in caps if i not in llm_fields]
     structured = generate_structured(
@@ -72,11 +72,7 @@ def image_metadata(
         retries=settings.model_retries,
         logger=context.log,
     )
-    for image_id, s in zip(todo, structured):
-        llm_fields[image_id] = s.value.model_dump() | {
-            "fallback_used": s.fallback_used, "fallback_reason": s.fallback_reason, "attempts": s.attempts,
-            "json_valid": s.json_valid, "llm_ms": s.ms, "new_tokens": s.new_tokens, "reused": False,
-        }
+    llm_fields |= {image_id: s.row() for image_id, s in zip(todo, structured)}
 
     results: dict[str, dict | Failed] = {i: Failed(f"no caption: {reason}") for i, reason in caption_errors.items()}
     for image_id, fields in llm_fields.items():

@@ -35,6 +35,13 @@ class Structured(Generic[M]):
     def fallback_used(self) -> bool:
         return self.fallback_reason is not None
 
+    def row(self) -> dict:
+        """The value's fields plus how it was produced, as stored in the asset's Parquet row."""
+        return self.value.model_dump() | {
+            "fallback_used": self.fallback_used, "fallback_reason": self.fallback_reason, "attempts": self.attempts,
+            "json_valid": self.json_valid, "llm_ms": self.ms, "new_tokens": self.new_tokens, "reused": False,
+        }
+
 
 def parse(text: str, schema: type[M]) -> M | str:
     """The validated value, or a short reason why not."""

@@ -117,6 +117,7 @@ CLUSTER_LABELS = pa.schema(
         pa.field("attempts", pa.int32()),
         pa.field("json_valid", pa.bool_()),
         pa.field("llm_ms", pa.float64()),
+        pa.field("new_tokens", pa.int32()),
         # Hash of the model settings, prompt and representative captions: same inputs, same label.
         pa.field("fingerprint", pa.string()),
         pa.field("reused", pa.bool_()),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -13,24 +12,15 @@ from pydantic import Field
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
 from resources.backends import Caption
-from resources.torch_runtime import fingerprint, load_once, resolve_device, resolve_dtype
+from resources.torch_runtime import fingerprint, load_once, local_model_dir, resolve_device, resolve_dtype
 
 
 def _model_source(model: str) -> str:
-    """The local directory to load from, or the hub id as given.
-
-    A hub id is ``name`` or ``org/name``; anything that is clearly a path but is not
-    a directory fails here, rather than as a confusing hub lookup error.
-    """
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return str(path)
-    if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model:
-        raise FileNotFoundError(
-            f"BLIP-2 model directory {model!r} does not exist; give a directory saved with "
-            "save_pretrained (model + processor) or a hub id such as 'Salesforce/blip2-opt-2.7b'"
-        )
-    return model
+    path = local_model_dir(
+        model, "give a directory saved with save_pretrained (model + processor) or a hub id such as "
+        "'Salesforce/blip2-opt-2.7b'"
+    )
+    return str(path) if path else model
 
 
 def _load(source: str, device: str, dtype: torch.dtype) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:

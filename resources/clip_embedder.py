@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -17,7 +16,7 @@ from PIL import Image
 from pydantic import Field
 
 from resources.backends import Embeddings
-from resources.torch_runtime import fingerprint, load_once, resolve_device, resolve_dtype
+from resources.torch_runtime import fingerprint, load_once, local_model_dir, resolve_device, resolve_dtype
 
 # open_clip's own precision names; "bf16"/"fp16" keep LayerNorms in float32 like the OpenAI release.
 _PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -31,15 +30,12 @@ def _open_clip_name(model: str, pretrained: str) -> tuple[str, str | None]:
     """
     if model.startswith(("local-dir:", "hf-hub:")):
         return model, None
-    path = Path(model).expanduser()
-    if path.is_dir():
+    path = local_model_dir(
+        model, "give a directory holding open_clip_config.json and open_clip_model.safetensors, "
+        "'hf-hub:org/repo', or a built-in name such as 'ViT-B-32'"
+    )
+    if path:
         return f"local-dir:{path}", None
-    if path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model:
-        raise FileNotFoundError(
-            f"open_clip model directory {model!r} does not exist; give a directory holding "
-            "open_clip_config.json and open_clip_model.safetensors, 'hf-hub:org/repo', "
-            "or a built-in name such as 'ViT-B-32'"
-        )
     return model, pretrained
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -129,14 +128,8 @@ def load_chat_model(model_ref: str, device: str, dtype: torch.dtype) -> ChatMode
 
 
 def _resolve_source(model_ref: str) -> str:
-    """A local directory path as given, or a hub id; a path-like reference must exist."""
-    path = Path(model_ref).expanduser()
-    if path.is_dir():
-        return str(path)
-    looks_like_path = path.is_absolute() or model_ref.startswith((".", "~")) or model_ref.count("/") > 1
-    if looks_like_path or path.exists():
-        raise FileNotFoundError(f"model directory {model_ref!r} does not exist (or is not a directory)")
-    return model_ref
+    path = torch_runtime.local_model_dir(model_ref, "give a directory saved with save_pretrained or a hub id")
+    return str(path) if path else model_ref
 
 
 def _as_list(value) -> list:

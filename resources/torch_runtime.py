@@ -43,6 +43,21 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(_DTYPES)}") from None
 
 
+def local_model_dir(model: str, hint: str) -> Path | None:
+    """The local directory ``model`` names, or None for a hub id (``name`` or ``org/name``).
+
+    Anything clearly meant as a path that is not a directory fails here, with ``hint`` saying
+    what to give instead, rather than later as a confusing hub lookup error.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    looks_like_path = path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model
+    if looks_like_path or path.exists():
+        raise FileNotFoundError(f"model directory {model!r} does not exist (or is not a directory); {hint}")
+    return None
+
+
 def fingerprint(**settings: Any) -> str:
     """A short stable hash of the settings that determine a model's output."""
     blob = json.dumps(settings, sort_keys=True, default=str)

@@ -204,7 +204,7 @@ def test_cli_runs_the_tiny_profile_and_queries(tmp_path, tiny_models):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "meaningless" in run.stderr
     for name in PER_IMAGE + ["cluster_labels"]:
-        assert f"batch=sample" in run.stdout and name in run.stdout
+        assert "batch=sample" in run.stdout and name in run.stdout
         assert partition_file(tmp_path / "wh", name, "sample").exists()
     out = subprocess.run(cli + ["query", "select count(*) as n from captions", "--format", "csv"], env=env,
                          capture_output=True, text=True, timeout=120)
