@@ -24,7 +24,7 @@ def build_definitions(settings: PixelsiftSettings | None = None, models: dict | 
         resources={
             "settings": settings,
             "io_manager": ParquetWarehouse(root=settings.warehouse_dir),
-            **eval_resources(),
+            **eval_resources(settings.warehouse_dir),
             **(models if models is not None else model_resources()),
         },
     )
