@@ -16,6 +16,7 @@ from pydantic_core import PydanticUndefined
 from assets.cluster_labels import ClusterLabelConfig
 from assets.clusters import ClusteringConfig
 from assets.image_metadata import MetadataConfig
+from evals.semantic import SentenceEncoder
 from evals.settings import EvalSettings
 from resources.captioner import CaptionerResource
 from resources.clip_embedder import ClipEmbedderResource
@@ -28,6 +29,7 @@ RESOURCES: list[tuple[str, type[BaseModel]]] = [
     ("metadata_llm", MetadataLLMResource),
     ("clip_embedder", ClipEmbedderResource),
     ("eval_settings", EvalSettings),
+    ("sentence_encoder", SentenceEncoder),
 ]
 ASSET_CONFIGS: list[tuple[str, type[BaseModel]]] = [
     ("image_metadata", MetadataConfig),
