@@ -22,6 +22,8 @@ LLM_FIELDS = ["cluster_name", "description", "tags", "primary_category", "fallba
 
 
 class ClusterLabelConfig(Config):
+    """Token budgets of the cluster-label LLM (first attempt, then one retry)."""
+
     max_new_tokens: int = Field(default=256, description="Token budget of the first LLM attempt per cluster.")
     retry_max_new_tokens: int = Field(default=512, description="Budget of the single retry for invalid output.")
 

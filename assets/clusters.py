@@ -14,6 +14,8 @@ from dagster_project.partitions import batch_partitions
 
 
 class ClusteringConfig(Config):
+    """How images are grouped: where groups stop merging, and what counts as noise."""
+
     distance_threshold: float = Field(
         default=0.35, description="Average cosine distance under which groups of images merge (0..2)."
     )

@@ -26,6 +26,8 @@ LLM_FIELDS = ["primary_category", "tags", "detected_objects", "scene_type", "sug
 
 
 class MetadataConfig(Config):
+    """Token budgets of the metadata LLM (first attempt, then one retry for invalid output)."""
+
     max_new_tokens: int = Field(default=384, description="Token budget of the first LLM attempt per image.")
     retry_max_new_tokens: int = Field(default=768, description="Budget of the single retry for invalid output.")
 
