@@ -5,12 +5,13 @@ from dagster import AssetExecutionContext, ResourceParam, asset
 
 from assets.per_image import assemble, run_image_model
 from assets.tables import CAPTIONS
+from dagster_project.jobs import LARGE_MODEL
 from dagster_project.partitions import batch_partitions
 from resources.backends import Caption, Captioner
 from resources.settings import PixelsiftSettings
 
 
-@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"})
+@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"}, op_tags=LARGE_MODEL)
 def captions(
     context: AssetExecutionContext,
     images: pa.Table,

@@ -12,6 +12,7 @@ from assets.reuse import earlier_rows
 from assets.schemas import ClusterLabelOutput
 from assets.structured_output import generate_structured
 from assets.tables import CLUSTER_LABELS, OK
+from dagster_project.jobs import LARGE_MODEL
 from dagster_project.partitions import batch_partitions
 from resources.backends import StructuredGenerator
 from resources.settings import PixelsiftSettings
@@ -28,7 +29,7 @@ class ClusterLabelConfig(Config):
     retry_max_new_tokens: int = Field(default=512, description="Budget of the single retry for invalid output.")
 
 
-@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"})
+@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"}, op_tags=LARGE_MODEL)
 def cluster_labels(
     context: AssetExecutionContext,
     config: ClusterLabelConfig,

@@ -15,6 +15,7 @@ from assets.reuse import previous_results
 from assets.schemas import ImageMetadataOutput
 from assets.structured_output import generate_structured
 from assets.tables import IMAGE_METADATA, OK
+from dagster_project.jobs import LARGE_MODEL
 from dagster_project.partitions import batch_partitions
 from resources.backends import StructuredGenerator
 from resources.settings import PixelsiftSettings
@@ -36,7 +37,7 @@ def _ok_rows(table: pa.Table, *columns: str) -> dict[str, dict]:
     return {r["image_id"]: r for r in table.select(["image_id", "status", *columns]).to_pylist() if r["status"] == OK}
 
 
-@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"})
+@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"}, op_tags=LARGE_MODEL)
 def image_metadata(
     context: AssetExecutionContext,
     config: MetadataConfig,

@@ -127,9 +127,10 @@ def ui(models: str | None, port: int, host: str) -> None:
 
 
 def _register_subcommands() -> None:
+    from benchmarks.cli import bench
     from evals.cli import baseline, eval_group
 
-    for command in (baseline, eval_group):
+    for command in (baseline, eval_group, bench):
         main.add_command(command)
 
 

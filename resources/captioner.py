@@ -47,7 +47,9 @@ class CaptionerResource(ConfigurableResource):
     )
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
-    batch_size: int = Field(default=8, ge=1, description="Images per generate call.")
+    batch_size: int = Field(
+        default=32, ge=1, description="Images per generate call (32: fastest on a 2-core CPU, see BENCHMARKS.md)."
+    )
     max_new_tokens: int = Field(default=20, ge=1, description="Caption length limit in tokens.")
     min_new_tokens: int = Field(
         default=0, ge=0, description="Suppress EOS until this many tokens (fixed-length runs for benchmarks)."

@@ -5,22 +5,20 @@ before the argmax, so the output always matches the grammar unless the token bud
 runs out. A complete document ends its row without a forward call for the stop token.
 Three switches save work on top of the plain loop:
 
-* batching: rows share forward calls. Every step appends one block of slots to the KV
-  cache; a row's tokens are right-aligned in the block and padding fills the left. The
-  2-D attention mask hides padding slots and explicit ``position_ids`` give each row its
-  own positions, so a row computes what it would alone (up to float rounding). Finished
-  rows are dropped from the batch and the cache.
+* batching: rows share forward calls. Each step packs every live row's pending tokens
+  into one sequence, with each row's own positions; attention keeps rows apart
+  (``resources/packed_batch.py``), so no slot is spent on padding in the linear layers
+  and a row computes what it would alone (up to float rounding). Finished rows leave the
+  batch and its cache.
 * prefix caching: the prompt prefix shared by all inputs is prefilled once per model
-  (``PrefixCache``) and copied into each batch; only the per-input suffix is prefilled.
-  Neither of these two changes a row's tokens.
+  (``PrefixCache``) and its single copy is attended to by every row of every batch; only
+  the per-input suffix is prefilled. Neither of these two changes a row's tokens.
 * jump-forward: when the grammar forces a unique continuation (keys, punctuation), its
   tokens are accepted at once and fed with the row's sampled token (or its prompt) in
-  the next block, instead of one forward call each. Rows with different numbers of
-  pending tokens share the block through the same left padding: free where a forward
-  call is memory-bound (GPU), but on a compute-bound CPU padding slots cost like real
-  tokens (``DecodeStats.padding_tokens`` counts them). The forced tokens are our
-  spelling of the forced text, not the model's own choice, so outputs can differ from
-  the plain loop's.
+  the next step, instead of one forward call each. Packed steps cost only the tokens
+  they carry, so rows with long and short forced runs share a step without padding.
+  The forced tokens are our spelling of the forced text, not the model's own choice, so
+  outputs can differ from the plain loop's.
 
 With prefix caching and jump-forward off and a batch of one, this is the naive reference
 loop: the whole prompt prefilled, then one token per forward call.
@@ -30,14 +28,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import xgrammar as xgr
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from resources.json_grammar import SchemaGrammars
+from resources.packed_batch import PackedRows, use_packed_attention
 from resources.prefix_cache import PrefixCache, SharedPrefix
+
+_FIRST_GROWTH = 128  # generated tokens the row buffers hold before they first grow
+
+
+# Picks a row's next token instead of the argmax: (input index, tokens generated so far,
+# the row's logits with disallowed tokens at -inf) -> token id. The benchmark uses it to steer
+# random-weight models to realistic documents; it must pick a token the mask allows.
+Chooser = Callable[[int, Sequence[int], torch.Tensor], int]
 
 
 @dataclass
@@ -46,7 +53,7 @@ class DecodeStats:
 
     forward_calls: int = 0
     prefill_tokens: int = 0  # prompt tokens run through the model (a cached prefix counts once, when prefilled)
-    padding_tokens: int = 0  # slots computed only to align rows in a batch
+    padding_tokens: int = 0  # query slots attention computes only to align rows (the linear layers see none)
     decode_tokens: int = 0  # generated tokens chosen by argmax
     jump_forward_tokens: int = 0  # generated tokens forced by the grammar, never sampled
     prefix_hits: int = 0  # batches that reused a cached prefix
@@ -64,6 +71,7 @@ class Decoded:
 
 @dataclass
 class _Row:
+    index: int  # position of the row's prompt in the caller's input
     matcher: xgr.GrammarMatcher
     pending: list[int]  # chosen tokens not yet run through the model
     next_position: int
@@ -79,23 +87,26 @@ def generate_constrained(
     *,
     max_new_tokens: int,
     batch_size: int,
-    pad_token_id: int,
+    pad_token_id: int | None = None,
     prefix_ids: Sequence[int] = (),
     prefix_cache: PrefixCache | None = None,
     jump_forward: bool = False,
+    choose: Chooser | None = None,
 ) -> tuple[list[Decoded], DecodeStats]:
     """One grammar-constrained greedy decode per prompt (token ids of the full prompt).
 
     ``prefix_ids`` is the tokenised shared part of the prompts; with a ``prefix_cache`` the
     longest token prefix that it shares with every prompt is prefilled once and reused.
     (Tokenisers may merge across the prefix/suffix boundary, so that can be a few tokens
-    shorter than ``prefix_ids``.)
+    shorter than ``prefix_ids``.) ``choose`` replaces greedy argmax (see ``Chooser``).
+    ``pad_token_id`` is accepted for callers of padded batching and not needed: steps are packed.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     stats = DecodeStats()
+    use_packed_attention(model)
     results: list[Decoded | None] = [None] * len(prompts)
     if not prompts:
         return [], stats
@@ -122,11 +133,12 @@ def generate_constrained(
             model,
             grammars,
             grammar,
+            batch,
             [prompts[i] for i in batch],
             prefix=prefix,
             max_new_tokens=max_new_tokens,
-            pad_token_id=pad_token_id,
             jump_forward=jump_forward,
+            choose=choose,
             stats=stats,
         )
         share = (time.perf_counter() - began) / len(batch)
@@ -149,17 +161,20 @@ def _decode_batch(
     model: PreTrainedModel,
     grammars: SchemaGrammars,
     grammar: xgr.CompiledGrammar,
+    indices: list[int],
     prompts: list[Sequence[int]],
     *,
     prefix: SharedPrefix | None,
     max_new_tokens: int,
-    pad_token_id: int,
     jump_forward: bool,
+    choose: Chooser | None,
     stats: DecodeStats,
 ) -> list[_Row]:
     device = model.device
     start = len(prefix.token_ids) if prefix is not None else 0
-    rows = [_Row(xgr.GrammarMatcher(grammar), list(p[start:]), next_position=start) for p in prompts]
+    rows = [
+        _Row(i, xgr.GrammarMatcher(grammar), list(p[start:]), next_position=start) for i, p in zip(indices, prompts)
+    ]
     if jump_forward:
         t = time.perf_counter()
         for row in rows:
@@ -170,54 +185,51 @@ def _decode_batch(
     if not live:
         return rows
     stats.prefill_tokens += sum(len(p) - start for p, row in zip(prompts, rows) if not row.done)
-    cache = prefix.expand(len(live)) if prefix is not None else DynamicCache(config=model.config)
-    mask = torch.ones(len(live), start, dtype=torch.long, device=device)
+    longest = max(len(row.pending) for row in live)
+    state = PackedRows(model, prefix, len(live), capacity=longest + min(max_new_tokens, _FIRST_GROWTH))
     bitmask = xgr.allocate_token_bitmask(len(live), grammars.vocab_size)
 
+    rows_in_cache = list(live)  # the cache's row order; finished rows stay until compaction
     while live:
         t = time.perf_counter()
-        ids, positions, block_mask, padding = _block(live, pad_token_id, device)
-        mask = torch.cat([mask, block_mask], dim=1)
+        counts = [0 if row.done else len(row.pending) for row in rows_in_cache]  # finished rows feed nothing
+        ids, positions = _packed_step(live, device)
+        mask = state.plan(counts)
+        ends = torch.tensor([c for c in counts if c], device=device).cumsum(0)
         out = model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            cache=cache,
+            cache=state,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=ends - 1,  # each live row's last token: its next-token logits
+            packed=state,
         )
-        logits = out.logits[:, -1, :].float().cpu()
+        logits = out.logits[0].float().cpu()
         stats.model_seconds += time.perf_counter() - t
         stats.forward_calls += 1
-        stats.padding_tokens += padding
+        stats.padding_tokens += len(rows_in_cache) * max(counts) - sum(counts)
 
-        _choose_next(live, logits, bitmask, grammars, max_new_tokens, jump_forward, stats)
+        _choose_next(live, logits, bitmask, grammars, max_new_tokens, jump_forward, choose, stats)
 
-        keep = [j for j, row in enumerate(live) if not row.done]
-        if len(keep) < len(live):
-            if keep:
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask = mask[index]
-            live = [live[j] for j in keep]
+        live = [row for row in live if not row.done]
+        # Compacting copies every row's cache, so it waits until half the rows have finished.
+        if live and 2 * len(live) <= len(rows_in_cache):
+            state.select([j for j, row in enumerate(rows_in_cache) if not row.done])
+            rows_in_cache = list(live)
     return rows
 
 
-def _block(live: list[_Row], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """The next slots for every live row: its pending tokens right-aligned, padding on the left."""
-    width = max(len(r.pending) for r in live)
-    ids = torch.full((len(live), width), pad_token_id, dtype=torch.long)
-    positions = torch.zeros((len(live), width), dtype=torch.long)
-    block_mask = torch.zeros((len(live), width), dtype=torch.long)
-    for j, row in enumerate(live):
-        n = len(row.pending)
-        ids[j, width - n :] = torch.tensor(row.pending)
-        positions[j, width - n :] = torch.arange(row.next_position, row.next_position + n)
-        block_mask[j, width - n :] = 1
-        row.next_position += n
+def _packed_step(live: list[_Row], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every live row's pending tokens, one row after another, as one sequence with each row's positions."""
+    ids: list[int] = []
+    positions: list[int] = []
+    for row in live:
+        ids += row.pending
+        positions += range(row.next_position, row.next_position + len(row.pending))
+        row.next_position += len(row.pending)
         row.pending = []
-    padding = ids.numel() - int(block_mask.sum())
-    return ids.to(device), positions.to(device), block_mask.to(device), padding
+    return torch.tensor([ids], device=device), torch.tensor([positions], device=device)
 
 
 def _choose_next(
@@ -227,6 +239,7 @@ def _choose_next(
     grammars: SchemaGrammars,
     max_new_tokens: int,
     jump_forward: bool,
+    choose: Chooser | None,
     stats: DecodeStats,
 ) -> None:
     """Pick each live row's next token under its grammar mask, then any forced run after it."""
@@ -236,7 +249,10 @@ def _choose_next(
         row.matcher.fill_next_token_bitmask(masks, j)
     xgr.apply_token_bitmask_inplace(logits, masks, vocab_size=grammars.vocab_size)
     stats.grammar_seconds += time.perf_counter() - t
-    chosen = logits.argmax(dim=-1).tolist()
+    if choose is None:
+        chosen = logits.argmax(dim=-1).tolist()
+    else:
+        chosen = [choose(row.index, row.generated, logits[j]) for j, row in enumerate(live)]
 
     t = time.perf_counter()
     for j, (row, token_id) in enumerate(zip(live, chosen)):

@@ -1,0 +1,189 @@
+"""One function per pipeline stage: run it on the benchmark's images the naive or the optimised way.
+
+Each calls the pipeline's own code (the model resources, the palette and decoding
+functions) and returns a ``StageResult``. The naive way is the seed's design: one image
+at a time, the whole prompt prefilled for every input, one token per forward call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from assets.image_files import ImageDecodeError, inspect_file, list_batch_files, open_image
+from assets.palette import extract_palette
+from assets.prompts import CLUSTER_INSTRUCTION, METADATA_INSTRUCTION, SYSTEM, caption_input, cluster_input
+from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
+from benchmarks.measure import measured
+from benchmarks.steering import DocumentSteering
+from benchmarks.workload import CAPTION_TOKENS, CLUSTER_EXAMPLES, EXAMPLES, IMAGES_PER_CLUSTER, document
+from resources.captioner import CaptionerResource
+from resources.clip_embedder import ClipEmbedderResource
+from resources.constrained_decoding import generate_constrained
+from resources.metadata_llm import ChatModel, prompt_ids
+from resources.prefix_cache import PrefixCache
+
+MAX_IMAGE_PIXELS = 89_478_485  # the pipeline's default decompression-bomb limit
+
+
+@dataclass
+class StageResult:
+    stage: str
+    path: str  # "naive" or "optimised"
+    items: int  # images (clusters for cluster_labels)
+    seconds: float
+    batch_size: int
+    peak_rss_gib: float
+    peak_gpu_gib: float | None = None
+    generated_tokens: int = 0
+    prompt_tokens: int = 0  # prompt tokens run through the model (a shared prefix once)
+    details: dict = field(default_factory=dict)
+
+    @property
+    def seconds_per_item(self) -> float:
+        return self.seconds / self.items
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["seconds_per_item"] = self.seconds_per_item
+        out["items_per_second"] = self.items / self.seconds
+        if self.generated_tokens:
+            out["generated_tokens_per_second"] = self.generated_tokens / self.seconds
+        return out
+
+
+def load_images(folder: Path, count: int) -> list[Image.Image]:
+    """``count`` images from ``folder`` as the models see them, cycling through its files (mirrored on
+    odd passes, so repeats are different pixels; the models' cost does not depend on content)."""
+    decoded = []
+    for path in list_batch_files(folder):
+        try:
+            decoded.append(open_image(folder, path.relative_to(folder).as_posix(), MAX_IMAGE_PIXELS))
+        except ImageDecodeError:
+            continue
+    if not decoded:
+        raise ValueError(f"no decodable images in {folder}")
+    out = []
+    for i in range(count):
+        image = decoded[i % len(decoded)]
+        out.append(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if (i // len(decoded)) % 2 else image)
+    return out
+
+
+def decode_stage(folder: Path, count: int, device: str, path: str) -> StageResult:
+    """What the ``images`` asset and each image stage do per file: hash and decode, then open for a model."""
+    files = list_batch_files(folder)
+    with measured(device) as m:
+        for i in range(count):
+            file = files[i % len(files)]
+            inspect_file(file, folder, MAX_IMAGE_PIXELS)
+            try:
+                open_image(folder, file.relative_to(folder).as_posix(), MAX_IMAGE_PIXELS)
+            except ImageDecodeError:
+                pass
+    return StageResult("decode", path, count, m.seconds, 1, m.peak_rss_gib, m.peak_gpu_gib)
+
+
+def palette_stage(images: Sequence[Image.Image], device: str, path: str) -> StageResult:
+    with measured(device) as m:
+        for image in images:
+            extract_palette(image)
+    return StageResult("palette", path, len(images), m.seconds, 1, m.peak_rss_gib, m.peak_gpu_gib)
+
+
+def clip_stage(embedder: ClipEmbedderResource, images: Sequence[Image.Image], device: str, path: str) -> StageResult:
+    embedder.embed(images[:1])  # warm-up: first-call allocation and kernel selection
+    with measured(device) as m:
+        embedder.embed(images)
+    return StageResult("clip_embeddings", path, len(images), m.seconds, embedder.batch_size, m.peak_rss_gib,
+                       m.peak_gpu_gib)
+
+
+def caption_stage(captioner: CaptionerResource, images: Sequence[Image.Image], device: str, path: str) -> StageResult:
+    captioner.caption(images[:1])  # warm-up
+    with measured(device) as m:
+        captions = captioner.caption(images)
+    generated = sum(c.new_tokens for c in captions)
+    if generated != CAPTION_TOKENS * len(images):
+        raise RuntimeError(f"captions should be {CAPTION_TOKENS} tokens each, got {generated} in all")
+    return StageResult("captions", path, len(images), m.seconds, captioner.batch_size, m.peak_rss_gib,
+                       m.peak_gpu_gib, generated_tokens=generated)
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    batch_size: int
+    prefix_cache: bool
+    jump_forward: bool
+
+    @classmethod
+    def naive(cls) -> DecodeSettings:
+        return cls(batch_size=1, prefix_cache=False, jump_forward=False)
+
+
+def metadata_workload(count: int) -> tuple[list[str], list[str]]:
+    """LLM inputs (realistic captions) and the documents to steer to, for ``count`` images."""
+    examples = [EXAMPLES[i % len(EXAMPLES)] for i in range(count)]
+    return [caption_input(e.caption) for e in examples], [document(e.metadata) for e in examples]
+
+
+def cluster_workload(images: int) -> tuple[list[str], list[str]]:
+    """One cluster per ``IMAGES_PER_CLUSTER`` images (at least one)."""
+    clusters = [CLUSTER_EXAMPLES[i % len(CLUSTER_EXAMPLES)] for i in range(max(1, math.ceil(images / IMAGES_PER_CLUSTER)))]
+    return [cluster_input(list(captions)) for captions, _ in clusters], [document(label) for _, label in clusters]
+
+
+def llm_stage(
+    chat: ChatModel,
+    stage: str,
+    inputs: list[str],
+    targets: list[str],
+    settings: DecodeSettings,
+    device: str,
+    path: str,
+) -> StageResult:
+    """Steered constrained decoding of every input, as ``MetadataLLMResource.generate_json`` runs it."""
+    instruction, schema = (
+        (METADATA_INSTRUCTION, ImageMetadataOutput) if stage == "image_metadata" else (CLUSTER_INSTRUCTION, ClusterLabelOutput)
+    )
+    prefix_ids, prompts = prompt_ids(chat.tokenizer, SYSTEM, instruction, inputs)
+    grammar = chat.grammars.compile(schema)
+    budget = 4 * max(len(t) for t in targets)  # never binding: the steering ends every document
+
+    def run(rows: list[int], cache: PrefixCache | None):
+        with torch.inference_mode():
+            return generate_constrained(
+                chat.model, chat.grammars, grammar, [prompts[i] for i in rows], max_new_tokens=budget,
+                batch_size=settings.batch_size, prefix_ids=prefix_ids, prefix_cache=cache,
+                jump_forward=settings.jump_forward, choose=DocumentSteering(chat.grammars, [targets[i] for i in rows]),
+            )
+
+    # Warm-up on one input with a fresh cache; the timed run then prefills its prefix itself, as a new process would.
+    run([0], PrefixCache() if settings.prefix_cache else None)
+    with measured(device) as m:
+        decoded, stats = run(list(range(len(inputs))), PrefixCache() if settings.prefix_cache else None)
+    if [d.text for d in decoded] != targets:
+        raise RuntimeError(f"{stage}: steering did not reproduce the target documents")
+    generated = stats.decode_tokens + stats.jump_forward_tokens
+    return StageResult(
+        stage, path, len(inputs), m.seconds, settings.batch_size, m.peak_rss_gib, m.peak_gpu_gib,
+        generated_tokens=generated, prompt_tokens=stats.prefill_tokens,
+        details={
+            "prefix_cache": settings.prefix_cache,
+            "jump_forward": settings.jump_forward,
+            "shared_prefix_tokens": len(prefix_ids),
+            "forward_calls": stats.forward_calls,
+            "sampled_tokens": stats.decode_tokens,
+            "jump_forward_tokens": stats.jump_forward_tokens,
+            "attention_padding_slots": stats.padding_tokens,
+            "model_seconds": stats.model_seconds,
+            "grammar_seconds": stats.grammar_seconds,
+            "grammar_share_of_model_time": stats.grammar_seconds / stats.model_seconds,
+            "grammar_us_per_generated_token": 1e6 * stats.grammar_seconds / generated,
+        },
+    )

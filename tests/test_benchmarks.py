@@ -1,0 +1,54 @@
+"""The benchmark itself stays out of CI; this is its smoke run on the tiny models, plus the pieces
+that make full-size runs realistic (published configurations, steering to realistic documents)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from click.testing import CliRunner
+from transformers import Blip2ForConditionalGeneration, Phi3ForCausalLM
+
+from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
+from benchmarks.cli import bench
+from benchmarks.full_size import blip2_opt_27b_config, phi35_mini_config
+from benchmarks.runner import STAGES
+from benchmarks.workload import CLUSTER_EXAMPLES, EXAMPLES, document
+
+
+def test_smoke_run_on_tiny_models_writes_every_stage_and_the_end_to_end_figures(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXELSIFT_TINY_MODELS_DIR", str(tmp_path / "models"))
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(bench, [
+        "--models", "tiny", "--count", "3", "--naive-count", "1", "--dtype", "float32",
+        "--caption-batch", "1,3", "--llm-batch", "3", "--output", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "end to end, per image" in result.output
+    figures = json.loads(out.read_text())
+    assert figures["command"].startswith("pixelsift bench --models tiny")
+    assert {(s["stage"], s["path"]) for s in figures["stages"]} == {(s, p) for s in STAGES for p in ("naive", "optimised")}
+    assert [s["batch_size"] for s in figures["stages"] if s["stage"] == "captions" and s["path"] == "optimised"] == [1, 3]
+    metadata = next(s for s in figures["stages"] if s["stage"] == "image_metadata" and s["path"] == "optimised")
+    assert metadata["generated_tokens"] > 0 and metadata["details"]["jump_forward_tokens"] > 0
+    assert 0 < metadata["details"]["grammar_share_of_model_time"]
+    e2e = figures["end_to_end"]
+    assert e2e["optimised_seconds_per_image"] > 0 and e2e["speedup"] > 0
+    assert set(e2e["chosen_batch_sizes"]) == set(STAGES)
+
+
+def test_full_size_configurations_have_the_published_parameter_counts():
+    with torch.device("meta"):
+        phi = Phi3ForCausalLM(phi35_mini_config(bos=1, eos=2, pad=3))
+        blip = Blip2ForConditionalGeneration(blip2_opt_27b_config(image_token_index=4, bos=1, eos=2, pad=3))
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert round(count(phi) / 1e9, 2) == 3.82  # Phi-3.5-mini: 3.8B
+    assert round(count(blip.vision_model) / 1e9, 2) == 0.99  # EVA ViT-g/14: 1B
+    assert round(count(blip.language_model) / 1e9, 2) == 2.65  # OPT-2.7B
+
+
+def test_workload_documents_are_valid_for_the_real_schemas():
+    for example in EXAMPLES:
+        assert ImageMetadataOutput.model_validate_json(document(example.metadata)) == example.metadata
+    for _, label in CLUSTER_EXAMPLES:
+        assert ClusterLabelOutput.model_validate_json(document(label)) == label
