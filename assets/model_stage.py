@@ -3,12 +3,15 @@
 A chunk that raises is retried; if it still fails, each of its items is tried alone so
 one bad item cannot take its neighbours down. An item that fails alone is returned as
 its exception, and the asset records it as an error row instead of crashing the run.
+A model that cannot be loaded at all is not an item's failure: it fails the step at once.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Callable, Sequence, TypeVar
+
+from resources.torch_runtime import ModelLoadError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -47,6 +50,8 @@ def _attempt(chunk: Sequence[T], fn: Callable[[Sequence[T]], Sequence[R]], retri
     for attempt in range(1 + max(0, retries)):
         try:
             out = fn(chunk)
+        except ModelLoadError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any model failure becomes a recorded error
             error = exc
             logger.warning("model call failed (attempt %d of %d): %r", attempt + 1, 1 + retries, exc)

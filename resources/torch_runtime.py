@@ -43,6 +43,20 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(_DTYPES)}") from None
 
 
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded. Not a per-image failure: the step fails at once, with this message."""
+
+
+class ModelDirMissing(ModelLoadError, FileNotFoundError):
+    pass
+
+
+OFFLINE_HINT = (
+    "if this machine cannot reach the Hugging Face Hub, point the resource's `model` at a local directory, "
+    "or check the install with the offline profile (`--models tiny`)"
+)
+
+
 def local_model_dir(model: str, hint: str) -> Path | None:
     """The local directory ``model`` names, or None for a hub id (``name`` or ``org/name``).
 
@@ -54,7 +68,7 @@ def local_model_dir(model: str, hint: str) -> Path | None:
         return path
     looks_like_path = path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model
     if looks_like_path or path.exists():
-        raise FileNotFoundError(f"model directory {model!r} does not exist (or is not a directory); {hint}")
+        raise ModelDirMissing(f"model directory {model!r} does not exist (or is not a directory); {hint}")
     return None
 
 
@@ -69,10 +83,22 @@ _lock = threading.Lock()
 
 
 def load_once(key: tuple, loader: Callable[[], Any]) -> Any:
-    """Load a model at most once per process for a given key (model, device, dtype, ...)."""
+    """Load a model at most once per process for a given key (model, device, dtype, ...).
+
+    A failure is remembered too: a hub download that cannot succeed (offline, wrong id) takes
+    minutes of retries in the hub client, and must not be repeated for every image.
+    """
     with _lock:
         if key not in _cache:
-            _cache[key] = loader()
+            try:
+                _cache[key] = loader()
+            except ModelLoadError as exc:
+                _cache[key] = exc
+            except Exception as exc:  # noqa: BLE001 - every loading failure is reported the same way
+                _cache[key] = ModelLoadError(f"could not load model {key}: {type(exc).__name__}: {exc}; {OFFLINE_HINT}")
+                _cache[key].__cause__ = exc
+        if isinstance(_cache[key], ModelLoadError):
+            raise _cache[key]
         return _cache[key]
 
 

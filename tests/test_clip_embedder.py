@@ -13,6 +13,7 @@ from PIL import Image
 
 from resources.clip_embedder import ClipEmbedderResource
 from resources.tiny.clip import EMBED_DIM, build_tiny_clip
+from resources.torch_runtime import ModelLoadError
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +77,7 @@ def test_missing_or_incomplete_directory_is_a_clear_error(tmp_path, images):
     with pytest.raises(FileNotFoundError, match="no_such_model.*does not exist"):
         embedder(tmp_path / "no_such_model").embed(images[:1])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
+    with pytest.raises(ModelLoadError, match="open_clip_config.json"):
         embedder(tmp_path / "empty").embed(images[:1])
 
 

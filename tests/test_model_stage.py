@@ -1,3 +1,5 @@
+import pytest
+
 from assets.model_stage import run_in_chunks
 
 
@@ -32,3 +34,33 @@ def test_transient_failure_is_retried():
 def test_wrong_result_count_is_a_failure():
     out = run_in_chunks([1], lambda chunk: [], chunk_size=1, retries=0)
     assert isinstance(out[0], RuntimeError)
+
+
+def test_a_model_that_cannot_load_fails_at_once_instead_of_per_item():
+    from resources.torch_runtime import ModelLoadError
+
+    calls = []
+
+    def unloadable(chunk):
+        calls.append(list(chunk))
+        raise ModelLoadError("could not load model")
+
+    with pytest.raises(ModelLoadError):
+        run_in_chunks([1, 2, 3], unloadable, chunk_size=2, retries=3)
+    assert calls == [[1, 2]]
+
+
+def test_load_failures_are_remembered(monkeypatch):
+    from resources import torch_runtime
+
+    monkeypatch.setattr(torch_runtime, "_cache", {})
+    attempts = []
+
+    def loader():
+        attempts.append(1)
+        raise OSError("hub unreachable")
+
+    for _ in range(3):
+        with pytest.raises(torch_runtime.ModelLoadError, match="hub unreachable.*--models tiny"):
+            torch_runtime.load_once(("x", "some/model"), loader)
+    assert len(attempts) == 1

@@ -218,3 +218,24 @@ def test_dagster_definitions_validate():
     result = subprocess.run([str(dagster), "definitions", "validate", "-m", "dagster_project.definitions"],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_an_unloadable_model_fails_its_step_with_a_clear_message(first_run, tiny_models, tmp_path):
+    from resources.captioner import CaptionerResource
+
+    images_root, _, _, _ = first_run
+    (tmp_path / "not_a_model").mkdir()
+    models = {**tiny_models, "captioner": CaptionerResource(model=str(tmp_path / "not_a_model"), device="cpu",
+                                                            dtype="float32")}
+    settings = PixelsiftSettings(images_root=str(images_root), warehouse_dir=str(tmp_path / "wh"),
+                                 max_image_pixels=MAX_PIXELS_IN_TESTS)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("batch", ["mixed"])
+    result = build_definitions(settings, models).resolve_job_def("process_batch").execute_in_process(
+        partition_key="mixed", instance=instance, raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "captions"
+    assert "could not load model" in str(failure.event_specific_data.error)
+    # Stages that do not need the captioner still ran.
+    assert partition_file(tmp_path / "wh", "clip_embeddings", "mixed").exists()
