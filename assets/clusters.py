@@ -28,7 +28,7 @@ def clusters(
     context: AssetExecutionContext, config: ClusteringConfig, images: pa.Table, clip_embeddings: pa.Table
 ) -> pa.Table:
     """Cluster id, cosine distance to the centroid and representative flag per image."""
-    rows = [r for r in clip_embeddings.select(["image_id", "status", "error"]).to_pylist()]
+    rows = clip_embeddings.select(["image_id", "status", "error"]).to_pylist()
     ok_ids = list(dict.fromkeys(r["image_id"] for r in rows if r["status"] == OK))
     by_id = {image_id: i for i, image_id in enumerate(clip_embeddings.column("image_id").to_pylist())}
     embeddings = clip_embeddings.column("embedding").to_pylist()

@@ -68,9 +68,7 @@ def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str | None]:
         raise
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image Pillow can read") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"decompression bomb: {exc}") from None
-    except Image.DecompressionBombWarning as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"cannot decode: {exc}") from None

@@ -23,6 +23,6 @@ def test_valid_keys_pass(key):
     ],
 )
 def test_invalid_keys_are_rejected_with_a_reason(key, words):
-    with pytest.raises(InvalidBatchKey, match=None) as info:
+    with pytest.raises(InvalidBatchKey) as info:
         validate_batch_key(key)
     assert words in str(info.value)
