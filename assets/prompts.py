@@ -2,13 +2,14 @@
 
 The field lists come from the pydantic models in ``assets/schemas.py``, so a schema
 change shows up in the prompt without editing this file. ``PROMPT_VERSION`` changes
-whenever any text here changes; it is part of the reuse fingerprint, so editing a
+whenever any text here or a schema changes; it is part of the reuse fingerprint, so editing a
 prompt makes the next run recompute instead of reusing stale results.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 
 from assets.schemas import ClusterLabelOutput, ImageMetadataOutput, field_guide
 
@@ -40,6 +41,11 @@ def cluster_input(captions: list[str]) -> str:
     return "Captions:\n" + "\n".join(f"- {c.strip()}" for c in captions)
 
 
+# The schemas are in it too: they are the grammar the output is constrained by.
 PROMPT_VERSION = hashlib.sha256(
-    "\x00".join([SYSTEM, METADATA_INSTRUCTION, CLUSTER_INSTRUCTION, caption_input("x"), cluster_input(["x"])]).encode()
+    "\x00".join([
+        SYSTEM, METADATA_INSTRUCTION, CLUSTER_INSTRUCTION, caption_input("x"), cluster_input(["x"]),
+        json.dumps(ImageMetadataOutput.model_json_schema(), sort_keys=True),
+        json.dumps(ClusterLabelOutput.model_json_schema(), sort_keys=True),
+    ]).encode()
 ).hexdigest()[:12]

@@ -10,17 +10,19 @@ import click
 from benchmarks.runner import STAGES, BenchConfig, ModelPaths
 
 
-def _model_paths(models: str, models_dir: Path) -> ModelPaths:
+def _model_paths(models: str, models_dir: Path, device: str) -> ModelPaths:
     if models == "tiny":
         from dagster_project.profiles import ensure_tiny_models, tiny_models_dir
 
         paths = ensure_tiny_models(tiny_models_dir())
         return ModelPaths(str(paths["blip2"].resolve()), str(paths["phi3"].resolve()), str(paths["clip"].resolve()), "")
     from benchmarks.full_size import CLIP_MODEL, build_blip2_opt_27b, build_phi35_mini
+    from resources.torch_runtime import resolve_device
 
     click.echo(f"full-size random-weight models in {models_dir} (built on first use, ~16 GB)", err=True)
-    return ModelPaths(str(build_blip2_opt_27b(models_dir / "blip2")), str(build_phi35_mini(models_dir / "phi35")),
-                      CLIP_MODEL, "")
+    device = resolve_device(device)
+    return ModelPaths(str(build_blip2_opt_27b(models_dir / "blip2", device)),
+                      str(build_phi35_mini(models_dir / "phi35", device)), CLIP_MODEL, "")
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -82,12 +84,16 @@ def bench(models, models_dir, images, count, naive_count, device, dtype, caption
     if unknown:
         raise click.BadParameter(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}")
     config = BenchConfig(
-        models=_model_paths(models, models_dir), models_label=models, images=images, count=count,
+        models=_model_paths(models, models_dir, device), models_label=models, images=images, count=count,
         naive_count=count if naive_count is None else naive_count, device=device, dtype=dtype, caption_batch=_sizes(caption_batch),
         llm_batch=_sizes(llm_batch), clip_batch=clip_batch, jump_forward=jump_forward, stages=chosen, int8=int8,
     )
-    result = run_benchmark(config, log=lambda line: click.echo(line, err=True))
+    from resources.torch_runtime import resolve_device
+
+    target = output or Path("benchmarks/results") / f"{models}-{resolve_device(device)}.json"
+    command = _command_line(click.get_current_context())
+    result = run_benchmark(config, log=lambda line: click.echo(line, err=True),
+                           on_result=lambda partial: write_json(partial, target, command, complete=False))
     click.echo(table(result))
-    target = output or Path("benchmarks/results") / f"{models}-{result.config['device']}.json"
-    write_json(result, target, _command_line(click.get_current_context()))
+    write_json(result, target, command)
     click.echo(f"\nraw figures: {target}")

@@ -115,7 +115,8 @@ def machine_description(device: str) -> dict:
     return info
 
 
-def run_benchmark(config: BenchConfig, log=print) -> BenchResult:
+def run_benchmark(config: BenchConfig, log=print, on_result=None) -> BenchResult:
+    """Run the configured stages; ``on_result(result)`` is called after each measurement (partial saves)."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     dtype_name = str(dtype).removeprefix("torch.")
@@ -136,6 +137,8 @@ def run_benchmark(config: BenchConfig, log=print) -> BenchResult:
 
     def record(r: StageResult) -> None:
         result.results.append(r)
+        if on_result is not None:
+            on_result(result)
         log(f"  {r.stage:<16} {r.path:<9} batch {r.batch_size:>3}  {r.items:>3} items  {r.seconds_per_item:8.3f} s/item  "
             f"peak RSS {r.peak_rss_gib:5.1f} GiB")
 

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from transformers import Blip2ForConditionalGeneration, Phi3ForCausalLM
 
 from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
+from benchmarks import stages
 from benchmarks.cli import bench
 from benchmarks.full_size import blip2_opt_27b_config, phi35_mini_config
 from benchmarks.runner import STAGES
@@ -26,6 +27,7 @@ def test_smoke_run_on_tiny_models_writes_every_stage_and_the_end_to_end_figures(
     assert result.exit_code == 0, result.output
     assert "end to end, per image" in result.output
     figures = json.loads(out.read_text())
+    assert figures["complete"] is True
     assert figures["command"].startswith("pixelsift bench --models tiny")
     assert {(s["stage"], s["path"]) for s in figures["stages"]} == {(s, p) for s in STAGES for p in ("naive", "optimised")}
     assert [s["batch_size"] for s in figures["stages"] if s["stage"] == "captions" and s["path"] == "optimised"] == [1, 3]
@@ -35,6 +37,24 @@ def test_smoke_run_on_tiny_models_writes_every_stage_and_the_end_to_end_figures(
     e2e = figures["end_to_end"]
     assert e2e["optimised_seconds_per_image"] > 0 and e2e["speedup"] > 0
     assert set(e2e["chosen_batch_sizes"]) == set(STAGES)
+
+
+def test_a_run_cut_short_keeps_the_stages_it_measured(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXELSIFT_TINY_MODELS_DIR", str(tmp_path / "models"))
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(stages, "llm_stage", out_of_memory)
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(bench, ["--models", "tiny", "--count", "2", "--naive-count", "1", "--dtype", "float32",
+                                        "--stages", "decode,palette,image_metadata", "--output", str(out)])
+    assert result.exit_code != 0 and "out of memory" in str(result.exception)
+    figures = json.loads(out.read_text())
+    assert figures["complete"] is False
+    assert {(s["stage"], s["path"]) for s in figures["stages"]} == {
+        (s, p) for s in ("decode", "palette") for p in ("naive", "optimised")
+    }
 
 
 def test_full_size_configurations_have_the_published_parameter_counts():

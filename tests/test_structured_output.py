@@ -5,11 +5,13 @@ model crash) can be forced; the real tiny Phi-3 runs through this code in test_p
 """
 
 import json
+import re
 
 import pytest
+from pydantic import ValidationError
 
 from assets.fallbacks import image_metadata_fallback
-from assets.schemas import ImageMetadataOutput
+from assets.schemas import MAX_PATTERN_REPEAT, ClusterLabelOutput, ImageMetadataOutput
 from assets.structured_output import generate_structured, parse
 from resources.backends import Generation
 
@@ -99,3 +101,29 @@ def test_fallbacks_always_validate(caption):
 
     ImageMetadataOutput.model_validate(image_metadata_fallback(caption).model_dump())
     ClusterLabelOutput.model_validate(cluster_label_fallback([caption, caption]).model_dump())
+
+
+def _pattern_bounds(schema: dict) -> list[tuple[str, int]]:
+    found = []
+    for value in schema.get("properties", {}).values():
+        found += [(value["pattern"], int(n)) for n in re.findall(r"\{\d*,?(\d+)\}", value.get("pattern", ""))]
+    for sub in schema.get("$defs", {}).values():
+        found += _pattern_bounds(sub)
+    for value in schema.get("properties", {}).values():
+        if "items" in value:
+            found += _pattern_bounds({"properties": {"item": value["items"]}})
+    return found
+
+
+@pytest.mark.parametrize("schema", [ImageMetadataOutput, ClusterLabelOutput])
+def test_every_pattern_repetition_stays_on_xgrammars_fast_path(schema):
+    bounds = _pattern_bounds(schema.model_json_schema())
+    assert bounds, "the schema's patterns were not found"
+    assert [(p, n) for p, n in bounds if n > MAX_PATTERN_REPEAT] == []
+
+
+def test_cluster_description_length_limit_is_the_patterns():
+    ok = {"cluster_name": "Coffee Cups", "tags": ["a", "b", "c", "d", "e"], "primary_category": "food"}
+    ClusterLabelOutput.model_validate({**ok, "description": "A" + "b" * MAX_PATTERN_REPEAT})
+    with pytest.raises(ValidationError):
+        ClusterLabelOutput.model_validate({**ok, "description": "A" + "b" * (MAX_PATTERN_REPEAT + 1)})
