@@ -13,9 +13,12 @@
 * Batched captions and CLIP embeddings equal one-image-at-a-time ones.
 bf16 changes rounding, not the algorithm: batched and single runs may then differ in the last
 bits of logits, and greedy choices between near-equal logits can differ.
+CI runs these on the CPU; ``PIXELSIFT_TEST_DEVICE=cuda`` runs them on a GPU (BENCHMARKS.md).
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -39,11 +42,12 @@ from resources.tiny.clip import build_tiny_clip
 from resources.tiny.phi3 import build_tiny_phi3
 
 CAPTIONS = [e.caption for e in EXAMPLES[:5]]
+DEVICE = os.environ.get("PIXELSIFT_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="module")
 def chat(tmp_path_factory):
-    return load_chat_model(str(build_tiny_phi3(tmp_path_factory.mktemp("phi3"))), "cpu", torch.float32)
+    return load_chat_model(str(build_tiny_phi3(tmp_path_factory.mktemp("phi3"))), DEVICE, torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +74,9 @@ def packed_logits(model, prefix, sequences, steps, capacity, compact_after=None)
         counts = [step[r] for r in rows]
         mask = state.plan(counts)
         with torch.inference_mode():
-            logits = model(input_ids=torch.tensor([ids]), attention_mask=mask, position_ids=torch.tensor([positions]),
-                           cache=state, use_cache=True, logits_to_keep=torch.tensor(counts).cumsum(0) - 1,
+            logits = model(input_ids=torch.tensor([ids], device=model.device), attention_mask=mask,
+                           position_ids=torch.tensor([positions], device=model.device), cache=state, use_cache=True,
+                           logits_to_keep=torch.tensor(counts, device=model.device).cumsum(0) - 1,
                            packed=state).logits[0]
         out.append(dict(zip(rows, logits)))
     return out
@@ -103,8 +108,8 @@ def naive_reference(chat, prompt: list[int], schema, budget: int) -> list[int]:
     feed, generated = list(prompt), []
     with torch.inference_mode():
         while len(generated) < budget:
-            logits = chat.model(input_ids=torch.tensor([feed]), cache=cache, use_cache=True,
-                                logits_to_keep=1).logits[:, -1].float()
+            logits = chat.model(input_ids=torch.tensor([feed], device=chat.model.device), cache=cache, use_cache=True,
+                                logits_to_keep=1).logits[:, -1].float().cpu()
             matcher.fill_next_token_bitmask(bitmask)
             xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=chat.grammars.vocab_size)
             token = int(logits.argmax())
@@ -170,7 +175,7 @@ def images():
 
 def test_batched_captions_equal_single_image_captions(tmp_path_factory, images):
     model = str(build_tiny_blip2(tmp_path_factory.mktemp("blip2")))
-    settings = {"model": model, "device": "cpu", "dtype": "float32", "max_new_tokens": 8, "min_new_tokens": 8}
+    settings = {"model": model, "device": DEVICE, "dtype": "float32", "max_new_tokens": 8, "min_new_tokens": 8}
     single = CaptionerResource(batch_size=1, **settings).caption(images)
     batched = CaptionerResource(batch_size=4, **settings).caption(images)
     assert [c.text for c in batched] == [c.text for c in single]
@@ -178,6 +183,6 @@ def test_batched_captions_equal_single_image_captions(tmp_path_factory, images):
 
 def test_batched_clip_embeddings_equal_single_image_ones(tmp_path_factory, images):
     model = str(build_tiny_clip(tmp_path_factory.mktemp("clip")))
-    single = ClipEmbedderResource(model=model, device="cpu", dtype="float32", batch_size=1).embed(images)
-    batched = ClipEmbedderResource(model=model, device="cpu", dtype="float32", batch_size=4).embed(images)
+    single = ClipEmbedderResource(model=model, device=DEVICE, dtype="float32", batch_size=1).embed(images)
+    batched = ClipEmbedderResource(model=model, device=DEVICE, dtype="float32", batch_size=4).embed(images)
     np.testing.assert_allclose(batched.vectors, single.vectors, atol=1e-5)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The GPU benchmark as run for BENCHMARKS.md, from the repository root on a CUDA machine:
+#   bash benchmarks/run_gpu.sh OUTPUT_DIR
+# Runs the parity tests on the GPU, builds the full-size random-weight models there (once, ~16 GB
+# under $MODELS_DIR), then runs every stage naive and optimised; logs and raw figures go to OUTPUT_DIR
+# (the JSON is rewritten after every stage, so a run cut short keeps what it measured).
+set -o pipefail
+out=${1:?usage: run_gpu.sh OUTPUT_DIR}
+models_dir=${MODELS_DIR:-/tmp/pixelsift-bench-models}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import sys; from importlib.metadata import version as v; print('python', sys.version.split()[0], *(f'| {p} {v(p)}' for p in ('torch', 'transformers', 'xgrammar', 'open_clip_torch')))"
+  lscpu | grep -E '^(Model name|CPU\(s\))'
+} 2>&1 | tee "$out/environment.txt"
+
+PIXELSIFT_TEST_DEVICE=cuda timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_parity.py 2>&1 | tee "$out/parity.log"
+
+python3 - "$models_dir" <<'EOF' 2>&1 | tee "$out/build.log" || exit 1
+import sys, time
+from pathlib import Path
+import torch
+from benchmarks.full_size import build_blip2_opt_27b, build_phi35_mini
+root = Path(sys.argv[1])
+for name, build in (("blip2", build_blip2_opt_27b), ("phi35", build_phi35_mini)):
+    started = time.perf_counter()
+    build(root / name, "cuda" if torch.cuda.is_available() else "cpu")
+    torch.cuda.empty_cache()
+    print(f"{name}: ready in {time.perf_counter() - started:.0f} s", flush=True)
+EOF
+
+timeout "${BENCH_TIMEOUT:-1800}" python3 -m benchmarks --models full --models-dir "$models_dir" \
+  --count "${COUNT:-512}" --naive-count 8 --caption-batch 64,128,256 --llm-batch 128,256,512 \
+  --output "$out/full-cuda.json" 2>&1 | tee "$out/bench.log"
