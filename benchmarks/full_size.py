@@ -23,6 +23,7 @@ from transformers import (
     OPTConfig,
     Phi3Config,
     Phi3ForCausalLM,
+    PreTrainedTokenizerBase,
 )
 
 from benchmarks.tokenizer import build_opt_tokenizer, build_phi3_tokenizer
@@ -122,11 +123,12 @@ def _random_bf16(factory, device: str) -> torch.nn.Module:
         torch.set_default_dtype(previous)
 
 
-def build_phi35_mini(out_dir: Path, device: str = "cpu") -> Path:
+def build_phi35_mini(out_dir: Path, device: str = "cpu", tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
+    """``tokenizer``: a stand-in saved earlier (its corpus package need not be installed); default: build it."""
     out_dir = Path(out_dir)
     if (out_dir / ".complete").exists():
         return out_dir
-    tokenizer = build_phi3_tokenizer()
+    tokenizer = build_phi3_tokenizer() if tokenizer is None else tokenizer
     config = phi35_mini_config(tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     model = _random_bf16(lambda: Phi3ForCausalLM(config), device)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

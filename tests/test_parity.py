@@ -185,4 +185,5 @@ def test_batched_clip_embeddings_equal_single_image_ones(tmp_path_factory, image
     model = str(build_tiny_clip(tmp_path_factory.mktemp("clip")))
     single = ClipEmbedderResource(model=model, device=DEVICE, dtype="float32", batch_size=1).embed(images)
     batched = ClipEmbedderResource(model=model, device=DEVICE, dtype="float32", batch_size=4).embed(images)
-    np.testing.assert_allclose(batched.vectors, single.vectors, atol=1e-5)
+    # On CUDA, kernels (and cuDNN's TF32 convolutions) are chosen per batch shape: measured up to 4.4e-5 on an H200.
+    np.testing.assert_allclose(batched.vectors, single.vectors, atol=1e-5 if DEVICE == "cpu" else 2e-4)
