@@ -1,9 +1,12 @@
 """Stage 1, ``images``: one row per file in the batch folder, decodable or not."""
 
+from functools import partial
+
 import pyarrow as pa
 from dagster import AssetExecutionContext, asset
 
 from assets.image_files import inspect_file, list_batch_files
+from assets.parallel import process_map, worker_count
 from assets.per_image import batch_dir
 from assets.tables import ERROR, IMAGES, OK
 from dagster_project.partitions import batch_partitions, validate_batch_key
@@ -15,7 +18,8 @@ def images(context: AssetExecutionContext, settings: PixelsiftSettings) -> pa.Ta
     """Every file of the batch with its sha256, format and size; files that fail to decode are error rows."""
     batch = validate_batch_key(context.partition_key)
     folder = batch_dir(settings, batch)
-    records = [inspect_file(path, folder, settings.max_image_pixels) for path in list_batch_files(folder)]
+    records = process_map(partial(inspect_file, batch_dir=folder, max_pixels=settings.max_image_pixels),
+                          list_batch_files(folder), worker_count(settings.cpu_workers))
     rows = [
         {
             "image_id": r.image_id,

@@ -18,6 +18,7 @@ from PIL import Image
 
 from assets.image_files import open_image
 from assets.model_stage import describe_failure, run_in_chunks
+from assets.parallel import thread_map, worker_count
 from assets.reuse import previous_results
 from assets.tables import ERROR, KEY_FIELDS, OK
 from resources.settings import PixelsiftSettings
@@ -87,8 +88,11 @@ def run_image_model(
     reused = len(results)
     folder = batch_dir(settings, batch)
 
+    workers = worker_count(settings.cpu_workers)
+
     def infer_chunk(ids: Sequence[str]) -> Sequence[R]:
-        return infer([open_image(folder, todo[i], settings.max_image_pixels) for i in ids])
+        # Decoding releases the GIL: a chunk's images are opened on several threads.
+        return infer(thread_map(lambda i: open_image(folder, todo[i], settings.max_image_pixels), ids, workers))
 
     ids = list(todo)
     outcomes = run_in_chunks(ids, infer_chunk, chunk_size=chunk_size, retries=settings.model_retries, logger=logger)

@@ -66,12 +66,14 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--llm-batch", default="32", show_default=True, help="As --caption-batch, for the metadata LLM.")
 @click.option("--clip-batch", default=32, show_default=True)
 @click.option("--jump-forward/--no-jump-forward", default=True, show_default=True)
+@click.option("--cpu-workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Workers for decoding and palettes on the optimised path (0: one per core, up to 16).")
 @click.option("--stages", "stage_list", default=",".join(STAGES), show_default=True, help="Comma-separated subset.")
 @click.option("--int8", is_flag=True, help="Also time int8 weight-only linears (Phi-3.5 shapes) against bf16 on CPU.")
 @click.option("--output", type=click.Path(path_type=Path), default=None,
               help="JSON file for the raw figures (default: benchmarks/results/<models>-<device>.json).")
 def bench(models, models_dir, images, count, naive_count, device, dtype, caption_batch, llm_batch, clip_batch,
-          jump_forward, stage_list, int8, output) -> None:
+          jump_forward, cpu_workers, stage_list, int8, output) -> None:
     """Measure each stage and the whole pipeline, naive vs optimised, on the same images in one process.
 
     Example: pixelsift bench --models tiny --count 8
@@ -87,6 +89,7 @@ def bench(models, models_dir, images, count, naive_count, device, dtype, caption
         models=_model_paths(models, models_dir, device), models_label=models, images=images, count=count,
         naive_count=count if naive_count is None else naive_count, device=device, dtype=dtype, caption_batch=_sizes(caption_batch),
         llm_batch=_sizes(llm_batch), clip_batch=clip_batch, jump_forward=jump_forward, stages=chosen, int8=int8,
+        cpu_workers=cpu_workers,
     )
     from resources.torch_runtime import resolve_device
 

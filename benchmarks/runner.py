@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from assets.parallel import worker_count
 from benchmarks import stages
 from benchmarks.measure import free_memory
 from benchmarks.stages import DecodeSettings, StageResult
@@ -50,6 +51,7 @@ class BenchConfig:
     jump_forward: bool = True
     stages: tuple[str, ...] = STAGES
     int8: bool = False  # also measure int8 weight-only linears against bf16 (CPU)
+    cpu_workers: int = 0  # processes/threads for decoding and palettes; 0 = one per core, up to 16
 
 
 @dataclass
@@ -127,6 +129,7 @@ def run_benchmark(config: BenchConfig, log=print, on_result=None) -> BenchResult
             "caption_batch": list(config.caption_batch), "llm_batch": list(config.llm_batch),
             "clip_batch": config.clip_batch,
             "jump_forward": config.jump_forward, "stages": list(config.stages), "int8": config.int8,
+            "cpu_workers": worker_count(config.cpu_workers),
         },
         machine=machine_description(device),
     )
@@ -142,16 +145,16 @@ def run_benchmark(config: BenchConfig, log=print, on_result=None) -> BenchResult
         log(f"  {r.stage:<16} {r.path:<9} batch {r.batch_size:>3}  {r.items:>3} items  {r.seconds_per_item:8.3f} s/item  "
             f"peak RSS {r.peak_rss_gib:5.1f} GiB")
 
-    images = {}
-    for path, n in paths.items():
-        r = stages.decode_stage(config.images, n, device, path)
-        images[path] = stages.load_images(config.images, n)
-        if "decode" in config.stages:
-            record(r)
+    # The naive path is the seed's: one image after another in one process.
+    workers = {"naive": 1, "optimised": worker_count(config.cpu_workers)}
+    images = {path: stages.load_images(config.images, n) for path, n in paths.items()}
+    if "decode" in config.stages:
+        for path, n in paths.items():
+            record(stages.decode_stage(config.images, n, device, path, workers[path]))
 
     if "palette" in config.stages:
-        for path in paths:
-            record(stages.palette_stage(images[path], device, path))
+        for path, n in paths.items():
+            record(stages.palette_stage(config.images, n, device, path, workers[path]))
 
     if "clip_embeddings" in config.stages:
         for path, batch in naive + [("optimised", config.clip_batch)]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +17,8 @@ import torch
 from PIL import Image
 
 from assets.image_files import ImageDecodeError, inspect_file, list_batch_files, open_image
-from assets.palette import extract_palette
+from assets.palette import palette_of_file
+from assets.parallel import process_map, thread_map
 from assets.prompts import CLUSTER_INSTRUCTION, METADATA_INSTRUCTION, SYSTEM, caption_input, cluster_input
 from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
 from benchmarks.measure import measured
@@ -75,25 +77,38 @@ def load_images(folder: Path, count: int) -> list[Image.Image]:
     return out
 
 
-def decode_stage(folder: Path, count: int, device: str, path: str) -> StageResult:
-    """What the ``images`` asset and each image stage do per file: hash and decode, then open for a model."""
+MODEL_STAGES_OPENING = 2  # captions and clip_embeddings each open every image (palettes: palette_stage)
+
+
+def decode_stage(folder: Path, count: int, device: str, path: str, workers: int) -> StageResult:
+    """What decoding costs the pipeline per image: the ``images`` asset hashes and decodes every file
+    (worker processes), then the captions and CLIP stages each open it again (threads)."""
     files = list_batch_files(folder)
+    files = [files[i % len(files)] for i in range(count)]
+    names = [f.relative_to(folder).as_posix() for f in files]
     with measured(device) as m:
-        for i in range(count):
-            file = files[i % len(files)]
-            inspect_file(file, folder, MAX_IMAGE_PIXELS)
-            try:
-                open_image(folder, file.relative_to(folder).as_posix(), MAX_IMAGE_PIXELS)
-            except ImageDecodeError:
-                pass
-    return StageResult("decode", path, count, m.seconds, 1, m.peak_rss_gib, m.peak_gpu_gib)
+        process_map(partial(inspect_file, batch_dir=folder, max_pixels=MAX_IMAGE_PIXELS), files, workers)
+        for _ in range(MODEL_STAGES_OPENING):
+            thread_map(partial(_open_or_none, folder), names, workers)
+    return StageResult("decode", path, count, m.seconds, workers, m.peak_rss_gib, m.peak_gpu_gib,
+                       details={"workers": workers})
 
 
-def palette_stage(images: Sequence[Image.Image], device: str, path: str) -> StageResult:
+def _open_or_none(folder: Path, name: str) -> Image.Image | None:
+    try:
+        return open_image(folder, name, MAX_IMAGE_PIXELS)
+    except ImageDecodeError:
+        return None  # the pipeline has already recorded it as an error row
+
+
+def palette_stage(folder: Path, count: int, device: str, path: str, workers: int) -> StageResult:
+    """What the ``color_palettes`` asset does: open each file and extract its palette, in worker processes."""
+    files = list_batch_files(folder)
+    names = [files[i % len(files)].relative_to(folder).as_posix() for i in range(count)]
     with measured(device) as m:
-        for image in images:
-            extract_palette(image)
-    return StageResult("palette", path, len(images), m.seconds, 1, m.peak_rss_gib, m.peak_gpu_gib)
+        process_map(partial(palette_of_file, folder=folder, max_pixels=MAX_IMAGE_PIXELS), names, workers)
+    return StageResult("palette", path, count, m.seconds, workers, m.peak_rss_gib, m.peak_gpu_gib,
+                       details={"workers": workers})
 
 
 def clip_stage(embedder: ClipEmbedderResource, images: Sequence[Image.Image], device: str, path: str) -> StageResult:

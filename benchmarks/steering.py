@@ -28,15 +28,22 @@ class DocumentSteering:
             if piece and token_id not in special:
                 self._id_by_piece.setdefault(piece, token_id)
         self._longest = max(map(len, self._id_by_piece))
+        # row -> (its list of generated tokens, how many were counted, the bytes they spell):
+        # counting only the new tokens keeps a call O(1); a new list is a new decode of that row.
+        self._progress: dict[int, tuple[Sequence[int], int, int]] = {}
 
-    def __call__(self, index: int, generated: Sequence[int], masked_logits: torch.Tensor) -> int:
+    def __call__(self, index: int, generated: Sequence[int], bitmask_row: torch.Tensor) -> int:
+        seen, counted, written = self._progress.get(index, (None, 0, 0))
+        if seen is not generated:
+            counted, written = 0, 0
+        written += sum(len(self._pieces[t]) for t in generated[counted:])
+        self._progress[index] = (generated, len(generated), written)
         target = self._targets[index]
-        written = sum(len(self._pieces[t]) for t in generated)
         rest = target[written:]
         if not rest:
             return self._stop
         for end in range(min(len(rest), self._longest), 0, -1):
             token_id = self._id_by_piece.get(rest[:end])
-            if token_id is not None and masked_logits[token_id] != float("-inf"):
+            if token_id is not None and int(bitmask_row[token_id >> 5]) >> (token_id & 31) & 1:
                 return token_id
         raise ValueError(f"target {index} cannot continue at byte {written}: {rest[:20]!r} (not valid for the grammar?)")

@@ -41,10 +41,13 @@ from resources.prefix_cache import PrefixCache, SharedPrefix
 _FIRST_GROWTH = 128  # generated tokens the row buffers hold before they first grow
 
 
-# Picks a row's next token instead of the argmax: (input index, tokens generated so far,
-# the row's logits with disallowed tokens at -inf) -> token id. The benchmark uses it to steer
-# random-weight models to realistic documents; it must pick a token the mask allows.
+# Overrides a row's greedy choice: (input index, tokens generated so far, the row's grammar bitmask,
+# int32 words with bit t set when token t is allowed) -> token id. The benchmark uses it to steer
+# random-weight models to realistic documents; the masked argmax is still computed (its cost is
+# real), and the chooser must pick a token the mask allows.
 Chooser = Callable[[int, Sequence[int], torch.Tensor], int]
+
+_BIT = torch.arange(32, dtype=torch.int32)
 
 
 @dataclass
@@ -188,6 +191,7 @@ def _decode_batch(
     longest = max(len(row.pending) for row in live)
     state = PackedRows(model, prefix, len(live), capacity=longest + min(max_new_tokens, _FIRST_GROWTH))
     bitmask = xgr.allocate_token_bitmask(len(live), grammars.vocab_size)
+    filler = xgr.BatchGrammarMatcher()  # fills the rows' masks on several threads where there are cores
 
     rows_in_cache = list(live)  # the cache's row order; finished rows stay until compaction
     while live:
@@ -205,12 +209,20 @@ def _decode_batch(
             logits_to_keep=ends - 1,  # each live row's last token: its next-token logits
             packed=state,
         )
-        logits = out.logits[0].float().cpu()
-        stats.model_seconds += time.perf_counter() - t
+        launched = time.perf_counter() - t
         stats.forward_calls += 1
         stats.padding_tokens += len(rows_in_cache) * max(counts) - sum(counts)
 
-        _choose_next(live, logits, bitmask, grammars, max_new_tokens, jump_forward, choose, stats)
+        # On a GPU the forward call is still running: the masks are filled on the CPU meanwhile.
+        t = time.perf_counter()
+        masks = bitmask[: len(live)]
+        filler.batch_fill_next_token_bitmask([row.matcher for row in live], masks)
+        stats.grammar_seconds += time.perf_counter() - t
+        t = time.perf_counter()
+        greedy = _masked_argmax(out.logits[0], masks, grammars.vocab_size)
+        stats.model_seconds += launched + time.perf_counter() - t
+
+        _accept(live, greedy, masks, grammars, max_new_tokens, jump_forward, choose, stats)
 
         live = [row for row in live if not row.done]
         # Compacting copies every row's cache, so it waits until half the rows have finished.
@@ -232,28 +244,39 @@ def _packed_step(live: list[_Row], device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([ids], device=device), torch.tensor([positions], device=device)
 
 
-def _choose_next(
+def _masked_argmax(logits: torch.Tensor, masks: torch.Tensor, vocab_size: int) -> list[int]:
+    """Each row's best token that its grammar mask allows. On a GPU the mask goes there (a few KB
+    per row) instead of the logits coming back (128 KB per row), and only the token ids return."""
+    if logits.device.type == "cpu":
+        logits = logits.float()
+        xgr.apply_token_bitmask_inplace(logits, masks, vocab_size=vocab_size)
+        return logits.argmax(dim=-1).tolist()
+    allowed = allowed_tokens(masks.to(logits.device, non_blocking=True), logits.shape[-1], vocab_size)
+    return logits.float().masked_fill_(~allowed, float("-inf")).argmax(dim=-1).tolist()
+
+
+def allowed_tokens(words: torch.Tensor, width: int, vocab_size: int) -> torch.Tensor:
+    """Unpack xgrammar bitmask rows (int32 words, bit t of the row = token t allowed) into a
+    (rows, width) boolean tensor on the words' device; ids at or past ``vocab_size`` are never allowed."""
+    bits = ((words[:, :, None] >> _BIT.to(words.device)) & 1).bool().view(len(words), -1)
+    allowed = torch.zeros((len(words), width), dtype=torch.bool, device=words.device)
+    usable = min(width, vocab_size, bits.shape[1])
+    allowed[:, :usable] = bits[:, :usable]
+    return allowed
+
+
+def _accept(
     live: list[_Row],
-    logits: torch.Tensor,
-    bitmask: torch.Tensor,
+    greedy: list[int],
+    masks: torch.Tensor,
     grammars: SchemaGrammars,
     max_new_tokens: int,
     jump_forward: bool,
     choose: Chooser | None,
     stats: DecodeStats,
 ) -> None:
-    """Pick each live row's next token under its grammar mask, then any forced run after it."""
-    t = time.perf_counter()
-    masks = bitmask[: len(live)]
-    for j, row in enumerate(live):
-        row.matcher.fill_next_token_bitmask(masks, j)
-    xgr.apply_token_bitmask_inplace(logits, masks, vocab_size=grammars.vocab_size)
-    stats.grammar_seconds += time.perf_counter() - t
-    if choose is None:
-        chosen = logits.argmax(dim=-1).tolist()
-    else:
-        chosen = [choose(row.index, row.generated, logits[j]) for j, row in enumerate(live)]
-
+    """Accept each live row's token (greedy, or the chooser's), then any forced run after it."""
+    chosen = greedy if choose is None else [choose(row.index, row.generated, masks[j]) for j, row in enumerate(live)]
     t = time.perf_counter()
     for j, (row, token_id) in enumerate(zip(live, chosen)):
         if not row.matcher.accept_token(token_id):

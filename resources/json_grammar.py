@@ -15,6 +15,8 @@ import xgrammar as xgr
 from pydantic import BaseModel
 from transformers import PreTrainedTokenizerBase
 
+_SPELLED_MAX = 4096  # forced strings remembered per tokenizer
+
 
 class SchemaGrammars:
     """Grammars, stop tokens and token spellings for one tokenizer and model vocabulary."""
@@ -43,6 +45,7 @@ class SchemaGrammars:
                 self._id_by_bytes[piece] = token_id
         self._longest_piece = max(map(len, self._id_by_bytes), default=1)
         self._non_stop_bits = self._bitmask_without(self.stop_token_ids)
+        self._spelled: dict[str, list[int]] = {}
 
     def compile(self, schema: type[BaseModel]) -> xgr.CompiledGrammar:
         """The grammar for compact JSON (no free whitespace) valid against ``schema``."""
@@ -77,6 +80,14 @@ class SchemaGrammars:
         return accepted
 
     def _spell(self, text: str) -> list[int]:
+        # Forced strings repeat in every document (keys, punctuation), and tokenizing is the slow part.
+        if text not in self._spelled:
+            if len(self._spelled) >= _SPELLED_MAX:
+                self._spelled.clear()
+            self._spelled[text] = self._spell_uncached(text)
+        return self._spelled[text]
+
+    def _spell_uncached(self, text: str) -> list[int]:
         target = text.encode("utf-8")
         natural = self._tokenizer.encode(text, add_special_tokens=False)
         if all(t < self.vocab_size for t in natural) and b"".join(self._token_bytes[t] for t in natural) == target:

@@ -39,6 +39,12 @@ class PixelsiftSettings(ConfigurableResource):
         default=89_478_485,
         description="Images with more pixels are rejected as decompression bombs (Pillow's default limit).",
     )
+    cpu_workers: int = Field(
+        default=0,
+        ge=0,
+        description="Processes for per-image CPU work (hashing, decoding, palettes); 0 = one per core, up to 16. "
+        "Batches under 32 images stay in one process.",
+    )
     model_retries: int = Field(
         default=1,
         description="How many times a failed model batch is retried (then item by item) before errors are recorded.",

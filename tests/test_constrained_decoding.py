@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from transformers import LlamaTokenizer
 
 from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
-from resources.constrained_decoding import _shared_length, generate_constrained
+from resources.constrained_decoding import _shared_length, allowed_tokens, generate_constrained
 from resources.json_grammar import SchemaGrammars
 from resources.metadata_llm import load_chat_model, prompt_ids
 from resources.prefix_cache import PrefixCache
@@ -171,3 +171,17 @@ def test_forced_text_is_spelled_exactly_even_when_the_tokenizer_prepends_a_space
     assert tokenizer.convert_ids_to_tokens(tokens) == ['{"', "tags", '":', "▁["]
     assert matcher.find_jump_forward_string() == ""
     assert grammars.accept_forced(xgr.GrammarMatcher(grammars.compile(Tags)), limit=2) == tokens[:2]
+
+
+@pytest.mark.parametrize("width", [70, 100])  # logits at least as wide as the vocabulary
+def test_unpacked_bitmask_masks_exactly_what_xgrammar_masks(width):
+    """The GPU path unpacks the grammar's bitmask itself; on the CPU xgrammar applies it. Same result."""
+    vocab = 70
+    words = xgr.allocate_token_bitmask(3, vocab)
+    words.random_(-(2**31), 2**31 - 1, generator=torch.Generator().manual_seed(1))
+    logits = torch.randn(3, width, generator=torch.Generator().manual_seed(2))
+    expected = logits.clone()
+    xgr.apply_token_bitmask_inplace(expected, words, vocab_size=vocab)
+    ours = logits.masked_fill(~allowed_tokens(words, width, vocab), float("-inf"))
+    assert torch.equal(ours[:, :vocab], expected[:, :vocab])
+    assert bool((ours[:, vocab:] == float("-inf")).all())  # ids past the vocabulary never win
