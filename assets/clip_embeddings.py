@@ -31,7 +31,7 @@ def clip_embeddings(
     results, reused = run_image_model(
         images, settings=settings, batch=context.partition_key, asset="clip_embeddings",
         fingerprint=clip_embedder.fingerprint(), infer=lambda ims: _split(clip_embedder.embed(ims)),
-        to_fields=to_fields, chunk_size=clip_embedder.batch_size, logger=context.log,
+        to_fields=to_fields, chunk_size=clip_embedder.items_per_call, logger=context.log,
     )
     context.add_output_metadata({"model_id": clip_embedder.model_id, "dim": clip_embedder.dim, "reused": reused})
     return assemble(images, results, clip_embeddings_schema(clip_embedder.dim))

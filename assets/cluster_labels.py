@@ -69,7 +69,7 @@ def cluster_labels(
         schema=ClusterLabelOutput,
         budgets=budgets,
         fallback=lambda k: cluster_label_fallback(reps[todo[k]]),
-        chunk_size=metadata_llm.batch_size,
+        chunk_size=metadata_llm.items_per_call,
         retries=settings.model_retries,
         logger=context.log,
     )

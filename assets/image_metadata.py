@@ -71,7 +71,7 @@ def image_metadata(
         schema=ImageMetadataOutput,
         budgets=budgets,
         fallback=lambda k: image_metadata_fallback(caps[todo[k]]["caption"]),
-        chunk_size=metadata_llm.batch_size,
+        chunk_size=metadata_llm.items_per_call,
         retries=settings.model_retries,
         logger=context.log,
     )

@@ -115,7 +115,7 @@ def clip_stage(embedder: ClipEmbedderResource, images: Sequence[Image.Image], de
     embedder.embed(images[:1])  # warm-up: first-call allocation and kernel selection
     with measured(device) as m:
         embedder.embed(images)
-    return StageResult("clip_embeddings", path, len(images), m.seconds, embedder.batch_size, m.peak_rss_gib,
+    return StageResult("clip_embeddings", path, len(images), m.seconds, embedder.items_per_call, m.peak_rss_gib,
                        m.peak_gpu_gib)
 
 
@@ -126,7 +126,7 @@ def caption_stage(captioner: CaptionerResource, images: Sequence[Image.Image], d
     generated = sum(c.new_tokens for c in captions)
     if generated != CAPTION_TOKENS * len(images):
         raise RuntimeError(f"captions should be {CAPTION_TOKENS} tokens each, got {generated} in all")
-    return StageResult("captions", path, len(images), m.seconds, captioner.batch_size, m.peak_rss_gib,
+    return StageResult("captions", path, len(images), m.seconds, captioner.items_per_call, m.peak_rss_gib,
                        m.peak_gpu_gib, generated_tokens=generated)
 
 

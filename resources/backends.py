@@ -38,7 +38,9 @@ class Embeddings:
 
 
 class Captioner(Protocol):
-    batch_size: int  # items per model call; assets retry failures per chunk of this size
+    @property
+    def items_per_call(self) -> int:
+        """Items per model call; assets retry failures per chunk of this size."""
 
     @property
     def model_id(self) -> str: ...
@@ -50,7 +52,9 @@ class Captioner(Protocol):
 
 
 class StructuredGenerator(Protocol):
-    batch_size: int  # items per model call; assets retry failures per chunk of this size
+    @property
+    def items_per_call(self) -> int:
+        """Items per model call; assets retry failures per chunk of this size."""
 
     @property
     def model_id(self) -> str: ...
@@ -74,7 +78,9 @@ class StructuredGenerator(Protocol):
 
 
 class ImageEmbedder(Protocol):
-    batch_size: int  # items per model call; assets retry failures per chunk of this size
+    @property
+    def items_per_call(self) -> int:
+        """Items per model call; assets retry failures per chunk of this size."""
 
     @property
     def model_id(self) -> str: ...

@@ -12,7 +12,18 @@ from pydantic import Field
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
 from resources.backends import Caption
-from resources.torch_runtime import fingerprint, load_once, local_model_dir, resolve_device, resolve_dtype
+from resources.torch_runtime import (
+    batch_for_device,
+    fingerprint,
+    load_once,
+    local_model_dir,
+    resolve_device,
+    resolve_dtype,
+)
+
+
+# Peak GPU memory by batch size, BLIP-2 OPT-2.7B in bf16 on an H200 (benchmarks/results/full-cuda.json).
+GPU_PEAK_GIB = {64: 8.2, 128: 9.4, 256: 11.7}
 
 
 def _model_source(model: str) -> str:
@@ -48,7 +59,8 @@ class CaptionerResource(ConfigurableResource):
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
     batch_size: int = Field(
-        default=32, ge=1, description="Images per generate call (32: fastest on a 2-core CPU, see BENCHMARKS.md)."
+        default=0, ge=0, description="Images per generate call; 0 = by device: 32 on a CPU, on a GPU up to 256 "
+        "as its memory allows (the fastest measured, BENCHMARKS.md).",
     )
     max_new_tokens: int = Field(default=20, ge=1, description="Caption length limit in tokens.")
     min_new_tokens: int = Field(
@@ -59,6 +71,10 @@ class CaptionerResource(ConfigurableResource):
     @property
     def model_id(self) -> str:
         return self.model
+
+    @property
+    def items_per_call(self) -> int:
+        return batch_for_device(self.batch_size, self.device, cpu=32, gpu_peak_gib=GPU_PEAK_GIB)
 
     def _resolved(self) -> tuple[str, torch.dtype]:
         device = resolve_device(self.device)
@@ -87,8 +103,9 @@ class CaptionerResource(ConfigurableResource):
             return []
         model, processor = self._loaded()
         captions: list[Caption] = []
-        for start in range(0, len(images), self.batch_size):
-            captions.extend(self._caption_batch(model, processor, images[start : start + self.batch_size]))
+        step = self.items_per_call
+        for start in range(0, len(images), step):
+            captions.extend(self._caption_batch(model, processor, images[start : start + step]))
         return captions
 
     @torch.inference_mode()

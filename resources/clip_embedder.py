@@ -74,6 +74,10 @@ class ClipEmbedderResource(ConfigurableResource):
     batch_size: int = Field(default=32, ge=1, description="Images per forward pass.")
 
     @property
+    def items_per_call(self) -> int:
+        return self.batch_size
+
+    @property
     def model_id(self) -> str:
         # A built-in name alone does not identify the weights, so the tag is part of the id.
         pretrained = _open_clip_name(self.model, self.pretrained)[1]

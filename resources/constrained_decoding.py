@@ -60,8 +60,8 @@ class DecodeStats:
     decode_tokens: int = 0  # generated tokens chosen by argmax
     jump_forward_tokens: int = 0  # generated tokens forced by the grammar, never sampled
     prefix_hits: int = 0  # batches that reused a cached prefix
-    grammar_seconds: float = 0.0  # xgrammar: masks, applying them, accepting tokens, jump-forward
-    model_seconds: float = 0.0  # forward calls, including copying logits to the CPU
+    grammar_seconds: float = 0.0  # host work: filling masks, accepting tokens, jump-forward
+    model_seconds: float = 0.0  # forward calls, and the masked argmax (on a GPU it runs there)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,10 @@ from resources.prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
 
+# Peak GPU memory by batch size, Phi-3.5-mini in bf16 writing metadata on an H200
+# (benchmarks/results/full-cuda.json): the key/value buffers grow with the rows.
+GPU_PEAK_GIB = {128: 16.3, 256: 25.2, 512: 44.7}
+
 _INPUT_SENTINEL = "\u2063PIXELSIFT_INPUT\u2063"
 
 
@@ -49,7 +53,8 @@ class MetadataLLMResource(ConfigurableResource):
     device: str = Field(default="auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'...")
     dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
     batch_size: int = Field(
-        default=64, ge=1, description="Inputs decoded together in one batch (64: fastest on a 2-core CPU, see BENCHMARKS.md)."
+        default=0, ge=0, description="Inputs decoded together; 0 = by device: 64 on a CPU, on a GPU up to 512 "
+        "as its memory allows (the fastest measured, BENCHMARKS.md).",
     )
     prefix_cache: bool = Field(default=True, description="Prefill the prompt part shared by all inputs once.")
     jump_forward: bool = Field(
@@ -61,6 +66,10 @@ class MetadataLLMResource(ConfigurableResource):
     @property
     def model_id(self) -> str:
         return self.model
+
+    @property
+    def items_per_call(self) -> int:
+        return torch_runtime.batch_for_device(self.batch_size, self.device, cpu=64, gpu_peak_gib=GPU_PEAK_GIB)
 
     @property
     def last_stats(self) -> DecodeStats | None:
@@ -98,7 +107,7 @@ class MetadataLLMResource(ConfigurableResource):
                 loaded.grammars.compile(schema),
                 prompts,
                 max_new_tokens=max_new_tokens,
-                batch_size=self.batch_size,
+                batch_size=self.items_per_call,
                 pad_token_id=loaded.pad_token_id,
                 prefix_ids=prefix_ids,
                 prefix_cache=loaded.prefixes if self.prefix_cache else None,

@@ -43,6 +43,29 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(_DTYPES)}") from None
 
 
+def batch_for_device(configured: int, device: str, cpu: int, gpu_peak_gib: dict[int, float]) -> int:
+    """The configured batch size; for 0 the fastest measured on this kind of device (BENCHMARKS.md).
+
+    On a GPU larger batches were faster up to the largest measured, so it is the largest batch
+    whose measured peak memory fits in 90% of this card (``gpu_peak_gib``: batch -> GiB); on a
+    card too small for any of them, the CPU's batch.
+    """
+    if configured:
+        return configured
+    resolved = resolve_device(device)
+    if torch.device(resolved).type != "cuda":
+        return cpu
+    memory = gpu_memory_gib(resolved)
+    return max((b for b, peak in gpu_peak_gib.items() if peak <= 0.9 * memory), default=cpu)
+
+
+def gpu_memory_gib(device: str) -> float:
+    """Total memory of a CUDA device in GiB; 0 where CUDA is not available."""
+    if not torch.cuda.is_available():
+        return 0.0
+    return torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be loaded. Not a per-image failure: the step fails at once, with this message."""
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
+from resources import torch_runtime
 from resources.backends import Caption
 from resources.captioner import CaptionerResource, _generated_lengths, _model_source
 from resources.tiny.blip2 import build_tiny_blip2
@@ -144,3 +145,13 @@ def test_tiny_tokenizer_round_trips_any_text():
     assert tokenizer.decode(ids, skip_special_tokens=True) == text
     with pytest.raises(ValueError, match="not in special_tokens"):
         build_tokenizer(special_tokens=("<pad>",), bos_token="<s>")
+
+
+def test_batch_size_0_is_the_fastest_measured_for_the_device(monkeypatch):
+    assert CaptionerResource(device="cpu").items_per_call == 32
+    # The card's size is the one thing faked: this machine has no GPU.
+    monkeypatch.setattr(torch_runtime, "gpu_memory_gib", lambda device: 80.0)
+    assert CaptionerResource(device="cuda").items_per_call == 256
+    monkeypatch.setattr(torch_runtime, "gpu_memory_gib", lambda device: 8.0)
+    assert CaptionerResource(device="cuda").items_per_call == 32  # no measured batch fits: the CPU's
+    assert CaptionerResource(device="cuda", batch_size=8).items_per_call == 8

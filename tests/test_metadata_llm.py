@@ -7,6 +7,7 @@ import json
 import pytest
 
 from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
+from resources import torch_runtime
 from resources.metadata_llm import MetadataLLMResource, prompt_ids
 from resources.tiny.phi3 import build_tiny_phi3
 
@@ -114,3 +115,12 @@ def test_fingerprint_follows_what_changes_outputs(model_dir):
         MetadataLLMResource(model=model_dir + "-other", dtype="float32"),
     ):
         assert changed.fingerprint() != base.fingerprint()
+
+
+def test_batch_size_0_is_the_fastest_measured_for_the_device(monkeypatch):
+    assert MetadataLLMResource(device="cpu").items_per_call == 64
+    # The card's size is the one thing faked: this machine has no GPU.
+    for memory, batch in ((141.0, 512), (80.0, 512), (40.0, 256), (24.0, 128), (12.0, 64)):
+        monkeypatch.setattr(torch_runtime, "gpu_memory_gib", lambda device, m=memory: m)
+        assert MetadataLLMResource(device="cuda:1").items_per_call == batch, memory
+    assert MetadataLLMResource(device="cpu", batch_size=3).items_per_call == 3

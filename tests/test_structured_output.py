@@ -23,7 +23,7 @@ VALID = json.dumps({"primary_category": "food", "tags": ["coffee", "cup", "drink
 class Scripted:
     """Returns, per input and attempt, the scripted text or raises the scripted exception."""
 
-    batch_size = 4
+    items_per_call = 4
     model_id = "scripted"
 
     def __init__(self, script):
