@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from benchmarks.runner import STAGES, BenchConfig, ModelPaths
+from resources.torch_runtime import resolve_device
 
 
 def _model_paths(models: str, models_dir: Path, device: str) -> ModelPaths:
@@ -17,7 +18,6 @@ def _model_paths(models: str, models_dir: Path, device: str) -> ModelPaths:
         paths = ensure_tiny_models(tiny_models_dir())
         return ModelPaths(str(paths["blip2"].resolve()), str(paths["phi3"].resolve()), str(paths["clip"].resolve()), "")
     from benchmarks.full_size import CLIP_MODEL, build_blip2_opt_27b, build_phi35_mini
-    from resources.torch_runtime import resolve_device
 
     click.echo(f"full-size random-weight models in {models_dir} (built on first use, ~16 GB)", err=True)
     device = resolve_device(device)
@@ -91,8 +91,6 @@ def bench(models, models_dir, images, count, naive_count, device, dtype, caption
         llm_batch=_sizes(llm_batch), clip_batch=clip_batch, jump_forward=jump_forward, stages=chosen, int8=int8,
         cpu_workers=cpu_workers,
     )
-    from resources.torch_runtime import resolve_device
-
     target = output or Path("benchmarks/results") / f"{models}-{resolve_device(device)}.json"
     command = _command_line(click.get_current_context())
     result = run_benchmark(config, log=lambda line: click.echo(line, err=True),

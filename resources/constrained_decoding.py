@@ -213,7 +213,7 @@ def _decode_batch(
         stats.forward_calls += 1
         stats.padding_tokens += len(rows_in_cache) * max(counts) - sum(counts)
 
-        # On a GPU the forward call is still running: the masks are filled on the CPU meanwhile.
+        # On a GPU the forward call may still be running: the masks are filled on the CPU meanwhile.
         t = time.perf_counter()
         masks = bitmask[: len(live)]
         filler.batch_fill_next_token_bitmask([row.matcher for row in live], masks)
