@@ -18,7 +18,7 @@ from PIL import Image
 
 from assets.image_files import open_image
 from assets.model_stage import describe_failure, run_in_chunks
-from assets.parallel import thread_map, worker_count
+from resources.parallel import thread_map, worker_count
 from assets.reuse import previous_results
 from assets.tables import ERROR, KEY_FIELDS, OK
 from resources.settings import PixelsiftSettings

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from assets.parallel import worker_count
+from resources.parallel import worker_count
 from benchmarks import stages
 from benchmarks.measure import free_memory
 from benchmarks.stages import DecodeSettings, StageResult

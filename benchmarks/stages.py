@@ -18,7 +18,7 @@ from PIL import Image
 
 from assets.image_files import ImageDecodeError, inspect_file, list_batch_files, open_image
 from assets.palette import palette_of_file
-from assets.parallel import process_map, thread_map
+from resources.parallel import process_map, thread_map
 from assets.prompts import CLUSTER_INSTRUCTION, METADATA_INSTRUCTION, SYSTEM, caption_input, cluster_input
 from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
 from benchmarks.measure import measured

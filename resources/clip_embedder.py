@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Callable, Sequence
 
@@ -18,6 +16,7 @@ from PIL import Image
 from pydantic import Field
 
 from resources.backends import Embeddings
+from resources.parallel import thread_map, worker_count
 from resources.torch_runtime import fingerprint, load_once, local_model_dir, resolve_device, resolve_dtype
 
 # open_clip's own precision names; "bf16"/"fp16" keep LayerNorms in float32 like the OpenAI release.
@@ -125,8 +124,7 @@ class ClipEmbedderResource(ConfigurableResource):
     def _embed_batch(self, model: torch.nn.Module, preprocess: Callable, images: Sequence[Image.Image]) -> np.ndarray:
         device, dtype = self._resolved()
         # Resizing releases the GIL, so preprocessing on threads keeps a GPU fed.
-        with ThreadPoolExecutor(min(len(images), os.cpu_count() or 1)) as pool:
-            tensors = list(pool.map(lambda image: preprocess(image.convert("RGB")), images))
+        tensors = thread_map(lambda image: preprocess(image.convert("RGB")), images, worker_count(0))
         pixels = torch.stack(tensors).to(device, dtype)
         # Normalise in float32 so rows are unit length to float32 precision whatever the model dtype.
         features = F.normalize(model.encode_image(pixels).float(), dim=-1)

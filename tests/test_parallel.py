@@ -8,7 +8,7 @@ from PIL import Image
 
 from assets.image_files import inspect_file
 from assets.palette import extract_palette, palette_of_file
-from assets.parallel import MIN_ITEMS_PER_WORKER, process_map, worker_count
+from resources.parallel import MIN_ITEMS_PER_WORKER, process_map, worker_count
 
 
 @pytest.fixture(scope="module")

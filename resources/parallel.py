@@ -4,7 +4,8 @@ Decoding releases the GIL but palette k-means does not, so threads do not scale 
 processes do. They are started with ``spawn`` (forking a process whose torch has started
 OpenMP threads can deadlock), and import only the helpers they run (``assets`` imports its
 asset modules lazily). Small batches stay in the calling process: starting workers costs
-about a tenth of a second each, which a few dozen images do not repay.
+about a tenth of a second each, which a few dozen images do not repay. ``thread_map`` also
+serves the model resources' preprocessing.
 """
 
 from __future__ import annotations
