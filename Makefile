@@ -9,11 +9,13 @@ BATCH ?= sample
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --no-cache-dir --upgrade pip
 
 # torch and torchvision are pinned in pyproject.toml (they install from the local wheel store).
+# No pip cache: the venv is already about 6.5 GB (torch's CUDA build), a second copy of every
+# downloaded wheel is disk a small machine may not have.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-cache-dir -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed
