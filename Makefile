@@ -1,5 +1,6 @@
 # One command to set up and run the main job, one to set up and run the tests.
-PYTHON ?= python3.11
+# Python 3.11 first (torch's pinned wheels are in this workplace's local store for it), else 3.12.
+PYTHON ?= $(firstword $(shell command -v python3.11 python3.12 2>/dev/null) python3)
 VENV := .venv
 BIN := $(VENV)/bin
 MODELS ?= hub
