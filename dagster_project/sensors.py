@@ -1,4 +1,5 @@
-"""Watching the images root: a new subfolder becomes a batch partition, a changed one is re-run."""
+"""Watching the images root: a new subfolder becomes a batch partition, a changed one is re-run;
+a changed reference file re-runs only that batch's evaluation."""
 
 import hashlib
 import json
@@ -9,16 +10,30 @@ from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, Se
 from assets.image_files import list_batch_files
 from dagster_project.jobs import process_batch_job
 from dagster_project.partitions import InvalidBatchKey, batch_partitions, validate_batch_key
+from evals.assets import eval_assets
+from evals.baseline import BASELINE_SUFFIXES
 from resources.settings import PixelsiftSettings
+
+EVAL_ASSET_KEYS = [key for definition in eval_assets for key in definition.keys]
+
+
+def files_signature(files: list[Path], root: Path) -> str:
+    """Changes when a file is added, removed, renamed or rewritten (size or mtime)."""
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def folder_signature(folder: Path) -> str:
-    """Changes when a file is added, removed, renamed or rewritten (size or mtime)."""
-    digest = hashlib.sha256()
-    for path in list_batch_files(folder):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+    return files_signature(list_batch_files(folder), folder)
+
+
+def baseline_signature(baselines_dir: Path, batch: str) -> str:
+    """Changes when the batch's reference file appears, disappears or is rewritten."""
+    candidates = (baselines_dir / f"{batch}{suffix}" for suffix in BASELINE_SUFFIXES)
+    return files_signature([p for p in candidates if p.is_file()], baselines_dir)
 
 
 def scan_batches(root: Path, log=None) -> dict[str, str]:
@@ -39,14 +54,26 @@ def scan_batches(root: Path, log=None) -> dict[str, str]:
 
 @sensor(job=process_batch_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
 def batch_folder_sensor(context: SensorEvaluationContext, settings: PixelsiftSettings) -> SensorResult:
-    """Registers each new subfolder of the images root as a batch and runs it; re-runs a batch whose files changed."""
-    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    current = scan_batches(Path(settings.images_root), context.log)
+    """Registers each new subfolder of the images root as a batch and runs it; re-runs a batch whose
+    files changed, and only the evaluation of a batch whose reference file changed (a new import)."""
+    seen: dict[str, list[str]] = json.loads(context.cursor) if context.cursor else {}
+    folders = scan_batches(Path(settings.images_root), context.log)
+    current = {k: [sig, baseline_signature(Path(settings.baselines_dir), k)] for k, sig in folders.items()}
     known = set(context.instance.get_dynamic_partitions(batch_partitions.name))
     new_keys = [k for k in current if k not in known]
-    changed = [k for k, sig in current.items() if seen.get(k) != sig]
+    runs = []
+    for key, (images, baseline) in current.items():
+        before = seen.get(key)
+        if isinstance(before, str):  # a cursor from before reference files were watched
+            before = [before, baseline]
+        run_key = f"{key}:{images}:{baseline}"
+        if before is None or before[0] != images:
+            runs.append(RunRequest(partition_key=key, run_key=run_key))
+        elif before[1] != baseline:
+            # The pipeline's results are unchanged: re-score them against the new reference.
+            runs.append(RunRequest(partition_key=key, run_key=run_key, asset_selection=EVAL_ASSET_KEYS))
     return SensorResult(
-        run_requests=[RunRequest(partition_key=k, run_key=f"{k}:{current[k]}") for k in changed],
+        run_requests=runs,
         dynamic_partitions_requests=[batch_partitions.build_add_request(new_keys)] if new_keys else [],
         cursor=json.dumps(current, sort_keys=True),
     )

@@ -18,6 +18,8 @@ from assets import tables
 from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
 from dagster_project.definitions import build_definitions
 from dagster_project.profiles import model_resources
+from dagster_project.sensors import EVAL_ASSET_KEYS
+from evals.checks import THRESHOLDS
 from resources.settings import PixelsiftSettings
 from resources.warehouse import partition_file, query
 from tests.conftest import MAX_PIXELS_IN_TESTS, make_mixed_batch
@@ -239,3 +241,19 @@ def test_an_unloadable_model_fails_its_step_with_a_clear_message(first_run, tiny
     assert "could not load model" in str(failure.event_specific_data.error)
     # Stages that do not need the captioner still ran.
     assert partition_file(tmp_path / "wh", "clip_embeddings", "mixed").exists()
+
+
+def test_an_eval_only_run_rescores_without_touching_the_pipeline(first_run, tiny_models):
+    """What the folder sensor launches when only a batch's reference file changed."""
+    images_root, warehouse, _, _ = first_run
+    settings = PixelsiftSettings(images_root=str(images_root), warehouse_dir=str(warehouse),
+                                 max_image_pixels=MAX_PIXELS_IN_TESTS)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("batch", ["mixed"])
+    job = build_definitions(settings, spies(tiny_models, fail=True)).resolve_job_def("process_batch")
+    result = job.execute_in_process(partition_key="mixed", instance=instance, asset_selection=EVAL_ASSET_KEYS)
+    assert result.success
+    materialized = {e.asset_key for e in result.get_asset_materialization_events()}
+    assert materialized == set(EVAL_ASSET_KEYS)
+    checks = {e.asset_check_key.name for e in result.get_asset_check_evaluations()}
+    assert checks == {t.check for t in THRESHOLDS} | {"baseline_loads_cleanly"}
