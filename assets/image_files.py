@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
+
+# Phones save photos as HEIC by default. Registered at import, so worker processes decode them too.
+# pillow-heif applies the file's rotation itself and resets EXIF orientation, so nothing turns twice.
+register_heif_opener()
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str | None]:
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError("not an image Pillow can read") from None
+        raise ImageDecodeError("not an image Pillow can read (unknown format or damaged header)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:

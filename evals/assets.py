@@ -203,6 +203,7 @@ def eval_report(
         problems=[(r["line"], r["problem"]) for r in gemini_baseline.to_pylist() if r["record"] == PROBLEM],
         end_to_end_s=end_to_end,
         images_dir=Path(settings.images_root) / batch,
+        max_image_pixels=settings.max_image_pixels,
     )
     path = write_report(inputs, eval_settings, Path(settings.reports_dir))
     context.add_output_metadata({"report": MetadataValue.path(str(path))})

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image
 
+from assets.image_files import ImageDecodeError, open_image
 from evals.metrics import confusion_matrix
 from evals.settings import EvalSettings
 from evals.summary import headline_rows
@@ -98,16 +98,16 @@ def latency_figure(end_to_end_s: list[float], limit_s: float) -> Figure:
     return figure
 
 
-def thumbnail_base64(path: Path) -> str | None:
-    """A small JPEG of the image, or None when it cannot be read (the report still renders)."""
+def thumbnail_base64(batch_dir: Path, rel_path: str, max_pixels: int) -> str | None:
+    """A small JPEG of the image as the models saw it (oriented, RGB), or None when it cannot be
+    read (the report still renders)."""
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((THUMBNAIL, THUMBNAIL))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=80)
-    except (OSError, ValueError):
+        image = open_image(batch_dir, rel_path, max_pixels)
+    except (OSError, ImageDecodeError):
         return None
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
     return base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -122,6 +122,7 @@ class ReportInputs:
     problems: list[tuple[int, str]]  # baseline lines that did not load
     end_to_end_s: list[float]
     images_dir: Path  # the batch folder, for thumbnails
+    max_image_pixels: int  # the pipeline's decompression-bomb limit, for thumbnails too
 
 
 def _e(value: Any) -> str:
@@ -174,7 +175,7 @@ def _worst_images(inputs: ReportInputs, count: int) -> str:
         for field, score in _SIDE_BY_SIDE:
             show = _swatches if field == "color_palette" else _e
             rows.append([field, show(ours.get(field)), show(ref.get(field)), _e(r.get(score))])
-        thumb = thumbnail_base64(inputs.images_dir / r["path"])
+        thumb = thumbnail_base64(inputs.images_dir, r["path"], inputs.max_image_pixels)
         image = f'<img class="thumb" alt="{_e(r["path"])}" src="data:image/jpeg;base64,{thumb}">' if thumb else ""
         status = "" if r["status"] == "ok" else f" — our pipeline failed: {_e(ours.get('error'))}"
         blocks.append(

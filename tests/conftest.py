@@ -31,6 +31,18 @@ def exif_rotated_jpeg() -> bytes:
     return jpeg_bytes(image, exif=exif.tobytes())
 
 
+def oriented_heic() -> bytes:
+    """An iPhone-style HEIC: stored 64x32 (left half red, right half blue) with orientation 6
+    ('rotate 90°'); upright it is 32x64, red on top."""
+    image = Image.new("RGB", (64, 32), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 32, 32))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    image.save(buf, format="HEIF", quality=95, exif=exif.tobytes())  # pillow-heif's encoder
+    return buf.getvalue()
+
+
 def write_bad_files(folder: Path) -> dict[str, str]:
     """Each kind of bad file, by name, with a word its error message must contain."""
     good = jpeg_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)))

@@ -5,6 +5,8 @@ category, and one whose file our pipeline could not read; plus a photo with no
 baseline record. Every figure below follows from those choices.
 """
 
+import base64
+import io
 import json
 import re
 import shutil
@@ -15,6 +17,7 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from dagster import AssetCheckSeverity, AssetSpec, DagsterInstance, materialize
+from PIL import Image
 
 from assets import tables
 from dagster_project.partitions import batch_partitions
@@ -23,10 +26,11 @@ from evals.checks import THRESHOLDS, evaluate
 from evals.cli import eval_group
 from evals.compare import Run, compare_runs
 from evals.definitions import eval_asset_checks, eval_assets, eval_resources
-from evals.report import REPORT_FILE, SECTIONS
+from evals.report import REPORT_FILE, SECTIONS, thumbnail_base64
 from evals.settings import EvalSettings
 from resources.settings import PixelsiftSettings
 from resources.warehouse import ParquetWarehouse, partition_file, read_table, write_table
+from tests.conftest import exif_rotated_jpeg
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "images" / "sample"
@@ -221,6 +225,15 @@ def test_the_report_renders_every_section(default_run, workspace):
     assert worst.count("data:image/jpeg;base64,") == 2  # rocket.jpg is not in the batch folder: no thumbnail
     assert "our pipeline failed: cannot decode" in worst
     assert "no baseline record" in html and "invalid JSON" in html
+
+
+def test_report_thumbnails_show_the_image_as_the_models_saw_it(tmp_path):
+    (tmp_path / "rotated.jpg").write_bytes(exif_rotated_jpeg())
+    thumb = Image.open(io.BytesIO(base64.b64decode(thumbnail_base64(tmp_path, "rotated.jpg", 10**6))))
+    assert thumb.size == (20, 40)  # upright, as in the pipeline
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    assert thumbnail_base64(tmp_path, "bad.jpg", 10**6) is None
+    assert thumbnail_base64(tmp_path, "missing.jpg", 10**6) is None
 
 
 def test_compare_cli_on_two_warehouses(workspace, default_run):

@@ -3,7 +3,7 @@ import hashlib
 from PIL import Image
 
 from assets.image_files import inspect_file, list_batch_files, open_image, to_rgb
-from tests.conftest import MAX_PIXELS_IN_TESTS, write_bad_files
+from tests.conftest import MAX_PIXELS_IN_TESTS, oriented_heic, write_bad_files
 
 
 def test_lists_files_recursively_and_skips_hidden(images_root):
@@ -42,3 +42,19 @@ def test_transparency_is_composited_on_white():
     rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
     assert to_rgb(rgba).getpixel((0, 0)) == (255, 255, 255)
     assert to_rgb(Image.new("L", (2, 2), 7)).getpixel((0, 0)) == (7, 7, 7)
+
+
+def test_heic_photos_decode_upright(tmp_path):
+    (tmp_path / "IMG_0001.HEIC").write_bytes(oriented_heic())
+    record = inspect_file(tmp_path / "IMG_0001.HEIC", tmp_path, MAX_PIXELS_IN_TESTS)
+    assert record.ok and record.format == "HEIF" and (record.width, record.height) == (32, 64)
+    image = open_image(tmp_path, "IMG_0001.HEIC", MAX_PIXELS_IN_TESTS)
+    top, bottom = image.getpixel((16, 8)), image.getpixel((16, 56))
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]  # red on top: turned once, not twice
+
+
+def test_a_damaged_heic_is_an_error_row(tmp_path):
+    data = oriented_heic()
+    (tmp_path / "cut.heic").write_bytes(data[: len(data) // 2])
+    record = inspect_file(tmp_path / "cut.heic", tmp_path, MAX_PIXELS_IN_TESTS)
+    assert not record.ok and "damaged" in record.error

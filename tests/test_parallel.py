@@ -9,6 +9,7 @@ from PIL import Image
 from assets.image_files import inspect_file
 from assets.palette import extract_palette, palette_of_file
 from resources.parallel import MIN_ITEMS_PER_WORKER, process_map, worker_count
+from tests.conftest import oriented_heic
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +19,7 @@ def folder(tmp_path_factory):
     for i in range(2 * MIN_ITEMS_PER_WORKER + 3):
         Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(root / f"{i:02d}.png")
     (root / "17.png").write_bytes(b"not an image")
+    (root / "18.heic").write_bytes(oriented_heic())  # the HEIF opener must be registered in workers too
     return root
 
 
@@ -28,6 +30,7 @@ def test_processes_give_what_one_process_gives_in_order(folder):
     parallel = process_map(inspect, files, workers=2)
     assert [r.image_id for r in parallel] == serial
     assert [r.path for r in parallel if not r.ok] == ["17.png"]
+    assert [(r.format, r.width, r.height) for r in parallel if r.path == "18.heic"] == [("HEIF", 32, 64)]
 
 
 def test_a_broken_file_is_returned_as_its_error_and_the_others_still_get_palettes(folder):
