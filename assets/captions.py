@@ -26,7 +26,7 @@ def captions(
 
     results, reused = run_image_model(
         images, settings=settings, batch=context.partition_key, asset="captions", fingerprint=fingerprint,
-        infer=captioner.caption, to_fields=to_fields, chunk_size=captioner.items_per_call,
+        infer=captioner.caption, to_fields=to_fields, chunk_size=captioner.items_per_call, schema=CAPTIONS,
         logger=context.log,
     )
     context.add_output_metadata({"model_id": captioner.model_id, "reused": reused})

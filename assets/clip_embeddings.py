@@ -28,10 +28,11 @@ def clip_embeddings(
         vector, ms = item
         return {"embedding": vector.astype(np.float32).tolist(), "model_id": clip_embedder.model_id, "ms": ms}
 
+    schema = clip_embeddings_schema(clip_embedder.dim)
     results, reused = run_image_model(
         images, settings=settings, batch=context.partition_key, asset="clip_embeddings",
         fingerprint=clip_embedder.fingerprint(), infer=lambda ims: _split(clip_embedder.embed(ims)),
-        to_fields=to_fields, chunk_size=clip_embedder.items_per_call, logger=context.log,
+        to_fields=to_fields, chunk_size=clip_embedder.items_per_call, schema=schema, logger=context.log,
     )
     context.add_output_metadata({"model_id": clip_embedder.model_id, "dim": clip_embedder.dim, "reused": reused})
-    return assemble(images, results, clip_embeddings_schema(clip_embedder.dim))
+    return assemble(images, results, schema)

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from assets.fallbacks import cluster_label_fallback
 from assets.prompts import CLUSTER_INSTRUCTION, PROMPT_VERSION, SYSTEM, cluster_input
-from assets.reuse import earlier_rows
+from assets.reuse import Progress, earlier_rows
 from assets.schemas import ClusterLabelOutput
 from assets.structured_output import generate_structured
 from assets.tables import CLUSTER_LABELS, OK
@@ -61,6 +61,16 @@ def cluster_labels(
     fields: dict[int, dict] = {c: {k: prior[fps[c]].get(k) for k in LLM_FIELDS} | {"reused": True}
                                for c in cluster_ids if fps[c] in prior}
     todo = [c for c in cluster_ids if c not in fields]
+
+    def row(c: int, llm_fields: dict) -> dict:
+        return {"cluster_id": c, **llm_fields, "vlm_model": metadata_llm.model_id, "images_analyzed": len(reps[c]),
+                "total_images": len(members[c]), "fingerprint": fps[c]}
+
+    progress = Progress(settings.warehouse_dir, "cluster_labels", context.partition_key, CLUSTER_LABELS, context.log)
+
+    def save(valid: list) -> None:
+        progress.save([row(todo[k], s.row()) for k, s in valid])
+
     structured = generate_structured(
         metadata_llm,
         system=SYSTEM,
@@ -72,12 +82,9 @@ def cluster_labels(
         chunk_size=metadata_llm.items_per_call,
         retries=settings.model_retries,
         logger=context.log,
+        on_valid=save,
     )
     fields |= {c: s.row() for c, s in zip(todo, structured)}
-    rows = [
-        {"cluster_id": c, **fields[c], "vlm_model": metadata_llm.model_id, "images_analyzed": len(reps[c]),
-         "total_images": len(members[c]), "fingerprint": fps[c]}
-        for c in cluster_ids
-    ]
+    rows = [row(c, fields[c]) for c in cluster_ids]
     context.add_output_metadata({"clusters": len(rows), "reused": len(cluster_ids) - len(todo)})
     return pa.Table.from_pylist(rows, schema=CLUSTER_LABELS)

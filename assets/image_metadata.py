@@ -9,9 +9,9 @@ from dagster import AssetExecutionContext, Config, ResourceParam, asset
 from pydantic import Field
 
 from assets.fallbacks import image_metadata_fallback
-from assets.per_image import Failed, assemble
+from assets.per_image import Failed, assemble, unique_ok_images
 from assets.prompts import METADATA_INSTRUCTION, PROMPT_VERSION, SYSTEM, caption_input
-from assets.reuse import previous_results
+from assets.reuse import Progress, previous_results
 from assets.schemas import ImageMetadataOutput
 from assets.structured_output import generate_structured
 from assets.tables import IMAGE_METADATA, OK
@@ -63,6 +63,14 @@ def image_metadata(
             llm_fields[image_id] = {k: row.get(k) for k in LLM_FIELDS} | {"reused": True}
     reused = len(llm_fields)
     todo = [i for i in caps if i not in llm_fields]
+    path_of = unique_ok_images(images)
+    progress = Progress(settings.warehouse_dir, "image_metadata", context.partition_key, IMAGE_METADATA, context.log)
+
+    def save(valid: list) -> None:
+        # Only the LLM's fields: a resumed step rebuilds the rest, as for any reused row.
+        progress.save([{"image_id": todo[k], "path": path_of[todo[k]], "status": OK, **s.row(), "fingerprint": fp}
+                       for k, s in valid])
+
     structured = generate_structured(
         metadata_llm,
         system=SYSTEM,
@@ -74,6 +82,7 @@ def image_metadata(
         chunk_size=metadata_llm.items_per_call,
         retries=settings.model_retries,
         logger=context.log,
+        on_valid=save,
     )
     llm_fields |= {image_id: s.row() for image_id, s in zip(todo, structured)}
 

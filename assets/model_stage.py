@@ -25,22 +25,28 @@ def run_in_chunks(
     chunk_size: int,
     retries: int = 1,
     logger: logging.Logger | None = None,
+    on_chunk: Callable[[Sequence[T], list[R | Exception]], None] | None = None,
 ) -> list[R | Exception]:
-    """``fn`` maps a chunk of items to one result per item, in order."""
+    """``fn`` maps a chunk of items to one result per item, in order. ``on_chunk`` sees each chunk's
+    items and outcomes as soon as they are known (to save progress)."""
     logger = logger or log
     results: list[R | Exception] = []
     for start in range(0, len(items), max(1, chunk_size)):
         chunk = items[start : start + chunk_size]
         outcome = _attempt(chunk, fn, retries, logger)
         if not isinstance(outcome, Exception):
-            results.extend(outcome)
+            outcomes = list(outcome)
         elif len(chunk) == 1:
-            results.append(outcome)
+            outcomes = [outcome]
         else:
             logger.warning("chunk of %d failed (%s); retrying its items one by one", len(chunk), outcome)
+            outcomes = []
             for item in chunk:
                 single = _attempt([item], fn, retries, logger)
-                results.append(single if isinstance(single, Exception) else single[0])
+                outcomes.append(single if isinstance(single, Exception) else single[0])
+        if on_chunk is not None:
+            on_chunk(chunk, outcomes)
+        results.extend(outcomes)
     return results
 
 

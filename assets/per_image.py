@@ -3,7 +3,8 @@
 Each per-image asset has exactly one row per row of ``images``, in the same order and
 keyed by ``path``. An image that failed to decode is carried as an error; an image whose
 model call failed is an error with the model's reason. Identical files (same sha256)
-are computed once. Earlier results for the same sha256 and fingerprint are reused.
+are computed once. Earlier results for the same sha256 and fingerprint are reused, and
+finished chunks are saved as the step goes (``Progress``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from PIL import Image
 
 from assets.image_files import open_image
 from assets.model_stage import describe_failure, run_in_chunks
+from assets.reuse import Progress, previous_results
 from resources.parallel import thread_map, worker_count
-from assets.reuse import previous_results
 from assets.tables import ERROR, KEY_FIELDS, OK
 from resources.settings import PixelsiftSettings
 
@@ -73,11 +74,13 @@ def run_image_model(
     infer: Callable[[list[Image.Image]], Sequence[R]],
     to_fields: Callable[[R], dict],
     chunk_size: int,
+    schema: pa.Schema,
     logger: logging.Logger,
 ) -> tuple[dict[str, dict | Failed], int]:
     """Run ``infer`` on every decodable image not already done; returns (results by image_id, reused count).
 
-    Result fields always include ``fingerprint`` and ``reused``.
+    Result fields always include ``fingerprint`` and ``reused``. Each finished chunk is saved in
+    ``schema`` (the asset's) so that a stopped step resumes from it.
     """
     todo = unique_ok_images(images)
     results: dict[str, dict | Failed] = {}
@@ -94,12 +97,21 @@ def run_image_model(
         # Decoding releases the GIL: a chunk's images are opened on several threads.
         return infer(thread_map(lambda i: open_image(folder, todo[i], settings.max_image_pixels), ids, workers))
 
+    progress = Progress(settings.warehouse_dir, asset, batch, schema, logger)
+
+    def record(chunk: Sequence[str], outcomes: list[R | Exception]) -> None:
+        finished = []
+        for image_id, outcome in zip(chunk, outcomes):
+            if isinstance(outcome, Exception):
+                results[image_id] = Failed(describe_failure(outcome))
+            else:
+                results[image_id] = to_fields(outcome) | {"fingerprint": fingerprint, "reused": False}
+                finished.append({"image_id": image_id, "path": todo[image_id], "status": OK, "error": None,
+                                 **results[image_id]})
+        progress.save(finished)
+
     ids = list(todo)
-    outcomes = run_in_chunks(ids, infer_chunk, chunk_size=chunk_size, retries=settings.model_retries, logger=logger)
-    for image_id, outcome in zip(ids, outcomes):
-        if isinstance(outcome, Exception):
-            results[image_id] = Failed(describe_failure(outcome))
-        else:
-            results[image_id] = to_fields(outcome) | {"fingerprint": fingerprint, "reused": False}
+    run_in_chunks(ids, infer_chunk, chunk_size=chunk_size, retries=settings.model_retries, logger=logger,
+                  on_chunk=record)
     logger.info("%s: %d computed, %d reused from the warehouse", asset, len(ids), reused)
     return results, reused

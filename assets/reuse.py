@@ -3,25 +3,27 @@
 Rows carry a ``fingerprint`` of everything that determined them (model, settings, prompt;
 for per-image assets the image is identified by its sha256 ``image_id``). Lookups span
 every batch of the asset in the warehouse, so a photo copied into a new batch is not sent
-to the model again either. Error rows have no fingerprint and are never reused, nor are
+to the model again either, and the chunks a stopped step had finished (``Progress``), so a
+re-run resumes where it stopped. Error rows have no fingerprint and are never reused, nor are
 fallbacks caused by a model failure (those may succeed next time).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
-from resources.warehouse import DATA_FILE
+from resources.warehouse import reusable_files, save_partial
 
 MODEL_FAILURE_PREFIX = "model failed"
 
 
 def earlier_rows(warehouse_dir: str | Path, asset: str, fingerprints: list[str], key: str) -> dict[str, dict]:
     """Reusable earlier rows of ``asset`` whose fingerprint is in ``fingerprints``, one per ``key`` value."""
-    files = sorted((Path(warehouse_dir) / asset).glob(f"batch=*/{DATA_FILE}"))
+    files = reusable_files(warehouse_dir, asset)
     if not files or not fingerprints:
         return {}
     con = duckdb.connect(":memory:")
@@ -44,3 +46,20 @@ def previous_results(warehouse_dir: str | Path, asset: str, fingerprint: str, im
     wanted = set(image_ids)
     found = earlier_rows(warehouse_dir, asset, [fingerprint], key="image_id")
     return {image_id: row for image_id, row in found.items() if image_id in wanted}
+
+
+class Progress:
+    """Saves a model step's finished rows chunk by chunk, in the asset's schema, until the step's
+    partition is written; a stopped step then loses at most the chunk it was computing."""
+
+    def __init__(self, warehouse_dir: str | Path, asset: str, batch: str, schema: pa.Schema, logger: logging.Logger):
+        self.warehouse_dir, self.asset, self.batch, self.schema, self.logger = warehouse_dir, asset, batch, schema, logger
+
+    def save(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        try:
+            save_partial(pa.Table.from_pylist(rows, schema=self.schema), self.warehouse_dir, self.asset, self.batch)
+        except OSError as exc:
+            # A safety net, not the result: the step goes on and its partition is still written.
+            self.logger.warning("could not save a finished chunk of %s: %s", self.asset, exc)

@@ -65,8 +65,12 @@ def generate_structured(
     chunk_size: int,
     retries: int = 1,
     logger: logging.Logger | None = None,
+    on_valid: Callable[[list[tuple[int, Structured[M]]]], None] | None = None,
 ) -> list[Structured[M]]:
-    """One validated ``schema`` instance per input; ``budgets`` are the token budgets per attempt."""
+    """One validated ``schema`` instance per input; ``budgets`` are the token budgets per attempt.
+
+    ``on_valid`` gets each chunk's newly validated results, by input index, as soon as they are
+    known (to save progress); fallbacks are decided only at the end."""
     n = len(inputs)
     done: dict[int, Structured[M]] = {}
     reasons: dict[int, str] = {}
@@ -82,22 +86,29 @@ def generate_structured(
             return llm.generate_json(system=system, instruction=instruction, inputs=[inputs[i] for i in indices],
                                      schema=schema, max_new_tokens=budget)
 
-        outcomes = run_in_chunks(pending, call, chunk_size=chunk_size, retries=retries, logger=logger)
-        still_pending = []
-        for i, outcome in zip(pending, outcomes):
-            if isinstance(outcome, Exception):
-                reasons[i] = describe_failure(outcome)
-                still_pending.append(i)
-                continue
-            attempts[i] += 1
-            ms[i] += outcome.ms
-            tokens[i] += outcome.new_tokens
-            parsed = parse(outcome.text, schema)
-            if isinstance(parsed, str):
-                reasons[i] = parsed if outcome.finished else f"token budget of {budget} exhausted before the JSON ended"
-                still_pending.append(i)
-            else:
-                done[i] = Structured(parsed, attempts[i], True, None, ms[i], tokens[i])
+        still_pending: list[int] = []
+
+        def take(chunk: Sequence[int], outcomes: list[Generation | Exception], budget: int = budget) -> None:
+            valid = []
+            for i, outcome in zip(chunk, outcomes):
+                if isinstance(outcome, Exception):
+                    reasons[i] = describe_failure(outcome)
+                    still_pending.append(i)
+                    continue
+                attempts[i] += 1
+                ms[i] += outcome.ms
+                tokens[i] += outcome.new_tokens
+                parsed = parse(outcome.text, schema)
+                if isinstance(parsed, str):
+                    reasons[i] = parsed if outcome.finished else f"token budget of {budget} exhausted before the JSON ended"
+                    still_pending.append(i)
+                else:
+                    done[i] = Structured(parsed, attempts[i], True, None, ms[i], tokens[i])
+                    valid.append((i, done[i]))
+            if on_valid is not None and valid:
+                on_valid(valid)
+
+        run_in_chunks(pending, call, chunk_size=chunk_size, retries=retries, logger=logger, on_chunk=take)
         pending = still_pending
     for i in pending:
         done[i] = Structured(fallback(i), attempts[i], False, reasons[i], ms[i], tokens[i])

@@ -3,11 +3,17 @@
 Layout (hive): ``<root>/<asset>/batch=<key>/data.parquet``. A write goes to a temporary
 file in the same folder and is renamed into place, so a reader never sees half a file
 and a crashed run leaves the previous partition intact.
+
+While a model step runs, it saves each finished chunk under ``<root>/.cache/partial/<asset>/
+batch=<key>/``, in the asset's own schema; the partition's write removes them. A step that was
+stopped (killed, cancelled, out of memory) thus leaves its finished work where reuse finds it.
+Hidden folders are not SQL views.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -26,6 +32,7 @@ from dagster import (
 from dagster_project.partitions import validate_batch_key
 
 DATA_FILE = "data.parquet"
+PARTIAL_DIR = Path(".cache") / "partial"
 PREVIEW_ROWS = 5
 
 
@@ -37,8 +44,12 @@ def partition_file(root: str | Path, asset: str, batch: str) -> Path:
     return partition_dir(root, asset, batch) / DATA_FILE
 
 
-def write_table(table: pa.Table, path: Path) -> None:
-    """Write atomically: temporary file, then rename; other files in the partition are removed."""
+def partial_dir(root: str | Path, asset: str, batch: str) -> Path:
+    """Where a running step of ``asset`` saves finished chunks of ``batch`` until its partition is written."""
+    return Path(root) / PARTIAL_DIR / asset / f"batch={validate_batch_key(batch)}"
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -46,6 +57,25 @@ def write_table(table: pa.Table, path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_partial(table: pa.Table, root: str | Path, asset: str, batch: str) -> Path:
+    """One more finished chunk of a running step, as its own file (concurrent runs never collide)."""
+    path = partial_dir(root, asset, batch) / f"part-{uuid.uuid4().hex}.parquet"
+    _write_atomic(table, path)
+    return path
+
+
+def reusable_files(root: str | Path, asset: str) -> list[Path]:
+    """Every stored row set of ``asset``: its partitions, and chunks saved by steps that did not finish."""
+    root = Path(root)
+    return (sorted((root / asset).glob(f"batch=*/{DATA_FILE}"))
+            + sorted((root / PARTIAL_DIR / asset).glob("batch=*/part-*.parquet")))
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write atomically: temporary file, then rename; other files in the partition are removed."""
+    _write_atomic(table, path)
     for other in path.parent.iterdir():
         if other != path and other.suffix == ".parquet":
             other.unlink()
@@ -105,6 +135,9 @@ class ParquetWarehouse(ConfigurableIOManager):
             raise TypeError(f"assets stored in the warehouse return a pyarrow.Table, got {type(obj).__name__}")
         path = self._path(context)
         write_table(obj, path)
+        # The partition now holds everything the step's saved chunks did.
+        shutil.rmtree(partial_dir(self.root, "/".join(context.asset_key.path), context.asset_partition_key),
+                      ignore_errors=True)
         context.add_output_metadata({**table_metadata(obj), "path": MetadataValue.path(str(path))})
 
     def load_input(self, context: InputContext) -> pa.Table:

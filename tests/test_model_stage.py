@@ -19,6 +19,21 @@ def test_chunks_retries_and_isolates_a_failing_item():
     assert calls.count([3, 4, 5]) == 2 and calls.count([5]) == 2 and calls.count([3]) == 1
 
 
+def test_each_chunks_outcomes_are_handed_over_as_they_are_known():
+    def fn(chunk):
+        if 4 in chunk:
+            raise ValueError("bad item 4")
+        return [x * 10 for x in chunk]
+
+    seen = []
+    out = run_in_chunks(list(range(6)), fn, chunk_size=3, retries=0,
+                        on_chunk=lambda chunk, outcomes: seen.append((list(chunk), outcomes)))
+    assert [chunk for chunk, _ in seen] == [[0, 1, 2], [3, 4, 5]]
+    assert seen[0][1] == [0, 10, 20]
+    assert seen[1][1][0] == 30 and isinstance(seen[1][1][1], ValueError) and seen[1][1][2] == 50
+    assert [o for _, outcomes in seen for o in outcomes] == out
+
+
 def test_transient_failure_is_retried():
     state = {"failed": False}
 

@@ -21,7 +21,8 @@ from dagster_project.profiles import model_resources
 from dagster_project.sensors import EVAL_ASSET_KEYS
 from evals.checks import THRESHOLDS
 from resources.settings import PixelsiftSettings
-from resources.warehouse import partition_file, query
+from resources.torch_runtime import ModelLoadError
+from resources.warehouse import PARTIAL_DIR, partial_dir, partition_file, query
 from tests.conftest import MAX_PIXELS_IN_TESTS, make_mixed_batch
 
 PER_IMAGE = ["images", "captions", "image_metadata", "color_palettes", "clip_embeddings", "clusters"]
@@ -257,3 +258,66 @@ def test_an_eval_only_run_rescores_without_touching_the_pipeline(first_run, tiny
     assert materialized == set(EVAL_ASSET_KEYS)
     checks = {e.asset_check_key.name for e in result.get_asset_check_evaluations()}
     assert checks == {t.check for t in THRESHOLDS} | {"baseline_loads_cleanly"}
+
+
+class Stopping(Counting):
+    """A real model resource that dies after ``stop_after`` calls, as a killed or out-of-memory step
+    would: ModelLoadError is never retried, so the step fails there. Records each call's size."""
+
+    items_per_call = 2  # several chunks from the 5 distinct images of the batch
+
+    def __init__(self, inner, stop_after=None):
+        super().__init__(inner)
+        self.stop_after, self.items = stop_after, []
+
+    def _call(self, method, *args, **kwargs):
+        if self.stop_after is not None and self.calls >= self.stop_after:
+            raise ModelLoadError("simulated stop")
+        self.items.append((kwargs["schema"].__name__, len(kwargs["inputs"])) if "schema" in kwargs
+                          else (method, len(args[0])))
+        return super()._call(method, *args, **kwargs)
+
+
+def test_a_stopped_step_resumes_from_its_saved_chunks(first_run, tiny_models, tmp_path):
+    images_root, _, first, _ = first_run
+    warehouse = tmp_path / "wh"
+    settings = PixelsiftSettings(images_root=str(images_root), warehouse_dir=str(warehouse),
+                                 max_image_pixels=MAX_PIXELS_IN_TESTS)
+
+    def run(stops):
+        models = {key: Stopping(model, stops.get(key)) for key, model in tiny_models.items()}
+        instance = DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions("batch", ["mixed"])
+        result = build_definitions(settings, models).resolve_job_def("process_batch").execute_in_process(
+            partition_key="mixed", instance=instance, raise_on_error=False)
+        return result, models
+
+    # Captions and CLIP die after their first chunk (2 of the 5 distinct images), which stays saved.
+    result, _ = run({"captioner": 1, "clip_embedder": 1})
+    assert not result.success
+    for asset in ("captions", "clip_embeddings"):
+        assert len(list(partial_dir(warehouse, asset, "mixed").glob("part-*.parquet"))) == 1
+        assert not partition_file(warehouse, asset, "mixed").exists()
+
+    # The next run computes only the other 3; metadata dies after its first chunk.
+    result, models = run({"metadata_llm": 1})
+    assert not result.success
+    assert models["captioner"].items == [("caption", 2), ("caption", 1)]
+    assert models["clip_embedder"].items == [("embed", 2), ("embed", 1)]
+    assert not partial_dir(warehouse, "captions", "mixed").exists()  # the partition holds it now
+
+    result, models = run({})
+    assert result.success
+    assert [n for kind, n in models["metadata_llm"].items if kind == "ImageMetadataOutput"] == [2, 1]
+    assert not any((warehouse / PARTIAL_DIR).rglob("*.parquet"))
+
+    # Same rows as the uninterrupted run (CLIP ran in chunks of 2 here: floats agree to rounding).
+    close = {"embedding", "distance"}
+    drop = {"reused", "ms", "llm_ms", "processing_time_ms"} | close
+    for name in PER_IMAGE + ["cluster_labels"]:
+        resumed = pq.read_table(partition_file(warehouse, name, "mixed"))
+        keep = [c for c in first[name].column_names if c not in drop]
+        assert resumed.select(keep).equals(first[name].select(keep)), name
+        for column in close & set(first[name].column_names):
+            for a, b in zip(resumed.column(column).to_pylist(), first[name].column(column).to_pylist()):
+                assert (a is None) == (b is None) and (a is None or np.allclose(a, b, atol=1e-5)), (name, column)

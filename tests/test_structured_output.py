@@ -45,11 +45,11 @@ class Scripted:
         return out
 
 
-def run(script, inputs):
+def run(script, inputs, on_valid=None):
     llm = Scripted(script)
     results = generate_structured(llm, system="s", instruction="i", inputs=inputs, schema=ImageMetadataOutput,
                                   budgets=[100, 200], fallback=lambda k: image_metadata_fallback(inputs[k]),
-                                  chunk_size=4, retries=1)
+                                  chunk_size=4, retries=1, on_valid=on_valid)
     return llm, results
 
 
@@ -86,6 +86,17 @@ def test_model_crash_is_retried_then_recorded_and_neighbours_survive():
     assert results[0].json_valid
     assert results[1].fallback_used and results[1].attempts == 0
     assert results[1].fallback_reason.startswith("model failed: RuntimeError: boom")
+
+
+def test_valid_results_are_handed_over_chunk_by_chunk_and_fallbacks_never():
+    bad = VALID.replace('"food"', '"spaceships"')
+    inputs = [f"in{i}" for i in range(6)]
+    script = {t: [VALID] for t in inputs} | {"in1": ["CUT:{", VALID], "in5": [bad, bad]}
+    seen = []
+    _, results = run(script, inputs, on_valid=lambda valid: seen.append([(k, s.attempts) for k, s in valid]))
+    # First round: chunks of 4 and 2 (in1 cut off, in5 invalid); second round: in1 valid, in5 falls back.
+    assert seen == [[(0, 1), (2, 1), (3, 1)], [(4, 1)], [(1, 2)]]
+    assert results[5].fallback_used
 
 
 def test_parse_reports_where_it_failed():

@@ -1,12 +1,17 @@
 """The Parquet IO manager through real Dagster materializations, and the DuckDB views over it."""
 
+import logging
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, asset, materialize
 
+from assets.reuse import Progress
 from dagster_project.partitions import batch_partitions
-from resources.warehouse import ParquetWarehouse, ReadOnlyQueryError, partition_file, query, write_table
+from resources.warehouse import (
+    ParquetWarehouse, ReadOnlyQueryError, partial_dir, partition_file, query, reusable_files, save_partial, write_table,
+)
 
 SCHEMA = pa.schema([pa.field("n", pa.int64()), pa.field("vec", pa.list_(pa.float32(), 2))])
 
@@ -55,6 +60,24 @@ def test_rematerializing_replaces_the_partition(tmp_path):
     run(tmp_path, "b-4", instance)
     assert not stray.exists()
     assert query(tmp_path, "select count(*) from numbers").fetchall() == [(4,)]
+
+
+def test_saved_chunks_are_reusable_hidden_from_sql_and_gone_once_the_partition_is_written(tmp_path):
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("batch", ["b-2", "b-3"])
+    chunk = pa.table({"n": [7], "vec": [[7.0, 0.0]]}, schema=SCHEMA)
+    saved = [save_partial(chunk, tmp_path, "numbers", key) for key in ("b-2", "b-3")]
+    run(tmp_path, "b-2", instance)
+    assert reusable_files(tmp_path, "numbers") == [partition_file(tmp_path, "numbers", "b-2"), saved[1]]
+    assert not partial_dir(tmp_path, "numbers", "b-2").exists()
+    assert query(tmp_path, "select count(*) from numbers").fetchall() == [(2,)]  # not the saved 7s
+
+
+def test_progress_that_cannot_be_saved_is_a_warning_not_a_failure(tmp_path, caplog):
+    (tmp_path / ".cache").write_text("a file where the folder would go")
+    chunk = [{"n": 1, "vec": [1.0, 0.0]}]
+    Progress(tmp_path, "numbers", "b-1", SCHEMA, logging.getLogger("t")).save(chunk)
+    assert "could not save a finished chunk of numbers" in caplog.text
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
