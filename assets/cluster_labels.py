@@ -66,7 +66,8 @@ def cluster_labels(
         return {"cluster_id": c, **llm_fields, "vlm_model": metadata_llm.model_id, "images_analyzed": len(reps[c]),
                 "total_images": len(members[c]), "fingerprint": fps[c]}
 
-    progress = Progress(settings.warehouse_dir, "cluster_labels", context.partition_key, CLUSTER_LABELS, context.log)
+    progress = Progress(settings.warehouse_dir, "cluster_labels", context.partition_key, CLUSTER_LABELS, context.log,
+                        total=len(todo))
 
     def save(valid: list) -> None:
         progress.save([row(todo[k], s.row()) for k, s in valid])

@@ -64,7 +64,8 @@ def image_metadata(
     reused = len(llm_fields)
     todo = [i for i in caps if i not in llm_fields]
     path_of = unique_ok_images(images)
-    progress = Progress(settings.warehouse_dir, "image_metadata", context.partition_key, IMAGE_METADATA, context.log)
+    progress = Progress(settings.warehouse_dir, "image_metadata", context.partition_key, IMAGE_METADATA, context.log,
+                        total=len(todo))
 
     def save(valid: list) -> None:
         # Only the LLM's fields: a resumed step rebuilds the rest, as for any reused row.

@@ -97,7 +97,7 @@ def run_image_model(
         # Decoding releases the GIL: a chunk's images are opened on several threads.
         return infer(thread_map(lambda i: open_image(folder, todo[i], settings.max_image_pixels), ids, workers))
 
-    progress = Progress(settings.warehouse_dir, asset, batch, schema, logger)
+    progress = Progress(settings.warehouse_dir, asset, batch, schema, logger, total=len(todo))
 
     def record(chunk: Sequence[str], outcomes: list[R | Exception]) -> None:
         finished = []

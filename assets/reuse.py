@@ -50,14 +50,19 @@ def previous_results(warehouse_dir: str | Path, asset: str, fingerprint: str, im
 
 class Progress:
     """Saves a model step's finished rows chunk by chunk, in the asset's schema, until the step's
-    partition is written; a stopped step then loses at most the chunk it was computing."""
+    partition is written; a stopped step then loses at most the chunk it was computing. Logs how
+    far the step is, which is what the Dagster UI shows during a long step."""
 
-    def __init__(self, warehouse_dir: str | Path, asset: str, batch: str, schema: pa.Schema, logger: logging.Logger):
+    def __init__(self, warehouse_dir: str | Path, asset: str, batch: str, schema: pa.Schema, logger: logging.Logger,
+                 *, total: int):
         self.warehouse_dir, self.asset, self.batch, self.schema, self.logger = warehouse_dir, asset, batch, schema, logger
+        self.total, self.saved = total, 0
 
     def save(self, rows: list[dict]) -> None:
         if not rows:
             return
+        self.saved += len(rows)
+        self.logger.info("%s: %d of %d done", self.asset, self.saved, self.total)
         try:
             save_partial(pa.Table.from_pylist(rows, schema=self.schema), self.warehouse_dir, self.asset, self.batch)
         except OSError as exc:

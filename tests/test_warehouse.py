@@ -76,7 +76,9 @@ def test_saved_chunks_are_reusable_hidden_from_sql_and_gone_once_the_partition_i
 def test_progress_that_cannot_be_saved_is_a_warning_not_a_failure(tmp_path, caplog):
     (tmp_path / ".cache").write_text("a file where the folder would go")
     chunk = [{"n": 1, "vec": [1.0, 0.0]}]
-    Progress(tmp_path, "numbers", "b-1", SCHEMA, logging.getLogger("t")).save(chunk)
+    with caplog.at_level(logging.INFO):
+        Progress(tmp_path, "numbers", "b-1", SCHEMA, logging.getLogger("t"), total=3).save(chunk)
+    assert "numbers: 1 of 3 done" in caplog.text
     assert "could not save a finished chunk of numbers" in caplog.text
 
 
