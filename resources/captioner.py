@@ -14,6 +14,7 @@ from transformers import Blip2ForConditionalGeneration, Blip2Processor
 from resources.backends import Caption
 from resources.torch_runtime import (
     batch_for_device,
+    batch_size_help,
     fingerprint,
     load_once,
     local_model_dir,
@@ -22,7 +23,9 @@ from resources.torch_runtime import (
 )
 
 
-# Peak GPU memory by batch size, BLIP-2 OPT-2.7B in bf16 on an H200 (benchmarks/results/full-cuda.json).
+# Peak memory by batch size, BLIP-2 OPT-2.7B in bf16: process RSS on the 2-core CPU
+# (benchmarks/results/full-cpu.json), GPU memory on an H200 (full-cuda.json).
+CPU_PEAK_GIB = {16: 8.5, 32: 9.0}
 GPU_PEAK_GIB = {64: 8.2, 128: 9.4, 256: 11.7}
 
 
@@ -59,8 +62,7 @@ class CaptionerResource(ConfigurableResource):
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
     batch_size: int = Field(
-        default=0, ge=0, description="Images per generate call; 0 = by device: 32 on a CPU, on a GPU up to 256 "
-        "as its memory allows (the fastest measured, BENCHMARKS.md).",
+        default=0, ge=0, description=batch_size_help("Images per generate call", CPU_PEAK_GIB, GPU_PEAK_GIB),
     )
     max_new_tokens: int = Field(default=20, ge=1, description="Caption length limit in tokens.")
     min_new_tokens: int = Field(
@@ -74,7 +76,7 @@ class CaptionerResource(ConfigurableResource):
 
     @property
     def items_per_call(self) -> int:
-        return batch_for_device(self.batch_size, self.device, cpu=32, gpu_peak_gib=GPU_PEAK_GIB)
+        return batch_for_device(self.batch_size, self.device, cpu_peak_gib=CPU_PEAK_GIB, gpu_peak_gib=GPU_PEAK_GIB)
 
     def _resolved(self) -> tuple[str, torch.dtype]:
         device = resolve_device(self.device)

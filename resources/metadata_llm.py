@@ -25,8 +25,10 @@ from resources.prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
 
-# Peak GPU memory by batch size, Phi-3.5-mini in bf16 writing metadata on an H200
-# (benchmarks/results/full-cuda.json): the key/value buffers grow with the rows.
+# Peak memory by batch size, Phi-3.5-mini in bf16 writing metadata: process RSS on the 2-core CPU
+# (benchmarks/results/full-cpu.json), GPU memory on an H200 (full-cuda.json). The key/value
+# buffers grow with the rows.
+CPU_PEAK_GIB = {32: 11.1, 64: 14.0}
 GPU_PEAK_GIB = {128: 16.3, 256: 25.2, 512: 44.7}
 
 _INPUT_SENTINEL = "\u2063PIXELSIFT_INPUT\u2063"
@@ -53,8 +55,7 @@ class MetadataLLMResource(ConfigurableResource):
     device: str = Field(default="auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'...")
     dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
     batch_size: int = Field(
-        default=0, ge=0, description="Inputs decoded together; 0 = by device: 64 on a CPU, on a GPU up to 512 "
-        "as its memory allows (the fastest measured, BENCHMARKS.md).",
+        default=0, ge=0, description=torch_runtime.batch_size_help("Inputs decoded together", CPU_PEAK_GIB, GPU_PEAK_GIB),
     )
     prefix_cache: bool = Field(default=True, description="Prefill the prompt part shared by all inputs once.")
     jump_forward: bool = Field(
@@ -69,7 +70,8 @@ class MetadataLLMResource(ConfigurableResource):
 
     @property
     def items_per_call(self) -> int:
-        return torch_runtime.batch_for_device(self.batch_size, self.device, cpu=64, gpu_peak_gib=GPU_PEAK_GIB)
+        return torch_runtime.batch_for_device(self.batch_size, self.device, cpu_peak_gib=CPU_PEAK_GIB,
+                                              gpu_peak_gib=GPU_PEAK_GIB)
 
     @property
     def last_stats(self) -> DecodeStats | None:

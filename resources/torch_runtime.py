@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -43,20 +44,49 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(_DTYPES)}") from None
 
 
-def batch_for_device(configured: int, device: str, cpu: int, gpu_peak_gib: dict[int, float]) -> int:
+# The share of a device's memory a model step may plan to use: a GPU is the step's alone, while
+# RAM also holds the OS, Dagster and the step's other work.
+GPU_MEMORY_SHARE = 0.9
+HOST_MEMORY_SHARE = 0.8
+
+
+def batch_for_device(configured: int, device: str, *, cpu_peak_gib: dict[int, float],
+                     gpu_peak_gib: dict[int, float]) -> int:
     """The configured batch size; for 0 the fastest measured on this kind of device (BENCHMARKS.md).
 
-    On a GPU larger batches were faster up to the largest measured, so it is the largest batch
-    whose measured peak memory fits in 90% of this card (``gpu_peak_gib``: batch -> GiB); on a
-    card too small for any of them, the CPU's batch.
+    Larger batches were faster up to the largest measured, on a CPU as on a GPU, so it is the
+    largest batch whose measured peak memory (batch -> GiB) fits in this device's share: 90% of
+    the card, 80% of the machine's RAM. Where none fits: the smallest CPU batch on a CPU (the
+    model itself is most of it), the largest on a GPU too small for every measured GPU batch.
     """
     if configured:
         return configured
     resolved = resolve_device(device)
-    if torch.device(resolved).type != "cuda":
-        return cpu
-    memory = gpu_memory_gib(resolved)
-    return max((b for b, peak in gpu_peak_gib.items() if peak <= 0.9 * memory), default=cpu)
+    if torch.device(resolved).type == "cuda":
+        room = GPU_MEMORY_SHARE * gpu_memory_gib(resolved)
+        return max((b for b, peak in gpu_peak_gib.items() if peak <= room), default=max(cpu_peak_gib))
+    room = HOST_MEMORY_SHARE * host_memory_gib()
+    return max((b for b, peak in cpu_peak_gib.items() if peak <= room), default=min(cpu_peak_gib))
+
+
+def batch_size_help(what: str, cpu_peak_gib: dict[int, float], gpu_peak_gib: dict[int, float]) -> str:
+    """The ``batch_size`` setting's description, from the same measurements ``batch_for_device`` uses."""
+    small, large = min(cpu_peak_gib), max(cpu_peak_gib)
+    needs = cpu_peak_gib[large] / HOST_MEMORY_SHARE
+    return (f"{what}; 0 = by device, the fastest measured that its memory allows (BENCHMARKS.md): on a CPU "
+            f"{large} ({small} with under {needs:.1f} GiB of RAM), on a GPU up to {max(gpu_peak_gib)}.")
+
+
+def host_memory_gib(cgroup_limit: Path = Path("/sys/fs/cgroup/memory.max")) -> float:
+    """The machine's RAM in GiB, or the container's memory limit where that is lower (cgroup v2)."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        limit = cgroup_limit.read_text().strip()
+    except OSError:
+        limit = "max"
+    if limit.isdigit():
+        total = min(total, int(limit))
+    return total / 2**30
 
 
 def gpu_memory_gib(device: str) -> float:

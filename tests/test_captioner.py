@@ -5,6 +5,7 @@ Outputs are meaningless; these tests check structure, determinism and bookkeepin
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -148,10 +149,22 @@ def test_tiny_tokenizer_round_trips_any_text():
 
 
 def test_batch_size_0_is_the_fastest_measured_for_the_device(monkeypatch):
-    assert CaptionerResource(device="cpu").items_per_call == 32
-    # The card's size is the one thing faked: this machine has no GPU.
+    # Memory sizes are the one thing faked: this machine has no GPU and one size of RAM.
+    for ram, batch in ((24.0, 32), (12.0, 32), (11.0, 16), (4.0, 16)):
+        monkeypatch.setattr(torch_runtime, "host_memory_gib", lambda ram=ram: ram)
+        assert CaptionerResource(device="cpu").items_per_call == batch, ram
     monkeypatch.setattr(torch_runtime, "gpu_memory_gib", lambda device: 80.0)
     assert CaptionerResource(device="cuda").items_per_call == 256
     monkeypatch.setattr(torch_runtime, "gpu_memory_gib", lambda device: 8.0)
     assert CaptionerResource(device="cuda").items_per_call == 32  # no measured batch fits: the CPU's
     assert CaptionerResource(device="cuda", batch_size=8).items_per_call == 8
+
+
+def test_host_memory_is_the_lower_of_ram_and_the_container_limit(tmp_path):
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    limit = tmp_path / "memory.max"
+    assert torch_runtime.host_memory_gib(limit) == ram  # no cgroup file
+    limit.write_text("max\n")
+    assert torch_runtime.host_memory_gib(limit) == ram
+    limit.write_text(f"{2 * 2**30}\n")
+    assert torch_runtime.host_memory_gib(limit) == 2.0
