@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from dagster_project.profiles import PROFILES, TINY_WARNING
+from evals.cli import batch_key_param
 
 EXAMPLE_QUERY = (
     "select m.path, m.primary_category, m.scene_type, m.tags, c.cluster_id "
@@ -40,10 +41,14 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--batch", default="sample", show_default=True, help="Subfolder of the images root to process.")
+@click.option("--batch", "batches", multiple=True, callback=batch_key_param,
+              help="Subfolder of the images root to process; repeat the option for several.  [default: sample]")
+@click.option("--all", "all_batches", is_flag=True, help="Process every subfolder of the images root.")
 @models_option
-def run(batch: str, models: str | None) -> None:
-    """Materialize every asset of one batch and say where the results are.
+def run(batches: tuple[str, ...], all_batches: bool, models: str | None) -> None:
+    """Materialize every asset of one or more batches and say where the results are.
+
+    Batches run one after another in this process, so each model is loaded once.
 
     Example: pixelsift run --batch sample --models tiny
     """
@@ -51,30 +56,46 @@ def run(batch: str, models: str | None) -> None:
     from dagster import DagsterInstance
 
     from dagster_project.definitions import build_definitions
-    from dagster_project.partitions import batch_partitions, validate_batch_key
+    from dagster_project.partitions import batch_partitions
     from dagster_project.profiles import current_profile
+    from dagster_project.sensors import batch_folders
     from resources.settings import PixelsiftSettings
 
     settings = PixelsiftSettings()
-    key = validate_batch_key(batch)
-    folder = Path(settings.images_root) / key
-    if not folder.is_dir():
-        raise click.ClickException(f"no batch folder {folder}")
+    root = Path(settings.images_root)
+    if all_batches and batches:
+        raise click.UsageError("give --batch or --all, not both")
+    keys = batch_folders(root) if all_batches else list(batches or ("sample",))
+    if not keys:
+        raise click.ClickException(f"no batch folders in {root}")
+    missing = [str(root / key) for key in keys if not (root / key).is_dir()]
+    if missing:
+        raise click.ClickException(f"no batch folder {', '.join(missing)}")
     if current_profile() == "tiny":
         click.secho(f"warning: {TINY_WARNING}", fg="yellow", err=True)
     defs = build_definitions(settings)
     instance = DagsterInstance.get()
-    if not instance.has_dynamic_partition(batch_partitions.name, key):
-        instance.add_dynamic_partitions(batch_partitions.name, [key])
-    result = defs.resolve_job_def("process_batch").execute_in_process(
-        partition_key=key, instance=instance, raise_on_error=False
-    )
-    if not result.success:
-        raise click.ClickException(f"run {result.run_id} failed; see the log above or the Dagster UI")
+    failed = []
+    for key in keys:
+        if not instance.has_dynamic_partition(batch_partitions.name, key):
+            instance.add_dynamic_partitions(batch_partitions.name, [key])
+        result = defs.resolve_job_def("process_batch").execute_in_process(
+            partition_key=key, instance=instance, raise_on_error=False
+        )
+        if result.success:
+            _say_where(settings, key, result.run_id)
+        else:
+            failed.append(f"{key} (run {result.run_id})")
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(keys)} batches failed: {', '.join(failed)}; "
+                                   "see the log above or the Dagster UI")
+    click.echo("\nQuery them with SQL, for example:\n  pixelsift query \"" + EXAMPLE_QUERY.format(batch=keys[-1]) + '"')
 
+
+def _say_where(settings, key: str, run_id: str) -> None:
     from resources.warehouse import connect
 
-    click.echo(f"\nBatch {key!r} done (run {result.run_id}). Results, one Parquet file per asset:")
+    click.echo(f"\nBatch {key!r} done (run {run_id}). Results, one Parquet file per asset:")
     con = connect(settings.warehouse_dir)
     for (name,) in con.sql("show tables").fetchall():
         rows = con.execute(f'select count(*) from "{name}" where batch = ?', [key]).fetchall()[0][0]
@@ -82,7 +103,6 @@ def run(batch: str, models: str | None) -> None:
     report = Path(settings.reports_dir) / key / "report.html"
     if report.exists():
         click.echo(f"Quality report: {report}")
-    click.echo("\nQuery them with SQL, for example:\n  pixelsift query \"" + EXAMPLE_QUERY.format(batch=key) + '"')
 
 
 @main.command()

@@ -36,20 +36,23 @@ def baseline_signature(baselines_dir: Path, batch: str) -> str:
     return files_signature([p for p in candidates if p.is_file()], baselines_dir)
 
 
-def scan_batches(root: Path, log=None) -> dict[str, str]:
-    """Valid batch folders under ``root`` with their signatures; invalid names are skipped with a warning."""
-    found: dict[str, str] = {}
+def batch_folders(root: Path, log=None) -> list[str]:
+    """The batch keys under ``root``: its subfolders with valid names; others are skipped with a warning."""
+    keys = []
     if not root.is_dir():
-        return found
+        return keys
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
-            key = validate_batch_key(folder.name)
+            keys.append(validate_batch_key(folder.name))
         except InvalidBatchKey as exc:
             if log:
                 log.warning(f"skipping folder {folder}: {exc}")
-            continue
-        found[key] = folder_signature(folder)
-    return found
+    return keys
+
+
+def scan_batches(root: Path, log=None) -> dict[str, str]:
+    """Batch folders under ``root`` with their signatures."""
+    return {key: folder_signature(root / key) for key in batch_folders(root, log)}
 
 
 @sensor(job=process_batch_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)

@@ -16,9 +16,10 @@ def _problem_lines(problems, limit: int = 20) -> list[str]:
     return lines
 
 
-def _batch_key(_ctx, _param, value: str) -> str:
+def batch_key_param(_ctx, _param, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    """Click callback for ``--batch`` options: the key, or each key of a repeated option, validated."""
     try:
-        return validate_batch_key(value)
+        return tuple(map(validate_batch_key, value)) if isinstance(value, tuple) else validate_batch_key(value)
     except InvalidBatchKey as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -30,7 +31,7 @@ def baseline() -> None:
 
 @baseline.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--batch", required=True, callback=_batch_key, help="The batch this export describes.")
+@click.option("--batch", required=True, callback=batch_key_param, help="The batch this export describes.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Baselines folder [default: the baselines_dir setting, data/baselines].")
 @click.option("--force", is_flag=True, help="Replace an existing baseline for the batch.")
@@ -93,7 +94,7 @@ def eval_group() -> None:
 @eval_group.command()
 @click.argument("a", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("b", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--batch", required=True, callback=_batch_key, help="The batch both runs evaluated.")
+@click.option("--batch", required=True, callback=batch_key_param, help="The batch both runs evaluated.")
 @click.option("--samples", default=2000, show_default=True, help="Bootstrap resamples.")
 @click.option("--seed", default=0, show_default=True, help="Bootstrap seed.")
 def compare(a: Path, b: Path, batch: str, samples: int, seed: int) -> None:

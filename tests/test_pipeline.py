@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance
+from PIL import Image
 
 from assets import tables
 from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
@@ -214,6 +215,33 @@ def test_cli_runs_the_tiny_profile_and_queries(tmp_path, tiny_models):
     assert out.returncode == 0 and out.stdout.split() == ["n", "10"]
     bad = subprocess.run(cli + ["query", "drop view captions"], env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "read-only" in bad.stderr
+
+
+def test_cli_runs_every_batch_folder_with_all(tmp_path, tiny_models, monkeypatch):
+    from click.testing import CliRunner
+
+    from dagster_project.cli import main
+
+    root = tmp_path / "images"
+    for batch, names in {"trip": ["coffee.png", "rocket.jpg"], "home": ["chelsea.png"]}.items():
+        (root / batch).mkdir(parents=True)
+        for name in names:
+            Image.open(ROOT / "data" / "images" / "sample" / name).resize((64, 48)).save(root / batch / name)
+    (root / "home" / "broken.jpg").write_bytes(b"not a jpeg")
+    (root / "bad name").mkdir()  # not a valid batch key: skipped
+    for name, value in {"IMAGES_ROOT": root, "WAREHOUSE_DIR": tmp_path / "wh", "REPORTS_DIR": tmp_path / "reports",
+                        "MODELS": "tiny"}.items():
+        monkeypatch.setenv(f"PIXELSIFT_{name}", str(value))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+
+    result = CliRunner().invoke(main, ["run", "--all"])
+    assert result.exit_code == 0, result.output
+    assert "Batch 'home' done" in result.output and "Batch 'trip' done" in result.output
+    counts = query(tmp_path / "wh", "select batch, status, count(*) from images group by all order by all")
+    assert counts.fetchall() == [("home", "error", 1), ("home", "ok", 1), ("trip", "ok", 2)]
+
+    missing = CliRunner().invoke(main, ["run", "--batch", "trip", "--batch", "gone"])
+    assert missing.exit_code != 0 and "no batch folder" in missing.output and "gone" in missing.output
 
 
 def test_dagster_definitions_validate():
