@@ -12,6 +12,7 @@ from pydantic import Field
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
 from resources.backends import Caption
+from resources.settings import env_default
 from resources.torch_runtime import (
     batch_for_device,
     batch_size_help,
@@ -56,8 +57,8 @@ class CaptionerResource(ConfigurableResource):
     """Greedy BLIP-2 captions; the model loads once per process on first use."""
 
     model: str = Field(
-        default="Salesforce/blip2-opt-2.7b",
-        description="Hub id, or a local directory holding the model and its processor.",
+        default_factory=lambda: env_default("CAPTIONER_MODEL", "Salesforce/blip2-opt-2.7b"),
+        description="Hub id, or a local directory holding the model and its processor (PIXELSIFT_CAPTIONER_MODEL).",
     )
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
@@ -98,7 +99,7 @@ class CaptionerResource(ConfigurableResource):
     def _loaded(self) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
         device, dtype = self._resolved()
         source = _model_source(self.model)
-        return load_once(("blip2", source, device, dtype), lambda: _load(source, device, dtype))
+        return load_once(("blip2", source, device, dtype), lambda: _load(source, device, dtype), large=True)
 
     def caption(self, images: Sequence[Image.Image]) -> list[Caption]:
         if not images:

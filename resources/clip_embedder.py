@@ -17,6 +17,7 @@ from pydantic import Field
 
 from resources.backends import Embeddings
 from resources.parallel import thread_map, worker_count
+from resources.settings import env_default
 from resources.torch_runtime import fingerprint, load_once, local_model_dir, resolve_device, resolve_dtype
 
 # open_clip's own precision names; "bf16"/"fp16" keep LayerNorms in float32 like the OpenAI release.
@@ -61,9 +62,9 @@ class ClipEmbedderResource(ConfigurableResource):
     """L2-normalised image embeddings; the model loads once per process on first use."""
 
     model: str = Field(
-        default="ViT-B-32",
+        default_factory=lambda: env_default("CLIP_MODEL", "ViT-B-32"),
         description="open_clip built-in name, 'hf-hub:org/repo', or a local directory "
-        "with open_clip_config.json + open_clip_model.safetensors.",
+        "with open_clip_config.json + open_clip_model.safetensors (PIXELSIFT_CLIP_MODEL).",
     )
     pretrained: str = Field(
         default="laion2b_s34b_b79k", description="Weights tag for a built-in model name (ignored otherwise)."

@@ -22,6 +22,7 @@ from resources.backends import Generation
 from resources.constrained_decoding import DecodeStats, generate_constrained
 from resources.json_grammar import SchemaGrammars
 from resources.prefix_cache import PrefixCache
+from resources.settings import env_default
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ class MetadataLLMResource(ConfigurableResource):
     """Writes one JSON document per input, constrained by a pydantic schema (greedy decoding)."""
 
     model: str = Field(
-        default="microsoft/Phi-3.5-mini-instruct",
-        description="Hugging Face hub id, or a local directory holding a saved model and tokenizer.",
+        default_factory=lambda: env_default("METADATA_LLM_MODEL", "microsoft/Phi-3.5-mini-instruct"),
+        description="Hugging Face hub id, or a local directory holding a saved model and tokenizer "
+        "(PIXELSIFT_METADATA_LLM_MODEL).",
     )
     device: str = Field(default="auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'...")
     dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
@@ -123,7 +125,7 @@ class MetadataLLMResource(ConfigurableResource):
         device = torch_runtime.resolve_device(self.device)
         dtype = torch_runtime.resolve_dtype(self.dtype, device)
         key = ("metadata_llm", self.model, device, str(dtype))
-        return torch_runtime.load_once(key, lambda: load_chat_model(self.model, device, dtype))
+        return torch_runtime.load_once(key, lambda: load_chat_model(self.model, device, dtype), large=True)
 
 
 def load_chat_model(model_ref: str, device: str, dtype: torch.dtype) -> ChatModel:

@@ -8,7 +8,9 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 
-def _env(name: str, default: str) -> str:
+def env_default(name: str, default: str) -> str:
+    """``PIXELSIFT_<name>`` if set, else ``default``: for settings a machine, not a run, decides
+    (paths, where the model weights are), so the sensor's runs and the CLI's see them too."""
     return os.environ.get(f"PIXELSIFT_{name}", default)
 
 
@@ -16,19 +18,19 @@ class PixelsiftSettings(ConfigurableResource):
     """Paths and pipeline behaviour. Each default can be overridden by a ``PIXELSIFT_*`` variable."""
 
     images_root: str = Field(
-        default_factory=lambda: _env("IMAGES_ROOT", "data/images"),
+        default_factory=lambda: env_default("IMAGES_ROOT", "data/images"),
         description="Folder whose immediate subfolders are batches (PIXELSIFT_IMAGES_ROOT).",
     )
     warehouse_dir: str = Field(
-        default_factory=lambda: _env("WAREHOUSE_DIR", "data/warehouse"),
+        default_factory=lambda: env_default("WAREHOUSE_DIR", "data/warehouse"),
         description="Root of the Parquet warehouse, hive layout <asset>/batch=<key>/ (PIXELSIFT_WAREHOUSE_DIR).",
     )
     baselines_dir: str = Field(
-        default_factory=lambda: _env("BASELINES_DIR", "data/baselines"),
+        default_factory=lambda: env_default("BASELINES_DIR", "data/baselines"),
         description="Reference datasets, one <batch>.jsonl or .parquet per batch (PIXELSIFT_BASELINES_DIR).",
     )
     reports_dir: str = Field(
-        default_factory=lambda: _env("REPORTS_DIR", "data/reports"),
+        default_factory=lambda: env_default("REPORTS_DIR", "data/reports"),
         description="Quality-eval HTML reports go to <reports_dir>/<batch>/ (PIXELSIFT_REPORTS_DIR).",
     )
     reuse_results: bool = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -132,17 +133,27 @@ def fingerprint(**settings: Any) -> str:
 
 
 _cache: dict[tuple, Any] = {}
+_large: set[tuple] = set()
 _lock = threading.Lock()
 
 
-def load_once(key: tuple, loader: Callable[[], Any]) -> Any:
+def load_once(key: tuple, loader: Callable[[], Any], *, large: bool = False) -> Any:
     """Load a model at most once per process for a given key (model, device, dtype, ...).
 
     A failure is remembered too: a hub download that cannot succeed (offline, wrong id) takes
     minutes of retries in the hub client, and must not be repeated for every image.
+
+    A ``large`` model (BLIP-2, Phi-3.5-mini: 7-8 GB each in bf16) first releases the other large
+    ones. Batch sizes are chosen for one large model per device, and with two resident a 16-24 GiB
+    machine or card has no room left for the batch. Dagster's multiprocess executor frees a step's
+    models with its process; this is what keeps ``pixelsift run``, which runs every step in one
+    process, within the same memory. The resources hold no reference between calls.
     """
     with _lock:
         if key not in _cache:
+            if large:
+                _release_large()
+                _large.add(key)
             try:
                 _cache[key] = loader()
             except ModelLoadError as exc:
@@ -155,6 +166,16 @@ def load_once(key: tuple, loader: Callable[[], Any]) -> Any:
         return _cache[key]
 
 
+def _release_large() -> None:
+    for key in _large:
+        _cache.pop(key, None)
+    _large.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def clear_model_cache() -> None:
     with _lock:
         _cache.clear()
+        _large.clear()

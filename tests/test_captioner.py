@@ -168,3 +168,15 @@ def test_host_memory_is_the_lower_of_ram_and_the_container_limit(tmp_path):
     assert torch_runtime.host_memory_gib(limit) == ram
     limit.write_text(f"{2 * 2**30}\n")
     assert torch_runtime.host_memory_gib(limit) == 2.0
+
+
+def test_model_locations_come_from_the_environment_where_set(monkeypatch):
+    from resources.clip_embedder import ClipEmbedderResource
+    from resources.metadata_llm import MetadataLLMResource
+
+    assert CaptionerResource().model == "Salesforce/blip2-opt-2.7b"
+    for variable, resource in (("CAPTIONER_MODEL", CaptionerResource), ("METADATA_LLM_MODEL", MetadataLLMResource),
+                               ("CLIP_MODEL", ClipEmbedderResource)):
+        monkeypatch.setenv(f"PIXELSIFT_{variable}", f"/models/{variable.lower()}")
+        assert resource().model == f"/models/{variable.lower()}"
+    assert CaptionerResource(model="explicit").model == "explicit"  # run config still wins

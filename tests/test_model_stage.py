@@ -79,3 +79,30 @@ def test_load_failures_are_remembered(monkeypatch):
         with pytest.raises(torch_runtime.ModelLoadError, match="hub unreachable.*--models tiny"):
             torch_runtime.load_once(("x", "some/model"), loader)
     assert len(attempts) == 1
+
+
+def test_a_large_model_releases_the_other_large_ones(monkeypatch):
+    import weakref
+
+    from resources import torch_runtime
+
+    monkeypatch.setattr(torch_runtime, "_cache", {})
+    monkeypatch.setattr(torch_runtime, "_large", set())
+
+    class Model:
+        pass
+
+    loads = []
+
+    def loader(name):
+        loads.append(name)
+        return Model()
+
+    captioner = weakref.ref(torch_runtime.load_once(("blip2",), lambda: loader("blip2"), large=True))
+    clip = torch_runtime.load_once(("clip",), lambda: loader("clip"))
+    assert torch_runtime.load_once(("blip2",), lambda: loader("blip2"), large=True) is captioner()  # cached
+    llm = torch_runtime.load_once(("phi",), lambda: loader("phi"), large=True)
+    assert captioner() is None  # released, not just forgotten: nothing else held it
+    assert torch_runtime.load_once(("clip",), lambda: loader("clip")) is clip  # small models stay
+    assert torch_runtime.load_once(("phi",), lambda: loader("phi"), large=True) is llm
+    assert loads == ["blip2", "clip", "phi"]
