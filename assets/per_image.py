@@ -17,12 +17,13 @@ from typing import Callable, Sequence, TypeVar
 import pyarrow as pa
 from PIL import Image
 
-from assets.image_files import open_image
+from assets.image_files import DECODING, open_image
 from assets.model_stage import describe_failure, run_in_chunks
 from assets.reuse import Progress, previous_results
 from resources.parallel import thread_map, worker_count
 from assets.tables import ERROR, KEY_FIELDS, OK
 from resources.settings import PixelsiftSettings
+from resources.torch_runtime import fingerprint as hash_settings
 
 R = TypeVar("R")
 KEY_NAMES = [f.name for f in KEY_FIELDS]
@@ -82,6 +83,8 @@ def run_image_model(
     Result fields always include ``fingerprint`` and ``reused``. Each finished chunk is saved in
     ``schema`` (the asset's) so that a stopped step resumes from it.
     """
+    # The model's fingerprint, and how its input pixels were decoded (this function decodes them).
+    fingerprint = hash_settings(model=fingerprint, decoding=DECODING)
     todo = unique_ok_images(images)
     results: dict[str, dict | Failed] = {}
     if settings.reuse_results:

@@ -1,9 +1,11 @@
 import hashlib
+import io
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
-from assets.image_files import inspect_file, list_batch_files, open_image, to_rgb
-from tests.conftest import MAX_PIXELS_IN_TESTS, oriented_heic, write_bad_files
+from assets.image_files import DECODE_MIN_SIDE, inspect_file, list_batch_files, open_image, to_rgb
+from tests.conftest import MAX_PIXELS_IN_TESTS, SAMPLE, oriented_heic, write_bad_files
 
 
 def test_lists_files_recursively_and_skips_hidden(images_root):
@@ -58,3 +60,44 @@ def test_a_damaged_heic_is_an_error_row(tmp_path):
     (tmp_path / "cut.heic").write_bytes(data[: len(data) // 2])
     record = inspect_file(tmp_path / "cut.heic", tmp_path, MAX_PIXELS_IN_TESTS)
     assert not record.ok and "damaged" in record.error
+
+
+def photo_like(width: int, height: int) -> Image.Image:
+    """Smooth content with sensor-like noise (a sample photo scaled up), left half tinted red."""
+    image = Image.open(SAMPLE / "chelsea.png").convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+    noise = np.random.default_rng(0).integers(-6, 7, (height, width, 3))
+    pixels = np.clip(np.asarray(image).astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    pixels[:, : width // 2, 0] = 250
+    return Image.fromarray(pixels)
+
+
+def test_large_jpegs_decode_at_a_reduced_scale_that_models_cannot_tell_apart(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°: upright, the red half is on top
+    photo_like(2000, 1000).save(tmp_path / "big.jpg", quality=92, exif=exif.tobytes())
+
+    record = inspect_file(tmp_path / "big.jpg", tmp_path, MAX_PIXELS_IN_TESTS)
+    assert (record.width, record.height) == (1000, 2000)  # the file's size, upright
+    reduced = open_image(tmp_path, "big.jpg", MAX_PIXELS_IN_TESTS)
+    assert reduced.size == (500, 1000)  # 1/2 scale: 1/4 would make a side shorter than DECODE_MIN_SIDE
+    assert min(reduced.size) >= DECODE_MIN_SIDE
+    assert reduced.getpixel((250, 100))[0] > 200 and reduced.getpixel((250, 900))[0] < 200
+
+    # What a model sees (224 px) is the same as from the full decode, to within a level or two.
+    with Image.open(tmp_path / "big.jpg") as full:
+        full = ImageOps.exif_transpose(full).convert("RGB")
+    small = [np.asarray(im.resize((224, 224), Image.Resampling.BICUBIC), dtype=np.float32) for im in (reduced, full)]
+    assert np.abs(small[0] - small[1]).mean() < 1.0  # measured: 0.22
+
+
+def test_reduced_decoding_still_reads_the_whole_file(tmp_path):
+    buffer = io.BytesIO()
+    photo_like(2000, 1000).save(buffer, format="JPEG", quality=92)
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 2 // 3])
+    record = inspect_file(tmp_path / "cut.jpg", tmp_path, MAX_PIXELS_IN_TESTS)
+    assert not record.ok and "truncated" in record.error
+
+
+def test_other_formats_decode_at_full_size(tmp_path):
+    photo_like(1200, 1000).save(tmp_path / "big.png")
+    assert open_image(tmp_path, "big.png", MAX_PIXELS_IN_TESTS).size == (1200, 1000)
