@@ -32,7 +32,8 @@ def clusters(
     ok_ids = list(dict.fromkeys(r["image_id"] for r in rows if r["status"] == OK))
     by_id = {image_id: i for i, image_id in enumerate(clip_embeddings.column("image_id").to_pylist())}
     embeddings = clip_embeddings.column("embedding").to_pylist()
-    vectors = np.array([embeddings[by_id[i]] for i in ok_ids], dtype=np.float32).reshape(len(ok_ids), -1)
+    dim = clip_embeddings.schema.field("embedding").type.list_size  # also right when no image is ok
+    vectors = np.array([embeddings[by_id[i]] for i in ok_ids], dtype=np.float32).reshape(len(ok_ids), dim)
     result = cluster_embeddings(vectors, ok_ids, distance_threshold=config.distance_threshold,
                                 min_cluster_size=config.min_cluster_size, n_representatives=config.representatives)
 

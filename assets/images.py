@@ -6,10 +6,10 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, asset
 
 from assets.image_files import inspect_file, list_batch_files
-from resources.parallel import process_map, worker_count
 from assets.per_image import batch_dir
 from assets.tables import ERROR, IMAGES, OK
 from dagster_project.partitions import batch_partitions, validate_batch_key
+from resources.parallel import process_map, worker_count
 from resources.settings import PixelsiftSettings
 
 

@@ -189,6 +189,18 @@ def test_model_crash_becomes_error_rows_not_a_failed_run(first_run, tiny_models,
                and r["path"] in {c["path"] for c in crashed})
 
 
+@pytest.mark.parametrize("files", [{}, {"a.jpg": b"not a jpeg", "b.png": b""}], ids=["empty", "all_broken"])
+def test_a_batch_without_one_decodable_image_still_completes(files, tiny_models, tmp_path):
+    batch = tmp_path / "images" / "nothing"
+    batch.mkdir(parents=True)
+    for name, data in files.items():
+        (batch / name).write_bytes(data)
+    out = run_batch(tmp_path / "images", tmp_path / "wh", spies(tiny_models), batch="nothing")
+    for name in PER_IMAGE:
+        assert out[name].num_rows == len(files) and set(out[name].column("status").to_pylist()) <= {"error"}, name
+    assert out["cluster_labels"].num_rows == 0
+
+
 def test_duckdb_answers_over_the_warehouse(first_run):
     _, warehouse, _, _ = first_run
     rows = query(warehouse, "select status, count(*) from images where batch = 'mixed' group by 1 order by 1")
