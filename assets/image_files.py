@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from pillow_heif import register_heif_opener
 
@@ -26,7 +27,8 @@ register_heif_opener()
 # read, so truncation still surfaces. Other formats decode at full size.
 DECODE_MIN_SIDE = 448
 # Part of every model result's fingerprint: results from differently decoded pixels are not reused.
-DECODING = f"jpeg-reduced-to-{DECODE_MIN_SIDE}"
+# Change it with anything that changes the pixels a model is given.
+DECODING = f"jpeg-reduced-to-{DECODE_MIN_SIDE},high-bit-depth-scaled"
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """RGB for the models; transparent areas are composited onto white rather than black."""
     if image.mode == "RGB":
         return image
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8_bit(image)
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float greyscale (scans, scientific images) scaled into 0-255: Pillow's own
+    conversion clips at 255, which turns a 16-bit photo white."""
+    pixels = np.asarray(image, dtype=np.float64)
+    peak = float(pixels.max(initial=0.0))
+    if image.mode == "F":
+        full_scale = 1.0 if peak <= 1.0 else peak
+    else:  # 'I;16*' is 16-bit; 'I' holds 16-bit PNGs in some Pillow versions, else any 32-bit range
+        full_scale = 65535.0 if image.mode.startswith("I;16") or peak <= 65535 else peak
+    return Image.fromarray(np.clip(pixels * (255.0 / full_scale) + 0.5, 0, 255).astype(np.uint8), "L")
 
 
 def inspect_file(path: Path, batch_dir: Path, max_pixels: int) -> ImageRecord:

@@ -101,3 +101,13 @@ def test_reduced_decoding_still_reads_the_whole_file(tmp_path):
 def test_other_formats_decode_at_full_size(tmp_path):
     photo_like(1200, 1000).save(tmp_path / "big.png")
     assert open_image(tmp_path, "big.png", MAX_PIXELS_IN_TESTS).size == (1200, 1000)
+
+
+def test_16_bit_and_float_greyscale_is_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 32).reshape(32, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "scan16.png")  # 16-bit greyscale
+    rgb = np.asarray(open_image(tmp_path, "scan16.png", MAX_PIXELS_IN_TESTS))
+    np.testing.assert_allclose(rgb[..., 0], ramp / 257, atol=0.51)
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+    unit = Image.fromarray((ramp / 65535).astype(np.float32), "F")
+    np.testing.assert_allclose(np.asarray(to_rgb(unit))[..., 1], ramp / 257, atol=0.51)
