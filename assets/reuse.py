@@ -55,8 +55,8 @@ class Progress:
 
     def __init__(self, warehouse_dir: str | Path, asset: str, batch: str, schema: pa.Schema, logger: logging.Logger,
                  *, total: int):
-        self.warehouse_dir, self.asset, self.batch, self.schema, self.logger = warehouse_dir, asset, batch, schema, logger
-        self.total, self.saved = total, 0
+        self.warehouse_dir, self.asset, self.batch, self.schema = warehouse_dir, asset, batch, schema
+        self.logger, self.total, self.saved = logger, total, 0
 
     def save(self, rows: list[dict]) -> None:
         if not rows:

@@ -100,7 +100,8 @@ def generate_structured(
                 tokens[i] += outcome.new_tokens
                 parsed = parse(outcome.text, schema)
                 if isinstance(parsed, str):
-                    reasons[i] = parsed if outcome.finished else f"token budget of {budget} exhausted before the JSON ended"
+                    cut_off = f"token budget of {budget} exhausted before the JSON ended"
+                    reasons[i] = parsed if outcome.finished else cut_off
                     still_pending.append(i)
                 else:
                     done[i] = Structured(parsed, attempts[i], True, None, ms[i], tokens[i])

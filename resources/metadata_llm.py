@@ -57,7 +57,8 @@ class MetadataLLMResource(ConfigurableResource):
     device: str = Field(default="auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'...")
     dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
     batch_size: int = Field(
-        default=0, ge=0, description=torch_runtime.batch_size_help("Inputs decoded together", CPU_PEAK_GIB, GPU_PEAK_GIB),
+        default=0, ge=0,
+        description=torch_runtime.batch_size_help("Inputs decoded together", CPU_PEAK_GIB, GPU_PEAK_GIB),
     )
     prefix_cache: bool = Field(default=True, description="Prefill the prompt part shared by all inputs once.")
     jump_forward: bool = Field(
