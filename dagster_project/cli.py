@@ -49,7 +49,7 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None) -> None
     """Materialize every asset of one or more batches and say where the results are.
 
     Batches run one after another in this process. Only one large model is held at a time, so
-    BLIP-2 and Phi-3.5-mini are loaded again for each batch (seconds, against minutes of work).
+    BLIP-2 and Phi-3.5-mini are loaded again for each batch (tens of seconds per batch).
 
     Example: pixelsift run --batch sample --models tiny
     """
