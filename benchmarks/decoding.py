@@ -1,6 +1,8 @@
 """Decoding camera-sized JPEGs: the reduced-scale decode (``DECODE_MIN_SIDE``) against full size.
 
     python -m benchmarks.decoding [--count 16] [--width 4032 --height 3024]
+    python -m benchmarks.decoding --write DIR --count 64   # only write the photos, for
+                                                           # `pixelsift bench --images DIR`
 
 Writes ``count`` photo-like JPEGs of the given size (the sample photos scaled up, with
 sensor-like noise, quality 92) to a scratch folder, then times, on one thread, what the pipeline
@@ -52,7 +54,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=16)
     parser.add_argument("--width", type=int, default=4032)
     parser.add_argument("--height", type=int, default=3024)
+    parser.add_argument("--write", type=Path, help="write the photos to this folder and stop")
     args = parser.parse_args()
+    if args.write:
+        args.write.mkdir(parents=True, exist_ok=True)
+        print(f"wrote {len(write_photos(args.write, args.count, (args.width, args.height)))} photos to {args.write}")
+        return
 
     import open_clip
     import torch

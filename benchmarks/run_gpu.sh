@@ -33,8 +33,15 @@ for name, build in (("blip2", build_blip2_opt_27b), ("phi35", partial(build_phi3
     print(f"{name}: ready in {time.perf_counter() - started:.0f} s", flush=True)
 EOF
 
-timeout "${BENCH_TIMEOUT:-1800}" python3 -m benchmarks --models full --models-dir "$models_dir" \
+# PHOTOS=1: camera-sized 4032x3024 JPEGs instead of the small sample photos (decoding then matters).
+images=data/images/sample
+if [ -n "${PHOTOS:-}" ]; then
+  images=/tmp/pixelsift-photos
+  python3 -m benchmarks.decoding --write "$images" --count 64 2>&1 | tee "$out/photos.log"
+fi
+
+timeout "${BENCH_TIMEOUT:-1800}" python3 -m benchmarks --models full --models-dir "$models_dir" --images "$images" \
   --count "${COUNT:-512}" --naive-count 8 --caption-batch 64,128,256 --llm-batch 128,256,512 \
-  --output "$out/full-cuda.json" 2>&1 | tee "$out/bench.log"
+  --output "$out/full-cuda${PHOTOS:+-photos}.json" 2>&1 | tee "$out/bench.log"
 
 PIXELSIFT_TEST_DEVICE=cuda timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_parity.py 2>&1 | tee "$out/parity.log"

@@ -7,6 +7,7 @@ import json
 
 import torch
 from click.testing import CliRunner
+from PIL import Image
 from transformers import Blip2ForConditionalGeneration, Phi3ForCausalLM
 
 from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
@@ -72,3 +73,14 @@ def test_workload_documents_are_valid_for_the_real_schemas():
         assert ImageMetadataOutput.model_validate_json(document(example.metadata)) == example.metadata
     for _, label in CLUSTER_EXAMPLES:
         assert ClusterLabelOutput.model_validate_json(document(label)) == label
+
+
+def test_photo_writer_makes_decodable_jpegs_of_the_asked_size(tmp_path, monkeypatch):
+    from benchmarks import decoding
+
+    monkeypatch.setattr("sys.argv", ["decoding", "--write", str(tmp_path), "--count", "3", "--width", "96",
+                                     "--height", "64"])
+    decoding.main()
+    files = sorted(tmp_path.iterdir())
+    assert [f.name for f in files] == ["000.jpg", "001.jpg", "002.jpg"]
+    assert all(Image.open(f).size == (96, 64) and Image.open(f).format == "JPEG" for f in files)
