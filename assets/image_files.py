@@ -11,6 +11,7 @@ import io
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ class ImageRecord:
     width: int | None = None
     height: int | None = None
     mode: str | None = None
+    taken_at: datetime | None = None  # when the photo was taken, camera-local time, from EXIF
     error: str | None = None
     ms: float = 0.0
 
@@ -70,6 +72,19 @@ class Decoded:
     image: Image.Image  # oriented; a JPEG's at a reduced scale, no side under DECODE_MIN_SIDE
     format: str | None
     size: tuple[int, int]  # the file's full size, oriented (width, height)
+    taken_at: datetime | None
+
+
+def taken_at(exif: Image.Exif) -> datetime | None:
+    """DateTimeOriginal (when the shutter fired), else DateTime (last written); None when absent or
+    not a real date. EXIF keeps the camera's local time without a zone, and so does this."""
+    for value in (exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.DateTimeOriginal),
+                  exif.get(ExifTags.Base.DateTime)):
+        try:
+            return datetime.strptime(str(value).strip("\x00 "), "%Y:%m:%d %H:%M:%S")
+        except ValueError:  # absent (None), blank, or the all-zero placeholder some cameras write
+            continue
+    return None
 
 
 def decode(data: bytes, max_pixels: int) -> Decoded:
@@ -84,7 +99,8 @@ def decode(data: bytes, max_pixels: int) -> Decoded:
                     f"too large: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
                 )
             image_format = image.format
-            turned = image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)  # a quarter turn
+            exif = image.getexif()
+            turned = exif.get(ExifTags.Base.Orientation) in (5, 6, 7, 8)  # a quarter turn
             image.draft(None, (DECODE_MIN_SIDE, DECODE_MIN_SIDE))  # no-op for formats other than JPEG
             image.load()
             image = ImageOps.exif_transpose(image)
@@ -96,7 +112,7 @@ def decode(data: bytes, max_pixels: int) -> Decoded:
         raise ImageDecodeError(f"decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"cannot decode: {exc}") from None
-    return Decoded(image, image_format, (height, width) if turned else (width, height))
+    return Decoded(image, image_format, (height, width) if turned else (width, height), taken_at(exif))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -147,6 +163,7 @@ def inspect_file(path: Path, batch_dir: Path, max_pixels: int) -> ImageRecord:
         width=decoded.size[0],
         height=decoded.size[1],
         mode=decoded.image.mode,
+        taken_at=decoded.taken_at,
         ms=(time.perf_counter() - start) * 1000,
     )
 

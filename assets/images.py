@@ -30,6 +30,7 @@ def images(context: AssetExecutionContext, settings: PixelsiftSettings) -> pa.Ta
             "width": r.width,
             "height": r.height,
             "mode": r.mode,
+            "taken_at": r.taken_at,
             "bytes": r.bytes,
             "ms": r.ms,
         }

@@ -27,6 +27,7 @@ IMAGES = pa.schema(
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field("mode", pa.string()),
+        pa.field("taken_at", pa.timestamp("us")),  # EXIF capture time, camera-local (no zone)
         pa.field("bytes", pa.int64(), nullable=False),
         pa.field("ms", pa.float64()),  # reading, hashing and decoding the file
     ]

@@ -1,8 +1,9 @@
 import hashlib
 import io
+from datetime import datetime
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from assets.image_files import DECODE_MIN_SIDE, inspect_file, list_batch_files, open_image, to_rgb
 from tests.conftest import MAX_PIXELS_IN_TESTS, SAMPLE, oriented_heic, write_bad_files
@@ -111,3 +112,23 @@ def test_16_bit_and_float_greyscale_is_scaled_not_clipped(tmp_path):
     assert (rgb[..., 0] == rgb[..., 2]).all()
     unit = Image.fromarray((ramp / 65535).astype(np.float32), "F")
     np.testing.assert_allclose(np.asarray(to_rgb(unit))[..., 1], ramp / 257, atol=0.51)
+
+
+def jpeg_with_exif(path, **tags):
+    exif = Image.Exif()
+    for name, value in tags.items():
+        if name == "DateTimeOriginal":
+            exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = value
+        else:
+            exif[getattr(ExifTags.Base, name)] = value
+    Image.new("RGB", (40, 30)).save(path, exif=exif.tobytes())
+
+
+def test_capture_time_comes_from_exif(tmp_path):
+    jpeg_with_exif(tmp_path / "shot.jpg", DateTimeOriginal="2023:07:14 18:02:33", DateTime="2024:01:01 00:00:00")
+    jpeg_with_exif(tmp_path / "edited.jpg", DateTime="2024:01:02 03:04:05")  # no shutter time: last written
+    jpeg_with_exif(tmp_path / "unset.jpg", DateTimeOriginal="0000:00:00 00:00:00")  # a camera's placeholder
+    Image.new("RGB", (40, 30)).save(tmp_path / "plain.png")
+    taken = {p.name: inspect_file(p, tmp_path, MAX_PIXELS_IN_TESTS).taken_at for p in tmp_path.iterdir()}
+    assert taken == {"shot.jpg": datetime(2023, 7, 14, 18, 2, 33), "edited.jpg": datetime(2024, 1, 2, 3, 4, 5),
+                     "unset.jpg": None, "plain.png": None}
