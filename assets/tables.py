@@ -1,47 +1,67 @@
-"""The explicit pyarrow schema of every pipeline asset's Parquet file.
+"""The explicit pyarrow schema of every pipeline asset's Parquet file, with what each column means.
 
 Per-image assets share the key columns: ``image_id`` (sha256 of the file's bytes),
 ``path`` (relative to the batch folder, unique within a batch), ``status``
 (``ok`` or ``error``) and ``error`` (why, when status is ``error``). Every image of
 the batch appears in every per-image asset exactly once, keyed by ``path``.
+
+Each column's description travels in the field's metadata: the warehouse shows it in the
+Dagster UI's column schema of every materialization.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
+from resources.warehouse import column
+
 KEY_FIELDS = [
-    pa.field("image_id", pa.string(), nullable=False),
-    pa.field("path", pa.string(), nullable=False),
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("error", pa.string()),
+    column("image_id", pa.string(), "sha256 of the file's bytes: identical files share it", nullable=False),
+    column("path", pa.string(), "the file, relative to the batch folder ('/'-separated)", nullable=False),
+    column("status", pa.string(), "'ok', or 'error' when this stage has no result for the file", nullable=False),
+    column("error", pa.string(), "why there is no result (status 'error')"),
 ]
 
 OK = "ok"
 ERROR = "error"
 
+
+def _model_id(what: str) -> pa.Field:
+    return column("model_id", pa.string(), f"the {what} (hub id or local directory)")
+
+
+def _stage_ms(what: str) -> pa.Field:
+    return column("ms", pa.float64(), f"milliseconds spent on this image: {what}")
+
+
+# The last columns of every model result: what made it, and whether this run made it.
+FINGERPRINT = column("fingerprint", pa.string(),
+                     "hash of the model, its settings, the prompt and the decoding that made this result")
+REUSED = column("reused", pa.bool_(), "taken from an earlier run with the same fingerprint, not computed again")
+
 IMAGES = pa.schema(
     KEY_FIELDS
     + [
-        pa.field("format", pa.string()),
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-        pa.field("mode", pa.string()),
-        pa.field("taken_at", pa.timestamp("us")),  # EXIF capture time, camera-local (no zone)
-        pa.field("bytes", pa.int64(), nullable=False),
-        pa.field("ms", pa.float64()),  # reading, hashing and decoding the file
+        column("format", pa.string(), "file format as Pillow reports it (JPEG, PNG, HEIF, ...)"),
+        column("width", pa.int32(), "full width in pixels, after EXIF orientation"),
+        column("height", pa.int32(), "full height in pixels, after EXIF orientation"),
+        column("mode", pa.string(), "Pillow's pixel mode (RGB, L, CMYK, ...)"),
+        column("taken_at", pa.timestamp("us"),
+               "when the photo was taken, from EXIF, in the camera's local time (no zone)"),
+        column("bytes", pa.int64(), "file size", nullable=False),
+        _stage_ms("reading, hashing and decoding the file"),
     ]
 )
 
 CAPTIONS = pa.schema(
     KEY_FIELDS
     + [
-        pa.field("caption", pa.string()),
-        pa.field("model_id", pa.string()),
-        pa.field("ms", pa.float64()),
-        pa.field("new_tokens", pa.int32()),
-        pa.field("fingerprint", pa.string()),
-        pa.field("reused", pa.bool_()),
+        column("caption", pa.string(), "one sentence describing the image"),
+        _model_id("captioning model"),
+        _stage_ms("the captioning model's share of its batch"),
+        column("new_tokens", pa.int32(), "tokens the model generated"),
+        FINGERPRINT,
+        REUSED,
     ]
 )
 
@@ -50,33 +70,33 @@ DETECTED_OBJECT = pa.struct([pa.field("name", pa.string()), pa.field("confidence
 IMAGE_METADATA = pa.schema(
     KEY_FIELDS
     + [
-        pa.field("primary_category", pa.string()),
-        pa.field("tags", pa.list_(pa.string())),
-        pa.field("description", pa.string()),
-        pa.field("detected_objects", pa.list_(DETECTED_OBJECT)),
-        pa.field("scene_type", pa.string()),
-        pa.field("color_palette", pa.list_(pa.string())),
-        pa.field("suggested_cluster_name", pa.string()),
-        pa.field("vlm_model", pa.string()),
-        pa.field("fallback_used", pa.bool_()),
-        pa.field("fallback_reason", pa.string()),
-        pa.field("attempts", pa.int32()),
-        pa.field("json_valid", pa.bool_()),  # the LLM's own output parsed and validated
-        pa.field("llm_ms", pa.float64()),
-        pa.field("new_tokens", pa.int32()),
-        # The stages that produced this record: decode + caption + palette + LLM.
-        pa.field("processing_time_ms", pa.float64()),
-        pa.field("fingerprint", pa.string()),
-        pa.field("reused", pa.bool_()),
+        column("primary_category", pa.string(), "one of the schema's categories"),
+        column("tags", pa.list_(pa.string()), "5-15 lower-case keywords"),
+        column("description", pa.string(), "the image's caption"),
+        column("detected_objects", pa.list_(DETECTED_OBJECT), "objects named in the image, each with a confidence"),
+        column("scene_type", pa.string(), "one of the schema's scene types"),
+        column("color_palette", pa.list_(pa.string()), "dominant colours '#RRGGBB', from color_palettes"),
+        column("suggested_cluster_name", pa.string(), "a short name for a group of images like this one"),
+        column("vlm_model", pa.string(), "the captioning model + the language model"),
+        column("fallback_used", pa.bool_(), "the fields come from the rule-based fallback, not the language model"),
+        column("fallback_reason", pa.string(), "why the fallback was used"),
+        column("attempts", pa.int32(), "generation attempts made (a second one has a larger token budget)"),
+        column("json_valid", pa.bool_(), "the language model's own output parsed and validated"),
+        column("llm_ms", pa.float64(), "milliseconds of language model time, all attempts"),
+        column("new_tokens", pa.int32(), "tokens the language model generated, all attempts"),
+        column("processing_time_ms", pa.float64(),
+               "milliseconds this record took end to end: decode + caption + palette + language model"),
+        FINGERPRINT,
+        REUSED,
     ]
 )
 
 COLOR_PALETTES = pa.schema(
     KEY_FIELDS
     + [
-        pa.field("colors", pa.list_(pa.string())),  # '#RRGGBB', most common first
-        pa.field("shares", pa.list_(pa.float32())),  # share of pixels, same order, sums to 1
-        pa.field("ms", pa.float64()),
+        column("colors", pa.list_(pa.string()), "3-5 dominant colours '#RRGGBB', most common first"),
+        column("shares", pa.list_(pa.float32()), "share of the pixels of each colour, same order; sums to 1"),
+        _stage_ms("decoding and k-means"),
     ]
 )
 
@@ -85,11 +105,11 @@ def clip_embeddings_schema(dim: int) -> pa.Schema:
     return pa.schema(
         KEY_FIELDS
         + [
-            pa.field("embedding", pa.list_(pa.float32(), dim)),
-            pa.field("model_id", pa.string()),
-            pa.field("ms", pa.float64()),
-            pa.field("fingerprint", pa.string()),
-            pa.field("reused", pa.bool_()),
+            column("embedding", pa.list_(pa.float32(), dim), f"unit-length CLIP image vector ({dim} floats)"),
+            _model_id("CLIP model"),
+            _stage_ms("the model's share of its batch"),
+            FINGERPRINT,
+            REUSED,
         ]
     )
 
@@ -97,30 +117,30 @@ def clip_embeddings_schema(dim: int) -> pa.Schema:
 CLUSTERS = pa.schema(
     KEY_FIELDS
     + [
-        pa.field("cluster_id", pa.int32()),  # -1 is noise: an outlier kept out of every cluster
-        pa.field("distance", pa.float32()),  # cosine distance to the cluster's centroid
-        pa.field("is_representative", pa.bool_()),
+        column("cluster_id", pa.int32(), "the image's cluster, numbered by size from 0; -1 is noise (an outlier)"),
+        column("distance", pa.float32(), "cosine distance to the cluster's centroid"),
+        column("is_representative", pa.bool_(), "among the images nearest the centroid that name the cluster"),
     ]
 )
 
 CLUSTER_LABELS = pa.schema(
     [
-        pa.field("cluster_id", pa.int32(), nullable=False),
-        pa.field("cluster_name", pa.string()),
-        pa.field("description", pa.string()),
-        pa.field("tags", pa.list_(pa.string())),
-        pa.field("primary_category", pa.string()),
-        pa.field("vlm_model", pa.string()),
-        pa.field("images_analyzed", pa.int32()),
-        pa.field("total_images", pa.int32()),
-        pa.field("fallback_used", pa.bool_()),
-        pa.field("fallback_reason", pa.string()),
-        pa.field("attempts", pa.int32()),
-        pa.field("json_valid", pa.bool_()),
-        pa.field("llm_ms", pa.float64()),
-        pa.field("new_tokens", pa.int32()),
-        # Hash of the model settings, prompt and representative captions: same inputs, same label.
-        pa.field("fingerprint", pa.string()),
-        pa.field("reused", pa.bool_()),
+        column("cluster_id", pa.int32(), "the cluster, as in clusters.cluster_id", nullable=False),
+        column("cluster_name", pa.string(), "a 2-4 word name"),
+        column("description", pa.string(), "what the cluster's images have in common"),
+        column("tags", pa.list_(pa.string()), "5-10 lower-case keywords for the cluster"),
+        column("primary_category", pa.string(), "one of the schema's categories"),
+        column("vlm_model", pa.string(), "the language model"),
+        column("images_analyzed", pa.int32(), "representative captions the label was written from"),
+        column("total_images", pa.int32(), "images in the cluster"),
+        column("fallback_used", pa.bool_(), "the label comes from the rule-based fallback, not the language model"),
+        column("fallback_reason", pa.string(), "why the fallback was used"),
+        column("attempts", pa.int32(), "generation attempts made (a second one has a larger token budget)"),
+        column("json_valid", pa.bool_(), "the language model's own output parsed and validated"),
+        column("llm_ms", pa.float64(), "milliseconds of language model time, all attempts"),
+        column("new_tokens", pa.int32(), "tokens the language model generated, all attempts"),
+        column("fingerprint", pa.string(),
+               "hash of the model, its settings, the prompt and the representative captions: same inputs, same label"),
+        REUSED,
     ]
 )

@@ -10,10 +10,11 @@ from dagster import DagsterInstance, asset, materialize
 from assets.reuse import Progress
 from dagster_project.partitions import batch_partitions
 from resources.warehouse import (
-    ParquetWarehouse, ReadOnlyQueryError, partial_dir, partition_file, query, reusable_files, save_partial, write_table,
+    ParquetWarehouse, ReadOnlyQueryError, column, column_description, partial_dir, partition_file, query, reusable_files,
+    save_partial, write_table,
 )
 
-SCHEMA = pa.schema([pa.field("n", pa.int64()), pa.field("vec", pa.list_(pa.float32(), 2))])
+SCHEMA = pa.schema([column("n", pa.int64(), "a counter"), pa.field("vec", pa.list_(pa.float32(), 2))])
 
 
 @asset(partitions_def=batch_partitions)
@@ -43,7 +44,8 @@ def test_round_trip_schema_metadata_and_views(tmp_path):
     assert table.schema.field("vec").type == pa.list_(pa.float32(), 2)  # fixed-size list survives
     meta = result.asset_materializations_for_node("numbers")[0].metadata
     assert meta["dagster/row_count"].value == 3
-    assert [c.name for c in meta["dagster/column_schema"].schema.columns] == ["n", "vec"]
+    columns = meta["dagster/column_schema"].schema.columns
+    assert [(c.name, c.description) for c in columns] == [("n", "a counter"), ("vec", None)]
     assert "| n | vec |" in meta["preview"].value
 
     assert query(tmp_path, "select batch, sum(n) from doubled group by 1 order by 1").fetchall() == [
@@ -106,3 +108,12 @@ def test_only_read_only_queries(tmp_path, sql):
 def test_partition_keys_cannot_escape_the_warehouse(tmp_path):
     with pytest.raises(ValueError):
         partition_file(tmp_path, "t", "../../etc")
+
+
+def test_every_pipeline_column_says_what_it_means():
+    from assets import tables
+
+    schemas = [tables.IMAGES, tables.CAPTIONS, tables.IMAGE_METADATA, tables.COLOR_PALETTES,
+               tables.clip_embeddings_schema(512), tables.CLUSTERS, tables.CLUSTER_LABELS]
+    undescribed = [f.name for schema in schemas for f in schema if not column_description(f)]
+    assert undescribed == []
