@@ -20,8 +20,8 @@ from PIL import Image
 from assets.image_files import DECODING, open_image
 from assets.model_stage import describe_failure, run_in_chunks
 from assets.reuse import Progress, previous_results
-from resources.parallel import thread_map, worker_count
 from assets.tables import ERROR, KEY_FIELDS, OK
+from resources.parallel import thread_map, worker_count
 from resources.settings import PixelsiftSettings
 from resources.torch_runtime import fingerprint as hash_settings
 

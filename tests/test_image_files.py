@@ -84,7 +84,7 @@ def test_large_jpegs_decode_at_a_reduced_scale_that_models_cannot_tell_apart(tmp
     assert min(reduced.size) >= DECODE_MIN_SIDE
     assert reduced.getpixel((250, 100))[0] > 200 and reduced.getpixel((250, 900))[0] < 200
 
-    # What a model sees (224 px) is the same as from the full decode, to within a level or two.
+    # What a model sees (224 px) is the same as from the full decode, to within a grey level.
     with Image.open(tmp_path / "big.jpg") as full:
         full = ImageOps.exif_transpose(full).convert("RGB")
     small = [np.asarray(im.resize((224, 224), Image.Resampling.BICUBIC), dtype=np.float32) for im in (reduced, full)]
