@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from benchmarks.runner import STAGES, BenchConfig, ModelPaths
-from resources.torch_runtime import resolve_device
+# Only light imports here: this module is loaded with every `pixelsift` command.
+from benchmarks.config import STAGES, BenchConfig, ModelPaths
 
 
 def _model_paths(models: str, models_dir: Path, device: str) -> ModelPaths:
@@ -18,6 +18,7 @@ def _model_paths(models: str, models_dir: Path, device: str) -> ModelPaths:
         paths = ensure_tiny_models(tiny_models_dir())
         return ModelPaths(str(paths["blip2"].resolve()), str(paths["phi3"].resolve()), str(paths["clip"].resolve()), "")
     from benchmarks.full_size import CLIP_MODEL, build_blip2_opt_27b, build_phi35_mini
+    from resources.torch_runtime import resolve_device
 
     click.echo(f"full-size random-weight models in {models_dir} (built on first use, ~16 GB)", err=True)
     device = resolve_device(device)
@@ -80,6 +81,7 @@ def bench(models, models_dir, images, count, naive_count, device, dtype, caption
     """
     from benchmarks.report import table, write_json
     from benchmarks.runner import run_benchmark
+    from resources.torch_runtime import resolve_device
 
     chosen = tuple(s.strip() for s in stage_list.split(",") if s.strip())
     unknown = set(chosen) - set(STAGES)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.runner import STAGES, BenchResult
+from benchmarks.config import STAGES
+from benchmarks.runner import BenchResult
 
 
 def table(result: BenchResult) -> str:

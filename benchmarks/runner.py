@@ -15,44 +15,16 @@ from pathlib import Path
 
 import torch
 
-from resources.parallel import worker_count
 from benchmarks import stages
+from benchmarks.config import STAGES, BenchConfig
 from benchmarks.measure import free_memory
 from benchmarks.stages import DecodeSettings, StageResult
 from benchmarks.workload import IMAGES_PER_CLUSTER
 from resources.captioner import CaptionerResource
 from resources.clip_embedder import ClipEmbedderResource
 from resources.metadata_llm import load_chat_model
+from resources.parallel import worker_count
 from resources.torch_runtime import resolve_device, resolve_dtype
-
-STAGES = ("decode", "captions", "image_metadata", "clip_embeddings", "palette", "cluster_labels")
-
-
-@dataclass(frozen=True)
-class ModelPaths:
-    blip2: str
-    phi3: str
-    clip: str
-    clip_pretrained: str  # "" for random weights of a built-in open_clip config
-
-
-@dataclass
-class BenchConfig:
-    models: ModelPaths
-    models_label: str  # "full" or "tiny"
-    images: Path
-    count: int
-    naive_count: int
-    device: str = "auto"
-    dtype: str = "auto"
-    caption_batch: tuple[int, ...] = (16,)  # several: each is measured and the fastest counts
-    llm_batch: tuple[int, ...] = (32,)
-    clip_batch: int = 32
-    jump_forward: bool = True
-    stages: tuple[str, ...] = STAGES
-    int8: bool = False  # also measure int8 weight-only linears against bf16 (CPU)
-    cpu_workers: int = 0  # processes/threads for decoding and palettes; 0 = one per core, up to 16
-
 
 @dataclass
 class BenchResult:

@@ -12,10 +12,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from resources.captioner import CaptionerResource
-from resources.clip_embedder import ClipEmbedderResource
-from resources.metadata_llm import MetadataLLMResource
-
 PROFILES = ("hub", "tiny")
 TINY_WARNING = "tiny models: random weights, outputs are meaningless (for checking an install offline only)"
 
@@ -50,6 +46,12 @@ def ensure_tiny_models(root: Path) -> dict[str, Path]:
 
 def model_resources(profile: str | None = None) -> dict:
     """The captioner, metadata LLM and CLIP embedder resources for a profile."""
+    # Imported here, not at the top: the `pixelsift` command loads this module, and torch with it
+    # would cost every command (and every worker process it starts) seconds.
+    from resources.captioner import CaptionerResource
+    from resources.clip_embedder import ClipEmbedderResource
+    from resources.metadata_llm import MetadataLLMResource
+
     profile = profile or current_profile()
     if profile == "hub":
         return {

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dagster_project.partitions import InvalidBatchKey, validate_batch_key
+from dagster_project.batch_keys import InvalidBatchKey, validate_batch_key
 
 
 def _problem_lines(problems, limit: int = 20) -> list[str]:

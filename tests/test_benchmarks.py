@@ -14,7 +14,7 @@ from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
 from benchmarks import stages
 from benchmarks.cli import bench
 from benchmarks.full_size import blip2_opt_27b_config, phi35_mini_config
-from benchmarks.runner import STAGES
+from benchmarks.config import STAGES
 from benchmarks.workload import CLUSTER_EXAMPLES, EXAMPLES, document
 
 

@@ -361,3 +361,11 @@ def test_a_stopped_step_resumes_from_its_saved_chunks(first_run, tiny_models, tm
         for column in close & set(first[name].column_names):
             for a, b in zip(resumed.column(column).to_pylist(), first[name].column(column).to_pylist()):
                 assert (a is None) == (b is None) and (a is None or np.allclose(a, b, atol=1e-5)), (name, column)
+
+
+def test_the_command_line_loads_without_torch_or_dagster():
+    """Every `pixelsift` command imports this module, and so does every worker process a command
+    starts (spawn runs the parent's main script again): torch there cost each of them 5 s."""
+    code = "import sys, dagster_project.cli; print(sorted({'torch', 'transformers', 'dagster'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
