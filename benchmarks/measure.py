@@ -26,7 +26,8 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_bytes() -> int:
+def peak_rss_bytes() -> int:
+    """The process's peak resident memory (since the last reset, where Linux allows one)."""
     try:
         for line in _STATUS.read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -66,7 +67,7 @@ def measured(device: str) -> Iterator[Measurement]:
     finally:
         synchronize(device)
         m.seconds = time.perf_counter() - started
-        m.peak_rss_gib = _peak_rss_bytes() / 2**30
+        m.peak_rss_gib = peak_rss_bytes() / 2**30
         if cuda:
             m.peak_gpu_gib = torch.cuda.max_memory_allocated() / 2**30
 

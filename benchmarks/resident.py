@@ -25,17 +25,11 @@ BUDGETS = {"max_new_tokens": 16, "retry_max_new_tokens": 16}
 VARIANTS = ("one_large_model", "both_kept")
 
 
-def peak_rss_gib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20  # kB
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def run_variant(variant: str, models_dir: Path, images_root: str, batch: str) -> dict:
     from dagster import DagsterInstance
 
     from benchmarks.full_size import CLIP_MODEL, build_blip2_opt_27b, build_phi35_mini
+    from benchmarks.measure import peak_rss_bytes
     from dagster_project.definitions import build_definitions
     from resources import torch_runtime
     from resources.captioner import CaptionerResource
@@ -65,7 +59,7 @@ def run_variant(variant: str, models_dir: Path, images_root: str, batch: str) ->
         wall = time.perf_counter() - start
     if not result.success:
         raise SystemExit(f"{variant}: run failed")
-    return {"variant": variant, "peak_rss_gib": round(peak_rss_gib(), 2), "job_wall_s": round(wall, 1)}
+    return {"variant": variant, "peak_rss_gib": round(peak_rss_bytes() / 2**30, 2), "job_wall_s": round(wall, 1)}
 
 
 def main() -> None:
