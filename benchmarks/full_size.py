@@ -16,10 +16,8 @@ import torch
 from transformers import (
     Blip2Config,
     Blip2ForConditionalGeneration,
-    Blip2Processor,
     Blip2QFormerConfig,
     Blip2VisionConfig,
-    BlipImageProcessor,
     OPTConfig,
     Phi3Config,
     Phi3ForCausalLM,
@@ -27,6 +25,7 @@ from transformers import (
 )
 
 from benchmarks.tokenizer import build_opt_tokenizer, build_phi3_tokenizer
+from resources.tiny.blip2 import blip2_processor
 
 CLIP_MODEL = "ViT-B-32"  # open_clip's built-in config; pretrained="" gives random weights
 
@@ -142,12 +141,7 @@ def build_blip2_opt_27b(out_dir: Path, device: str = "cpu") -> Path:
     if (out_dir / ".complete").exists():
         return out_dir
     tokenizer = build_opt_tokenizer()
-    processor = Blip2Processor(
-        image_processor=BlipImageProcessor(size={"height": 224, "width": 224}),
-        tokenizer=tokenizer,
-        num_query_tokens=32,
-    )
-    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
+    processor, image_token = blip2_processor(tokenizer, image_size=224, num_query_tokens=32)
     config = blip2_opt_27b_config(image_token, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     model = _random_bf16(lambda: Blip2ForConditionalGeneration(config), device)
     processor.save_pretrained(out_dir)

@@ -27,18 +27,25 @@ NUM_QUERY_TOKENS = 4
 HIDDEN = 32
 
 
+def blip2_processor(tokenizer, image_size: int, num_query_tokens: int) -> tuple[Blip2Processor, int]:
+    """The processor for a BLIP-2 of this shape, and the id of its "<image>" token.
+
+    The processor registers "<image>" (one per query token, placed before BOS); the model's
+    config must carry the id it got so the model can swap those slots for image features.
+    """
+    processor = Blip2Processor(
+        image_processor=BlipImageProcessor(size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer,
+        num_query_tokens=num_query_tokens,
+    )
+    return processor, processor.tokenizer.convert_tokens_to_ids("<image>")
+
+
 def build_tiny_blip2(out_dir: Path, seed: int = 0) -> Path:
     """Build, seed and save the tiny BLIP-2 and its processor into ``out_dir``; returns it."""
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer(vocab_size=384)
-    # The processor registers "<image>" (one per query token, placed before BOS);
-    # the model must know the id it got so it can swap those slots for image features.
-    processor = Blip2Processor(
-        image_processor=BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
-        tokenizer=tokenizer,
-        num_query_tokens=NUM_QUERY_TOKENS,
-    )
-    image_token_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    processor, image_token_id = blip2_processor(tokenizer, IMAGE_SIZE, NUM_QUERY_TOKENS)
 
     config = Blip2Config(
         vision_config=Blip2VisionConfig(
