@@ -4,9 +4,9 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, ResourceParam, asset
 
 from assets.per_image import assemble, run_image_model
-from assets.tables import CAPTIONS
-from dagster_project.jobs import LARGE_MODEL
-from dagster_project.partitions import batch_partitions
+from assets.parquet_schemas import CAPTIONS
+from resources.concurrency import LARGE_MODEL
+from resources.partitions import batch_partitions
 from resources.backends import Caption, Captioner
 from resources.settings import PixelsiftSettings
 

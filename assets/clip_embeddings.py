@@ -5,8 +5,8 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, ResourceParam, asset
 
 from assets.per_image import assemble, run_image_model
-from assets.tables import clip_embeddings_schema
-from dagster_project.partitions import batch_partitions
+from assets.parquet_schemas import clip_embeddings_schema
+from resources.partitions import batch_partitions
 from resources.backends import Embeddings, ImageEmbedder
 from resources.settings import PixelsiftSettings
 

@@ -9,14 +9,14 @@ from pydantic import Field
 from assets.fallbacks import cluster_label_fallback
 from assets.prompts import CLUSTER_INSTRUCTION, PROMPT_VERSION, SYSTEM, cluster_input
 from assets.reuse import Progress, earlier_rows
-from assets.schemas import ClusterLabelOutput
+from assets.llm_schemas import ClusterLabelOutput
 from assets.structured_output import generate_structured
-from assets.tables import CLUSTER_LABELS, OK
-from dagster_project.jobs import LARGE_MODEL
-from dagster_project.partitions import batch_partitions
+from assets.parquet_schemas import CLUSTER_LABELS, OK
+from resources.concurrency import LARGE_MODEL
+from resources.partitions import batch_partitions
 from resources.backends import StructuredGenerator
 from resources.settings import PixelsiftSettings
-from resources.torch_runtime import fingerprint
+from resources.backends import fingerprint
 
 LLM_FIELDS = ["cluster_name", "description", "tags", "primary_category", "fallback_used", "fallback_reason",
               "attempts", "json_valid", "llm_ms", "new_tokens"]

@@ -9,8 +9,8 @@ from pydantic import Field
 
 from assets.clustering import NOISE, cluster_embeddings
 from assets.per_image import Failed, assemble, unique_ok_images
-from assets.tables import CLUSTERS, OK
-from dagster_project.partitions import batch_partitions
+from assets.parquet_schemas import CLUSTERS, OK
+from resources.partitions import batch_partitions
 
 
 class ClusteringConfig(Config):

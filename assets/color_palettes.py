@@ -8,8 +8,8 @@ from dagster import AssetExecutionContext, asset
 from assets.model_stage import describe_failure
 from assets.palette import palette_of_file
 from assets.per_image import Failed, assemble, batch_dir, unique_ok_images
-from assets.tables import COLOR_PALETTES
-from dagster_project.partitions import batch_partitions
+from assets.parquet_schemas import COLOR_PALETTES
+from resources.partitions import batch_partitions
 from resources.parallel import process_map, worker_count
 from resources.settings import PixelsiftSettings
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
+from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput
 
 # First match wins, in this order; a caption matching nothing is 'objects'.
 CATEGORY_WORDS: dict[str, tuple[str, ...]] = {

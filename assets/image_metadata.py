@@ -12,14 +12,14 @@ from assets.fallbacks import image_metadata_fallback
 from assets.per_image import Failed, assemble, unique_ok_images
 from assets.prompts import METADATA_INSTRUCTION, PROMPT_VERSION, SYSTEM, caption_input
 from assets.reuse import Progress, previous_results
-from assets.schemas import ImageMetadataOutput
+from assets.llm_schemas import ImageMetadataOutput
 from assets.structured_output import generate_structured
-from assets.tables import IMAGE_METADATA, OK
-from dagster_project.jobs import LARGE_MODEL
-from dagster_project.partitions import batch_partitions
+from assets.parquet_schemas import IMAGE_METADATA, OK
+from resources.concurrency import LARGE_MODEL
+from resources.partitions import batch_partitions
 from resources.backends import StructuredGenerator
 from resources.settings import PixelsiftSettings
-from resources.torch_runtime import fingerprint
+from resources.backends import fingerprint
 
 # The fields the LLM decides; everything else in the row is derived in this run.
 LLM_FIELDS = ["primary_category", "tags", "detected_objects", "scene_type", "suggested_cluster_name",

@@ -7,9 +7,9 @@ from dagster import AssetExecutionContext, asset
 
 from assets.image_files import inspect_file, list_batch_files
 from assets.per_image import batch_dir
-from assets.tables import ERROR, IMAGES, OK
-from dagster_project.batch_keys import validate_batch_key
-from dagster_project.partitions import batch_partitions
+from assets.parquet_schemas import ERROR, IMAGES, OK
+from resources.batch_keys import validate_batch_key
+from resources.partitions import batch_partitions
 from resources.parallel import process_map, worker_count
 from resources.settings import PixelsiftSettings
 

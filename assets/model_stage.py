@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Sequence, TypeVar
 
-from resources.torch_runtime import ModelLoadError
+from resources.backends import ModelLoadError
 
 T = TypeVar("T")
 R = TypeVar("R")

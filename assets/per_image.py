@@ -20,10 +20,10 @@ from PIL import Image
 from assets.image_files import DECODING, open_image
 from assets.model_stage import describe_failure, run_in_chunks
 from assets.reuse import Progress, previous_results
-from assets.tables import ERROR, KEY_FIELDS, OK
+from assets.parquet_schemas import ERROR, KEY_FIELDS, OK
 from resources.parallel import thread_map, worker_count
 from resources.settings import PixelsiftSettings
-from resources.torch_runtime import fingerprint as hash_settings
+from resources.backends import fingerprint as hash_settings
 
 R = TypeVar("R")
 KEY_NAMES = [f.name for f in KEY_FIELDS]

@@ -1,6 +1,6 @@
 """Every prompt pixelsift sends to the LLM, in one place.
 
-The field lists come from the pydantic models in ``assets/schemas.py``, so a schema
+The field lists come from the pydantic models in ``assets/llm_schemas.py``, so a schema
 change shows up in the prompt without editing this file. ``PROMPT_VERSION`` changes
 whenever any text here or a schema changes; it is part of the reuse fingerprint, so editing a
 prompt makes the next run recompute instead of reusing stale results.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from assets.schemas import ClusterLabelOutput, ImageMetadataOutput, field_guide
+from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput, field_guide
 
 SYSTEM = (
     "You are a careful photo librarian. You describe photos for a searchable catalogue. "

@@ -20,7 +20,7 @@ from assets.image_files import ImageDecodeError, inspect_file, list_batch_files,
 from assets.palette import palette_of_file
 from resources.parallel import process_map, thread_map
 from assets.prompts import CLUSTER_INSTRUCTION, METADATA_INSTRUCTION, SYSTEM, caption_input, cluster_input
-from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
+from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput
 from benchmarks.measure import measured
 from benchmarks.steering import DocumentSteering
 from benchmarks.workload import CAPTION_TOKENS, CLUSTER_EXAMPLES, EXAMPLES, IMAGES_PER_CLUSTER, document

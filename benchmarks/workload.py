@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
+from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput
 
 CAPTION_TOKENS = 20
 

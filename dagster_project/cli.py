@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from dagster_project.profiles import PROFILES, TINY_WARNING
-from evals.cli import batch_key_param
+from resources.batch_keys import batch_key_param
 
 EXAMPLE_QUERY = (
     "select m.path, m.primary_category, m.scene_type, m.tags, c.cluster_id "
@@ -57,7 +57,7 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None) -> None
     from dagster import DagsterInstance
 
     from dagster_project.definitions import build_definitions
-    from dagster_project.partitions import batch_partitions
+    from resources.partitions import batch_partitions
     from dagster_project.profiles import current_profile
     from dagster_project.sensors import batch_folders
     from resources.settings import PixelsiftSettings

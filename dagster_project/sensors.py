@@ -9,8 +9,8 @@ from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, Se
 
 from assets.image_files import list_batch_files
 from dagster_project.jobs import process_batch_job
-from dagster_project.batch_keys import InvalidBatchKey, validate_batch_key
-from dagster_project.partitions import batch_partitions
+from resources.batch_keys import InvalidBatchKey, validate_batch_key
+from resources.partitions import batch_partitions
 from evals.assets import eval_assets
 from evals.baseline import BASELINE_SUFFIXES
 from resources.settings import PixelsiftSettings

@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow as pa
 from dagster import AssetExecutionContext, MetadataValue, asset
 
-from assets.tables import OK
-from dagster_project.partitions import batch_partitions
+from assets.parquet_schemas import OK
+from resources.partitions import batch_partitions
 from evals.baseline import (
     Baseline, Problem, baseline_from_table, baseline_table, find_baseline_file, load_baseline, match_images,
 )
@@ -18,7 +18,7 @@ from evals.report import SECTIONS, ReportInputs, field_bars, png_base64, write_r
 from evals.semantic import SentenceEncoder
 from evals.settings import EvalSettings
 from evals.summary import fresh_rows, headline_markdown, ok_rows, summarize
-from evals.tables import EVAL_REPORT, PROBLEM
+from evals.parquet_schemas import EVAL_REPORT, PROBLEM
 from resources.settings import PixelsiftSettings
 
 GROUP = "evals"

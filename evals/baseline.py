@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from matplotlib.colors import to_hex
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from evals.tables import CLUSTER, GEMINI_BASELINE, IMAGE, PROBLEM
+from evals.parquet_schemas import CLUSTER, GEMINI_BASELINE, IMAGE, PROBLEM
 
 BASELINE_SUFFIXES = (".jsonl", ".parquet")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -13,10 +13,10 @@ from typing import Any
 import pyarrow as pa
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, PreviewWarning, asset_check
 
-from dagster_project.partitions import batch_partitions
+from resources.partitions import batch_partitions
 from evals.settings import EvalSettings
 from evals.summary import headline_markdown
-from evals.tables import PROBLEM
+from evals.parquet_schemas import PROBLEM
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dagster_project.batch_keys import InvalidBatchKey, validate_batch_key
+from resources.batch_keys import batch_key_param
 
 
 def _problem_lines(problems, limit: int = 20) -> list[str]:
@@ -14,14 +14,6 @@ def _problem_lines(problems, limit: int = 20) -> list[str]:
     if len(problems) > limit:
         lines.append(f"  … and {len(problems) - limit} more")
     return lines
-
-
-def batch_key_param(_ctx, _param, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
-    """Click callback for ``--batch`` options: the key, or each key of a repeated option, validated."""
-    try:
-        return tuple(map(validate_batch_key, value)) if isinstance(value, tuple) else validate_batch_key(value)
-    except InvalidBatchKey as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 @click.group()
@@ -113,7 +105,10 @@ def compare(a: Path, b: Path, batch: str, samples: int, seed: int) -> None:
 
 @eval_group.command()
 def calibrate() -> None:
-    """Recompute the semantic thresholds from the labelled examples in evals/calibration.py."""
+    """Recompute the semantic thresholds from the labelled examples in evals/calibration.py.
+
+    Example: pixelsift eval calibrate
+    """
     from evals.calibration import calibrate as run_calibration
     from evals.semantic import SentenceEncoder
     from evals.settings import EvalSettings

@@ -25,7 +25,7 @@ from evals.metrics import cosine_silhouette, partition_agreement, semantic_prf
 from evals.normalize import canonical_label, normalize_term, normalize_terms
 from evals.semantic import SentenceEncoder, TextVectors
 from evals.settings import EvalSettings
-from evals.tables import CLUSTER_EVAL
+from evals.parquet_schemas import CLUSTER_EVAL
 
 NOISE = -1
 

@@ -22,7 +22,7 @@ from evals.metrics import PRF, exact_prf, palette_distance, ramp, semantic_prf
 from evals.normalize import canonical_label, normalize_term, normalize_terms
 from evals.semantic import SentenceEncoder, TextVectors
 from evals.settings import EvalSettings
-from evals.tables import METADATA_EVAL
+from evals.parquet_schemas import METADATA_EVAL
 
 
 @dataclass(frozen=True)

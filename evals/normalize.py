@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from assets.schemas import CATEGORIES, SCENE_TYPES
+from assets.llm_schemas import CATEGORIES, SCENE_TYPES
 
 # Each canonical label of the vocabulary, with the other words that mean the same.
 # Only true synonyms belong here: "landscape" is not "nature", it is a disagreement.

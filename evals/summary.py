@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from assets.tables import OK
+from assets.parquet_schemas import OK
 from evals.metrics import bootstrap_mean_ci, cohen_kappa, percentiles
 from evals.settings import EvalSettings
-from evals.tables import EVAL_SUMMARY, FIELD_MEANS, LATENCY_STAGES
+from evals.parquet_schemas import EVAL_SUMMARY, FIELD_MEANS, LATENCY_STAGES
 
 
 def _column(table: pa.Table, name: str) -> list[Any]:

@@ -1,19 +1,33 @@
-"""The three model interfaces the assets depend on, one per task.
+"""The three model interfaces the assets depend on, one per task, and what every backend shares.
 
 Assets call only these methods, so an in-process transformers model, a tiny test
 model or an HTTP endpoint can stand behind them without touching asset code.
 Each result carries the wall time the model spent on that item (its batch's time
 divided by the batch size), so assets can account latency per image.
+
+Nothing here imports torch: a backend that talks to a server needs only this module.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded. Not a per-image failure: the step fails at once, with this message."""
+
+
+def fingerprint(**settings: Any) -> str:
+    """A short stable hash of the settings that determine a model's output."""
+    blob = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,11 @@ from PIL import Image
 from pydantic import Field
 from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-from resources.backends import Caption
+from resources.backends import Caption, fingerprint
 from resources.settings import env_default
 from resources.torch_runtime import (
     batch_for_device,
     batch_size_help,
-    fingerprint,
     load_once,
     local_model_dir,
     resolve_device,

@@ -15,10 +15,10 @@ from dagster import ConfigurableResource
 from PIL import Image
 from pydantic import Field
 
-from resources.backends import Embeddings
+from resources.backends import Embeddings, fingerprint
 from resources.parallel import thread_map, worker_count
 from resources.settings import env_default
-from resources.torch_runtime import fingerprint, load_once, local_model_dir, resolve_device, resolve_dtype
+from resources.torch_runtime import load_once, local_model_dir, resolve_device, resolve_dtype
 
 # open_clip's own precision names; "bf16"/"fp16" keep LayerNorms in float32 like the OpenAI release.
 _PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}

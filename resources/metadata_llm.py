@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from resources import torch_runtime
-from resources.backends import Generation
+from resources.backends import Generation, fingerprint
 from resources.constrained_decoding import DecodeStats, generate_constrained
 from resources.json_grammar import SchemaGrammars
 from resources.prefix_cache import PrefixCache
@@ -83,7 +83,7 @@ class MetadataLLMResource(ConfigurableResource):
 
     def fingerprint(self) -> str:
         device = torch_runtime.resolve_device(self.device)
-        return torch_runtime.fingerprint(
+        return fingerprint(
             kind="metadata_llm",
             model=self.model_id,
             device=torch.device(device).type,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import os
 import threading
 from functools import lru_cache
@@ -12,6 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from resources.backends import ModelLoadError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -97,10 +97,6 @@ def gpu_memory_gib(device: str) -> float:
     return torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
 
 
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded. Not a per-image failure: the step fails at once, with this message."""
-
-
 class ModelDirMissing(ModelLoadError, FileNotFoundError):
     pass
 
@@ -124,12 +120,6 @@ def local_model_dir(model: str, hint: str) -> Path | None:
     if looks_like_path or path.exists():
         raise ModelDirMissing(f"model directory {model!r} does not exist (or is not a directory); {hint}")
     return None
-
-
-def fingerprint(**settings: Any) -> str:
-    """A short stable hash of the settings that determine a model's output."""
-    blob = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 _cache: dict[tuple, Any] = {}

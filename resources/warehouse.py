@@ -29,7 +29,7 @@ from dagster import (
     TableSchema,
 )
 
-from dagster_project.batch_keys import validate_batch_key
+from resources.batch_keys import validate_batch_key
 
 DATA_FILE = "data.parquet"
 PARTIAL_DIR = Path(".cache") / "partial"

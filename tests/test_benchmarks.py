@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 from transformers import Blip2ForConditionalGeneration, Phi3ForCausalLM
 
-from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
+from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput
 from benchmarks import stages
 from benchmarks.cli import bench
 from benchmarks.full_size import blip2_opt_27b_config, phi35_mini_config

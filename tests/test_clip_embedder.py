@@ -13,7 +13,7 @@ from PIL import Image
 
 from resources.clip_embedder import ClipEmbedderResource
 from resources.tiny.clip import EMBED_DIM, build_tiny_clip
-from resources.torch_runtime import ModelLoadError
+from resources.backends import ModelLoadError
 
 
 @pytest.fixture(scope="session")

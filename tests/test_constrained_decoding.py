@@ -11,7 +11,7 @@ import xgrammar as xgr
 from pydantic import BaseModel
 from transformers import LlamaTokenizer
 
-from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
+from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput
 from resources.constrained_decoding import _shared_length, allowed_tokens, generate_constrained
 from resources.json_grammar import SchemaGrammars
 from resources.metadata_llm import load_chat_model, prompt_ids

@@ -20,7 +20,7 @@ from dagster import AssetCheckSeverity, AssetSpec, DagsterInstance, materialize
 from PIL import Image
 
 from assets import tables
-from dagster_project.partitions import batch_partitions
+from resources.partitions import batch_partitions
 from evals.baseline import load_baseline
 from evals.checks import THRESHOLDS, evaluate
 from evals.cli import eval_group

@@ -1,6 +1,6 @@
 import pytest
 
-from assets.schemas import CATEGORIES, SCENE_TYPES
+from assets.llm_schemas import CATEGORIES, SCENE_TYPES
 from evals import normalize
 from evals.normalize import LABEL_SYNONYMS, canonical_label, normalize_term, normalize_terms, singular
 

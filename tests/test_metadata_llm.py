@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
+from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput
 from resources import torch_runtime
 from resources.metadata_llm import MetadataLLMResource, prompt_ids
 from resources.tiny.phi3 import build_tiny_phi3

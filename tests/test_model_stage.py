@@ -1,6 +1,7 @@
 import pytest
 
 from assets.model_stage import run_in_chunks
+from resources.backends import ModelLoadError
 
 
 def test_chunks_retries_and_isolates_a_failing_item():
@@ -52,8 +53,6 @@ def test_wrong_result_count_is_a_failure():
 
 
 def test_a_model_that_cannot_load_fails_at_once_instead_of_per_item():
-    from resources.torch_runtime import ModelLoadError
-
     calls = []
 
     def unloadable(chunk):
@@ -76,7 +75,7 @@ def test_load_failures_are_remembered(monkeypatch):
         raise OSError("hub unreachable")
 
     for _ in range(3):
-        with pytest.raises(torch_runtime.ModelLoadError, match="hub unreachable.*--models tiny"):
+        with pytest.raises(ModelLoadError, match="hub unreachable.*--models tiny"):
             torch_runtime.load_once(("x", "some/model"), loader)
     assert len(attempts) == 1
 

@@ -28,7 +28,7 @@ from PIL import Image
 from transformers import DynamicCache
 
 from assets.prompts import METADATA_INSTRUCTION, SYSTEM, caption_input
-from assets.schemas import ImageMetadataOutput
+from assets.llm_schemas import ImageMetadataOutput
 from benchmarks.steering import DocumentSteering
 from benchmarks.workload import EXAMPLES, document
 from resources.captioner import CaptionerResource

@@ -1,6 +1,6 @@
 import pytest
 
-from dagster_project.batch_keys import InvalidBatchKey, validate_batch_key
+from resources.batch_keys import InvalidBatchKey, validate_batch_key
 
 
 @pytest.mark.parametrize("key", ["sample", "2024-06_holiday", "a.b", "X1"])

@@ -16,13 +16,13 @@ from dagster import DagsterInstance
 from PIL import Image
 
 from assets import tables
-from assets.schemas import ClusterLabelOutput, ImageMetadataOutput
+from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput
 from dagster_project.definitions import build_definitions
 from dagster_project.profiles import model_resources
 from dagster_project.sensors import EVAL_ASSET_KEYS
 from evals.checks import THRESHOLDS
 from resources.settings import PixelsiftSettings
-from resources.torch_runtime import ModelLoadError
+from resources.backends import ModelLoadError
 from resources.warehouse import PARTIAL_DIR, partial_dir, partition_file, query
 from tests.conftest import MAX_PIXELS_IN_TESTS, make_mixed_batch
 

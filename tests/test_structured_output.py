@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from assets.fallbacks import image_metadata_fallback
-from assets.schemas import MAX_PATTERN_REPEAT, ClusterLabelOutput, ImageMetadataOutput
+from assets.llm_schemas import MAX_PATTERN_REPEAT, ClusterLabelOutput, ImageMetadataOutput
 from assets.structured_output import generate_structured, parse
 from resources.backends import Generation
 
@@ -108,7 +108,7 @@ def test_parse_reports_where_it_failed():
 @pytest.mark.parametrize("caption", ["", "!!!", "a " * 300, "Ünïcödé café 東京", "a cat and a dog and a car"])
 def test_fallbacks_always_validate(caption):
     from assets.fallbacks import cluster_label_fallback
-    from assets.schemas import ClusterLabelOutput
+    from assets.llm_schemas import ClusterLabelOutput
 
     ImageMetadataOutput.model_validate(image_metadata_fallback(caption).model_dump())
     ClusterLabelOutput.model_validate(cluster_label_fallback([caption, caption]).model_dump())

@@ -8,7 +8,7 @@ import pytest
 from dagster import DagsterInstance, asset, materialize
 
 from assets.reuse import Progress
-from dagster_project.partitions import batch_partitions
+from resources.partitions import batch_partitions
 from resources.warehouse import (
     ParquetWarehouse, ReadOnlyQueryError, column, column_description, partial_dir, partition_file, query, reusable_files,
     save_partial, write_table,

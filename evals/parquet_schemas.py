@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from assets.tables import DETECTED_OBJECT
+from assets.parquet_schemas import DETECTED_OBJECT
 
 # Record kinds in the loaded baseline. A "problem" row is a line that did not load, with why.
 IMAGE, CLUSTER, PROBLEM = "image", "cluster", "problem"

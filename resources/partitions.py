@@ -4,5 +4,5 @@ from __future__ import annotations
 
 from dagster import DynamicPartitionsDefinition
 
-# Keys are checked by dagster_project.batch_keys.validate_batch_key wherever they come in.
+# Keys are checked by resources.batch_keys.validate_batch_key wherever they come in.
 batch_partitions = DynamicPartitionsDefinition(name="batch")

@@ -1,6 +1,7 @@
 """What a batch key may be: a folder name that cannot escape the images root or the warehouse.
 
-Kept free of Dagster so the command line can check keys without loading it.
+Kept free of Dagster so the command line can check keys without loading it; every layer that
+takes a key from outside (folders, the CLI, the warehouse) checks it here.
 """
 
 from __future__ import annotations
@@ -29,3 +30,13 @@ def validate_batch_key(key: str) -> str:
             f"batch key {key!r} must be 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit"
         )
     return key
+
+
+def batch_key_param(_ctx, _param, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    """Click callback for ``--batch`` options: the key, or each key of a repeated option, validated."""
+    import click  # only the command line needs it
+
+    try:
+        return tuple(map(validate_batch_key, value)) if isinstance(value, tuple) else validate_batch_key(value)
+    except InvalidBatchKey as exc:
+        raise click.BadParameter(str(exc)) from None
