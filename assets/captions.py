@@ -4,10 +4,12 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, ResourceParam, asset
 
 from assets.per_image import assemble, run_image_model
+from assets.prompts import CAPTION_PROMPT
+from assets.reuse import ModelStep
 from assets.parquet_schemas import CAPTIONS
 from resources.concurrency import LARGE_MODEL
 from resources.partitions import batch_partitions
-from resources.backends import Caption, Captioner
+from resources.backends import Caption, Captioner, fingerprint
 from resources.settings import PixelsiftSettings
 
 
@@ -19,15 +21,14 @@ def captions(
     captioner: ResourceParam[Captioner],
 ) -> pa.Table:
     """A caption per decodable image (BLIP-2, greedy), with the model id and time per image."""
-    fingerprint = captioner.fingerprint()
-
     def to_fields(c: Caption) -> dict:
         return {"caption": c.text, "model_id": captioner.model_id, "ms": c.ms, "new_tokens": c.new_tokens}
 
     results, reused = run_image_model(
-        images, settings=settings, batch=context.partition_key, asset="captions", fingerprint=fingerprint,
-        infer=captioner.caption, to_fields=to_fields, chunk_size=captioner.items_per_call, schema=CAPTIONS,
-        logger=context.log,
+        images, ModelStep.of(context, settings, CAPTIONS),
+        fingerprint=fingerprint(model=captioner.fingerprint(), prompt=CAPTION_PROMPT),
+        infer=lambda ims: captioner.caption(ims, CAPTION_PROMPT), to_fields=to_fields,
+        chunk_size=captioner.items_per_call,
     )
     context.add_output_metadata({"model_id": captioner.model_id, "reused": reused})
     return assemble(images, results, CAPTIONS)

@@ -5,6 +5,7 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, ResourceParam, asset
 
 from assets.per_image import assemble, run_image_model
+from assets.reuse import ModelStep
 from assets.parquet_schemas import clip_embeddings_schema
 from resources.partitions import batch_partitions
 from resources.backends import Embeddings, ImageEmbedder
@@ -30,9 +31,9 @@ def clip_embeddings(
 
     schema = clip_embeddings_schema(clip_embedder.dim)
     results, reused = run_image_model(
-        images, settings=settings, batch=context.partition_key, asset="clip_embeddings",
-        fingerprint=clip_embedder.fingerprint(), infer=lambda ims: _split(clip_embedder.embed(ims)),
-        to_fields=to_fields, chunk_size=clip_embedder.items_per_call, schema=schema, logger=context.log,
+        images, ModelStep.of(context, settings, schema), fingerprint=clip_embedder.fingerprint(),
+        infer=lambda ims: _split(clip_embedder.embed(ims)), to_fields=to_fields,
+        chunk_size=clip_embedder.items_per_call,
     )
     context.add_output_metadata({"model_id": clip_embedder.model_id, "dim": clip_embedder.dim, "reused": reused})
     return assemble(images, results, schema)

@@ -7,19 +7,15 @@ from dagster import AssetExecutionContext, Config, ResourceParam, asset
 from pydantic import Field
 
 from assets.fallbacks import cluster_label_fallback
-from assets.prompts import CLUSTER_INSTRUCTION, PROMPT_VERSION, SYSTEM, cluster_input
-from assets.reuse import Progress, earlier_rows
 from assets.llm_schemas import ClusterLabelOutput
-from assets.structured_output import generate_structured
 from assets.parquet_schemas import CLUSTER_LABELS, OK
+from assets.prompts import PROMPT_VERSION, cluster_chat
+from assets.reuse import ModelStep
+from assets.structured_output import run_structured_stage
+from resources.backends import StructuredGenerator, fingerprint
 from resources.concurrency import LARGE_MODEL
 from resources.partitions import batch_partitions
-from resources.backends import StructuredGenerator
 from resources.settings import PixelsiftSettings
-from resources.backends import fingerprint
-
-LLM_FIELDS = ["cluster_name", "description", "tags", "primary_category", "fallback_used", "fallback_reason",
-              "attempts", "json_valid", "llm_ms", "new_tokens"]
 
 
 class ClusterLabelConfig(Config):
@@ -55,37 +51,16 @@ def cluster_labels(
     base_fp = fingerprint(llm=metadata_llm.fingerprint(), prompt=PROMPT_VERSION, budgets=budgets)
     fps = {c: fingerprint(base=base_fp, captions=reps[c]) for c in cluster_ids}
 
-    prior = {}
-    if settings.reuse_results:
-        prior = earlier_rows(settings.warehouse_dir, "cluster_labels", list(fps.values()), key="fingerprint")
-    fields: dict[int, dict] = {c: {k: prior[fps[c]].get(k) for k in LLM_FIELDS} | {"reused": True}
-                               for c in cluster_ids if fps[c] in prior}
-    todo = [c for c in cluster_ids if c not in fields]
-
     def row(c: int, llm_fields: dict) -> dict:
         return {"cluster_id": c, **llm_fields, "vlm_model": metadata_llm.model_id, "images_analyzed": len(reps[c]),
                 "total_images": len(members[c]), "fingerprint": fps[c]}
 
-    progress = Progress(settings.warehouse_dir, "cluster_labels", context.partition_key, CLUSTER_LABELS, context.log,
-                        total=len(todo))
-
-    def save(valid: list) -> None:
-        progress.save([row(todo[k], s.row()) for k, s in valid])
-
-    structured = generate_structured(
-        metadata_llm,
-        system=SYSTEM,
-        instruction=CLUSTER_INSTRUCTION,
-        inputs=[cluster_input(reps[c]) for c in todo],
-        schema=ClusterLabelOutput,
-        budgets=budgets,
-        fallback=lambda k: cluster_label_fallback(reps[todo[k]]),
-        chunk_size=metadata_llm.items_per_call,
-        retries=settings.model_retries,
-        logger=context.log,
-        on_valid=save,
+    # A label is identified by its fingerprint alone: same model, prompt and captions, same label.
+    fields, reused = run_structured_stage(
+        metadata_llm, ModelStep.of(context, settings, CLUSTER_LABELS), {c: cluster_chat(reps[c]) for c in cluster_ids},
+        fingerprints=fps, key_column=None, schema=ClusterLabelOutput, budgets=budgets,
+        fallback=lambda c: cluster_label_fallback(reps[c]), saved_row=row,
     )
-    fields |= {c: s.row() for c, s in zip(todo, structured)}
     rows = [row(c, fields[c]) for c in cluster_ids]
-    context.add_output_metadata({"clusters": len(rows), "reused": len(cluster_ids) - len(todo)})
+    context.add_output_metadata({"clusters": len(rows), "reused": reused})
     return pa.Table.from_pylist(rows, schema=CLUSTER_LABELS)

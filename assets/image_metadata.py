@@ -9,21 +9,16 @@ from dagster import AssetExecutionContext, Config, ResourceParam, asset
 from pydantic import Field
 
 from assets.fallbacks import image_metadata_fallback
-from assets.per_image import Failed, assemble, unique_ok_images
-from assets.prompts import METADATA_INSTRUCTION, PROMPT_VERSION, SYSTEM, caption_input
-from assets.reuse import Progress, previous_results
 from assets.llm_schemas import ImageMetadataOutput
-from assets.structured_output import generate_structured
 from assets.parquet_schemas import IMAGE_METADATA, OK
+from assets.per_image import Failed, assemble, unique_ok_images
+from assets.prompts import PROMPT_VERSION, metadata_chat
+from assets.reuse import ModelStep
+from assets.structured_output import run_structured_stage
+from resources.backends import StructuredGenerator, fingerprint
 from resources.concurrency import LARGE_MODEL
 from resources.partitions import batch_partitions
-from resources.backends import StructuredGenerator
 from resources.settings import PixelsiftSettings
-from resources.backends import fingerprint
-
-# The fields the LLM decides; everything else in the row is derived in this run.
-LLM_FIELDS = ["primary_category", "tags", "detected_objects", "scene_type", "suggested_cluster_name",
-              "fallback_used", "fallback_reason", "attempts", "json_valid", "llm_ms", "new_tokens"]
 
 
 class MetadataConfig(Config):
@@ -56,36 +51,18 @@ def image_metadata(
     budgets = [config.max_new_tokens, config.retry_max_new_tokens]
     fp = fingerprint(llm=metadata_llm.fingerprint(), prompt=PROMPT_VERSION, budgets=budgets,
                      captioner=sorted({c["fingerprint"] for c in caps.values()}))
-
-    llm_fields: dict[str, dict] = {}
-    if settings.reuse_results:
-        for image_id, row in previous_results(settings.warehouse_dir, "image_metadata", fp, list(caps)).items():
-            llm_fields[image_id] = {k: row.get(k) for k in LLM_FIELDS} | {"reused": True}
-    reused = len(llm_fields)
-    todo = [i for i in caps if i not in llm_fields]
     path_of = unique_ok_images(images)
-    progress = Progress(settings.warehouse_dir, "image_metadata", context.partition_key, IMAGE_METADATA, context.log,
-                        total=len(todo))
 
-    def save(valid: list) -> None:
+    def saved_row(image_id: str, fields: dict) -> dict:
         # Only the LLM's fields: a resumed step rebuilds the rest, as for any reused row.
-        progress.save([{"image_id": todo[k], "path": path_of[todo[k]], "status": OK, **s.row(), "fingerprint": fp}
-                       for k, s in valid])
+        return {"image_id": image_id, "path": path_of[image_id], "status": OK, **fields, "fingerprint": fp}
 
-    structured = generate_structured(
-        metadata_llm,
-        system=SYSTEM,
-        instruction=METADATA_INSTRUCTION,
-        inputs=[caption_input(caps[i]["caption"]) for i in todo],
-        schema=ImageMetadataOutput,
-        budgets=budgets,
-        fallback=lambda k: image_metadata_fallback(caps[todo[k]]["caption"]),
-        chunk_size=metadata_llm.items_per_call,
-        retries=settings.model_retries,
-        logger=context.log,
-        on_valid=save,
+    llm_fields, reused = run_structured_stage(
+        metadata_llm, ModelStep.of(context, settings, IMAGE_METADATA),
+        {image_id: metadata_chat(cap["caption"]) for image_id, cap in caps.items()},
+        fingerprints=dict.fromkeys(caps, fp), key_column="image_id", schema=ImageMetadataOutput, budgets=budgets,
+        fallback=lambda image_id: image_metadata_fallback(caps[image_id]["caption"]), saved_row=saved_row,
     )
-    llm_fields |= {image_id: s.row() for image_id, s in zip(todo, structured)}
 
     results: dict[str, dict | Failed] = {i: Failed(f"no caption: {reason}") for i, reason in caption_errors.items()}
     for image_id, fields in llm_fields.items():

@@ -1,7 +1,7 @@
 """What the metadata LLM writes, as pydantic models: the single source of truth.
 
 The same classes give (1) the JSON schema that constrains decoding, (2) the field
-list quoted in the prompt (see ``assets/prompts.py``) and (3) validation of the
+list quoted in the prompt (``assets/prompts.py``) and (3) validation of the
 output. Strings are limited to short plain words so the model cannot emit control
 characters, markup or runaway text even when decoding is unconstrained.
 """
@@ -59,7 +59,3 @@ class ClusterLabelOutput(_Strict):
     tags: list[Term] = Field(min_length=5, max_length=10, description="5 to 10 short lower-case tags")
     primary_category: Category = Field(description="one of: " + ", ".join(CATEGORIES))
 
-
-def field_guide(model: type[BaseModel]) -> str:
-    """The field list quoted in prompts, generated from the model so it cannot drift from the schema."""
-    return "\n".join(f"- {name}: {field.description}" for name, field in model.model_fields.items())

@@ -18,6 +18,10 @@ R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
+# How every model failure's recorded reason starts; reuse skips results that carry it, so the
+# model gets another chance next run (assets/reuse.py).
+MODEL_FAILURE_PREFIX = "model failed"
+
 
 def run_in_chunks(
     items: Sequence[T],
@@ -71,5 +75,4 @@ def _attempt(chunk: Sequence[T], fn: Callable[[Sequence[T]], Sequence[R]], retri
 
 
 def describe_failure(exc: Exception) -> str:
-    # The prefix is what reuse looks for to retry these next run (assets/reuse.py).
-    return f"model failed: {type(exc).__name__}: {exc}"
+    return f"{MODEL_FAILURE_PREFIX}: {type(exc).__name__}: {exc}"

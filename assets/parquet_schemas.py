@@ -39,9 +39,10 @@ FINGERPRINT = column("fingerprint", pa.string(),
                      "hash of the model, its settings, the prompt and the decoding that made this result")
 REUSED = column("reused", pa.bool_(), "taken from an earlier run with the same fingerprint, not computed again")
 
-def _structured_output(what: str) -> list[pa.Field]:
-    """How a language model's structured output was produced (``Structured.row()``): the same for
-    image metadata and cluster labels."""
+
+def structured_output_columns(what: str) -> list[pa.Field]:
+    """How a language model's structured output was produced, the same for image metadata and
+    cluster labels; ``assets.structured_output.Structured`` has an attribute of each name."""
     return [
         column("fallback_used", pa.bool_(), f"the {what} comes from the rule-based fallback, not the language model"),
         column("fallback_reason", pa.string(), "why the fallback was used"),
@@ -91,7 +92,7 @@ IMAGE_METADATA = pa.schema(
         column("color_palette", pa.list_(pa.string()), "dominant colours '#RRGGBB', from color_palettes"),
         column("suggested_cluster_name", pa.string(), "a short name for a group of images like this one"),
         column("vlm_model", pa.string(), "the captioning model + the language model"),
-        *_structured_output("record"),
+        *structured_output_columns("record"),
         column("processing_time_ms", pa.float64(),
                "milliseconds this record took end to end: decode + caption + palette + language model"),
         FINGERPRINT,
@@ -141,7 +142,7 @@ CLUSTER_LABELS = pa.schema(
         column("vlm_model", pa.string(), "the language model"),
         column("images_analyzed", pa.int32(), "representative captions the label was written from"),
         column("total_images", pa.int32(), "images in the cluster"),
-        *_structured_output("label"),
+        *structured_output_columns("label"),
         column("fingerprint", pa.string(),
                "hash of the model, its settings, the prompt and the representative captions: same inputs, same label"),
         REUSED,

@@ -9,7 +9,6 @@ finished chunks are saved as the step goes (``Progress``).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
@@ -19,7 +18,7 @@ from PIL import Image
 
 from assets.image_files import DECODING, open_image
 from assets.model_stage import describe_failure, run_in_chunks
-from assets.reuse import Progress, previous_results
+from assets.reuse import ModelStep
 from assets.parquet_schemas import ERROR, KEY_FIELDS, OK
 from resources.parallel import thread_map, worker_count
 from resources.settings import PixelsiftSettings
@@ -67,40 +66,34 @@ def assemble(images: pa.Table, results: dict[str, dict | Failed], schema: pa.Sch
 
 def run_image_model(
     images: pa.Table,
+    step: ModelStep,
     *,
-    settings: PixelsiftSettings,
-    batch: str,
-    asset: str,
     fingerprint: str,
     infer: Callable[[list[Image.Image]], Sequence[R]],
     to_fields: Callable[[R], dict],
     chunk_size: int,
-    schema: pa.Schema,
-    logger: logging.Logger,
 ) -> tuple[dict[str, dict | Failed], int]:
     """Run ``infer`` on every decodable image not already done; returns (results by image_id, reused count).
 
-    Result fields always include ``fingerprint`` and ``reused``. Each finished chunk is saved in
-    ``schema`` (the asset's) so that a stopped step resumes from it.
+    Result fields always include ``fingerprint`` and ``reused``. Each finished chunk is saved in the
+    asset's schema so that a stopped step resumes from it.
     """
     # The model's fingerprint, and how its input pixels were decoded (this function decodes them).
     fingerprint = hash_settings(model=fingerprint, decoding=DECODING)
-    todo = unique_ok_images(images)
-    results: dict[str, dict | Failed] = {}
-    if settings.reuse_results:
-        for image_id, row in previous_results(settings.warehouse_dir, asset, fingerprint, list(todo)).items():
-            results[image_id] = {k: v for k, v in row.items() if k not in KEY_NAMES} | {"reused": True}
-            del todo[image_id]
-    reused = len(results)
-    folder = batch_dir(settings, batch)
-
-    workers = worker_count(settings.cpu_workers)
+    paths = unique_ok_images(images)
+    earlier, todo = step.split_reusable({image_id: fingerprint for image_id in paths}, key_column="image_id")
+    results: dict[str, dict | Failed] = {
+        image_id: {k: v for k, v in row.items() if k not in KEY_NAMES} | {"reused": True}
+        for image_id, row in earlier.items()
+    }
+    folder = batch_dir(step.settings, step.batch)
+    workers = worker_count(step.settings.cpu_workers)
 
     def infer_chunk(ids: Sequence[str]) -> Sequence[R]:
         # Decoding releases the GIL: a chunk's images are opened on several threads.
-        return infer(thread_map(lambda i: open_image(folder, todo[i], settings.max_image_pixels), ids, workers))
+        return infer(thread_map(lambda i: open_image(folder, paths[i], step.settings.max_image_pixels), ids, workers))
 
-    progress = Progress(settings.warehouse_dir, asset, batch, schema, logger, total=len(todo))
+    progress = step.progress(total=len(todo))
 
     def record(chunk: Sequence[str], outcomes: list[R | Exception]) -> None:
         finished = []
@@ -109,12 +102,11 @@ def run_image_model(
                 results[image_id] = Failed(describe_failure(outcome))
             else:
                 results[image_id] = to_fields(outcome) | {"fingerprint": fingerprint, "reused": False}
-                finished.append({"image_id": image_id, "path": todo[image_id], "status": OK, "error": None,
+                finished.append({"image_id": image_id, "path": paths[image_id], "status": OK, "error": None,
                                  **results[image_id]})
         progress.save(finished)
 
-    ids = list(todo)
-    run_in_chunks(ids, infer_chunk, chunk_size=chunk_size, retries=settings.model_retries, logger=logger,
+    run_in_chunks(todo, infer_chunk, chunk_size=chunk_size, retries=step.settings.model_retries, logger=step.logger,
                   on_chunk=record)
-    logger.info("%s: %d computed, %d reused from the warehouse", asset, len(ids), reused)
-    return results, reused
+    step.logger.info("%s: %d computed, %d reused from the warehouse", step.asset, len(todo), len(earlier))
+    return results, len(earlier)

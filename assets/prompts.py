@@ -1,9 +1,10 @@
-"""Every prompt pixelsift sends to the LLM, in one place.
+"""Every prompt a model sees, in one place: the caption prompt and the LLM's chats.
 
-The field lists come from the pydantic models in ``assets/llm_schemas.py``, so a schema
-change shows up in the prompt without editing this file. ``PROMPT_VERSION`` changes
-whenever any text here or a schema changes; it is part of the reuse fingerprint, so editing a
-prompt makes the next run recompute instead of reusing stale results.
+A backend sends exactly what is built here (``resources.backends.Chat``): nothing is added to
+or joined onto a prompt anywhere else. The LLM's field lists come from the pydantic models in
+``assets/llm_schemas.py``, so a schema change shows up in the prompt without editing this file.
+``PROMPT_VERSION`` changes whenever any text here or a schema changes; it is part of the reuse
+fingerprint, so editing a prompt makes the next run recompute instead of reusing stale results.
 """
 
 from __future__ import annotations
@@ -11,12 +12,24 @@ from __future__ import annotations
 import hashlib
 import json
 
-from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput, field_guide
+from pydantic import BaseModel
+
+from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput
+from resources.backends import Chat
+
+# The text BLIP-2's caption continues; empty means an unconditional caption.
+CAPTION_PROMPT = ""
 
 SYSTEM = (
     "You are a careful photo librarian. You describe photos for a searchable catalogue. "
     "Answer with one JSON object and nothing else."
 )
+
+
+def field_guide(model: type[BaseModel]) -> str:
+    """The field list quoted in prompts, generated from the model so it cannot drift from the schema."""
+    return "\n".join(f"- {name}: {field.description}" for name, field in model.model_fields.items())
+
 
 METADATA_INSTRUCTION = (
     "Below is a caption that describes one photo. From the caption alone, write the photo's catalogue entry "
@@ -33,12 +46,27 @@ CLUSTER_INSTRUCTION = (
 )
 
 
+def _chat(instruction: str, input_text: str) -> Chat:
+    shared = instruction + "\n\n"
+    return Chat(system=SYSTEM, user=shared + input_text, shared=shared)
+
+
 def caption_input(caption: str) -> str:
     return f"Caption: {caption.strip()}"
 
 
 def cluster_input(captions: list[str]) -> str:
     return "Captions:\n" + "\n".join(f"- {c.strip()}" for c in captions)
+
+
+def metadata_chat(caption: str) -> Chat:
+    """The chat that turns one image's caption into its metadata."""
+    return _chat(METADATA_INSTRUCTION, caption_input(caption))
+
+
+def cluster_chat(captions: list[str]) -> Chat:
+    """The chat that names a cluster from its representatives' captions."""
+    return _chat(CLUSTER_INSTRUCTION, cluster_input(captions))
 
 
 # The schemas are in it too: they are the grammar the output is constrained by.

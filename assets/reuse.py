@@ -1,4 +1,4 @@
-"""Content-hash reuse: results an identical input already got from the same model and settings.
+"""Content-hash reuse: the one place that decides what a model step reuses and what it computes.
 
 Rows carry a ``fingerprint`` of everything that determined them (model, settings, prompt;
 for per-image assets the image is identified by its sha256 ``image_id``). Lookups span
@@ -11,41 +11,73 @@ fallbacks caused by a model failure (those may succeed next time).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Hashable, Mapping, TypeVar
 
 import duckdb
 import pyarrow as pa
+from dagster import AssetExecutionContext
 
+from assets.model_stage import MODEL_FAILURE_PREFIX
+from resources.settings import PixelsiftSettings
 from resources.warehouse import reusable_files, save_partial
 
-MODEL_FAILURE_PREFIX = "model failed"
+K = TypeVar("K", bound=Hashable)
 
 
-def earlier_rows(warehouse_dir: str | Path, asset: str, fingerprints: list[str], key: str) -> dict[str, dict]:
-    """Reusable earlier rows of ``asset`` whose fingerprint is in ``fingerprints``, one per ``key`` value."""
+@dataclass(frozen=True)
+class ModelStep:
+    """A model step of one asset partition: where it finds earlier results and saves its progress."""
+
+    settings: PixelsiftSettings
+    asset: str
+    batch: str
+    table: pa.Schema  # the asset's Parquet schema, which saved chunks use too
+    logger: logging.Logger
+
+    @classmethod
+    def of(cls, context: AssetExecutionContext, settings: PixelsiftSettings, table: pa.Schema) -> ModelStep:
+        """The step Dagster is running: its asset, its batch partition, its log."""
+        return cls(settings, "/".join(context.asset_key.path), context.partition_key, table, context.log)
+
+    def split_reusable(self, fingerprints: Mapping[K, str], *, key_column: str | None) -> tuple[dict[K, dict], list[K]]:
+        """(an earlier row for each item that has one, the items left to compute, in order).
+
+        An item is identified by its fingerprint and, when ``key_column`` is given, by that column
+        too (per-image assets: ``image_id``, since one fingerprint covers the whole batch).
+        """
+        found: dict[tuple, dict] = {}
+        if self.settings.reuse_results:
+            for row in _earlier_rows(self.settings.warehouse_dir, self.asset, set(fingerprints.values())):
+                key = (row[key_column] if key_column else None, row["fingerprint"])
+                found.setdefault(key, row)
+        reused, todo = {}, []
+        for item, fp in fingerprints.items():
+            row = found.get((item if key_column else None, fp))
+            if row is None:
+                todo.append(item)
+            else:
+                reused[item] = row
+        return reused, todo
+
+    def progress(self, total: int) -> Progress:
+        return Progress(self, total)
+
+
+def _earlier_rows(warehouse_dir: str, asset: str, fingerprints: set[str]) -> list[dict]:
+    """Stored rows of ``asset`` (partitions and saved chunks) with one of ``fingerprints``, except
+    those whose result was a fallback for a model failure."""
     files = reusable_files(warehouse_dir, asset)
     if not files or not fingerprints:
-        return {}
+        return []
     con = duckdb.connect(":memory:")
-    con.register("wanted", pa.table({"fingerprint": pa.array(sorted(set(fingerprints)), pa.string())}))
+    con.register("wanted", pa.table({"fingerprint": pa.array(sorted(fingerprints), pa.string())}))
     rows = con.sql(
         "SELECT p.* FROM read_parquet($files, union_by_name = true, hive_partitioning = false) p "
         "JOIN wanted USING (fingerprint)",
         params={"files": [str(f) for f in files]},
     ).arrow().read_all().to_pylist()
-    found: dict[str, dict] = {}
-    for row in rows:
-        if (row.get("fallback_reason") or "").startswith(MODEL_FAILURE_PREFIX):
-            continue
-        found.setdefault(row[key], row)
-    return found
-
-
-def previous_results(warehouse_dir: str | Path, asset: str, fingerprint: str, image_ids: list[str]) -> dict[str, dict]:
-    """Earlier rows of a per-image asset made with ``fingerprint``, by image_id, for the given images."""
-    wanted = set(image_ids)
-    found = earlier_rows(warehouse_dir, asset, [fingerprint], key="image_id")
-    return {image_id: row for image_id, row in found.items() if image_id in wanted}
+    return [r for r in rows if not (r.get("fallback_reason") or "").startswith(MODEL_FAILURE_PREFIX)]
 
 
 class Progress:
@@ -53,18 +85,18 @@ class Progress:
     partition is written; a stopped step then loses at most the chunk it was computing. Logs how
     far the step is, which is what the Dagster UI shows during a long step."""
 
-    def __init__(self, warehouse_dir: str | Path, asset: str, batch: str, schema: pa.Schema, logger: logging.Logger,
-                 *, total: int):
-        self.warehouse_dir, self.asset, self.batch, self.schema = warehouse_dir, asset, batch, schema
-        self.logger, self.total, self.saved = logger, total, 0
+    def __init__(self, step: ModelStep, total: int):
+        self.step, self.total, self.saved = step, total, 0
 
     def save(self, rows: list[dict]) -> None:
         if not rows:
             return
+        step = self.step
         self.saved += len(rows)
-        self.logger.info("%s: %d of %d done", self.asset, self.saved, self.total)
+        step.logger.info("%s: %d of %d done", step.asset, self.saved, self.total)
         try:
-            save_partial(pa.Table.from_pylist(rows, schema=self.schema), self.warehouse_dir, self.asset, self.batch)
+            save_partial(pa.Table.from_pylist(rows, schema=step.table), step.settings.warehouse_dir, step.asset,
+                         step.batch)
         except OSError as exc:
             # A safety net, not the result: the step goes on and its partition is still written.
-            self.logger.warning("could not save a finished chunk of %s: %s", self.asset, exc)
+            step.logger.warning("could not save a finished chunk of %s: %s", step.asset, exc)

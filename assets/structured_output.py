@@ -6,20 +6,29 @@
 3. Inputs still invalid get the deterministic fallback, with the reason recorded.
 A model call that raises is retried by ``run_in_chunks`` and, if it keeps failing, treated
 like invalid output: the row falls back and says why.
+
+``run_structured_stage`` is the whole step for an asset written by the LLM (image metadata,
+cluster labels): reuse, progress, generation.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Callable, Generic, Hashable, Mapping, Sequence, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from assets.model_stage import describe_failure, run_in_chunks
-from resources.backends import Generation, StructuredGenerator
+from assets.parquet_schemas import structured_output_columns
+from assets.reuse import ModelStep
+from resources.backends import Chat, Generation, StructuredGenerator
 
 M = TypeVar("M", bound=BaseModel)
+K = TypeVar("K", bound=Hashable)
+
+# The columns that say how each value was produced, named once in the Parquet schemas.
+PROVENANCE = [f.name for f in structured_output_columns("output")]
 
 
 @dataclass(frozen=True)
@@ -28,7 +37,7 @@ class Structured(Generic[M]):
     attempts: int  # generation attempts made (0 when the model failed before producing anything)
     json_valid: bool  # the model's own output validated (False: this is the fallback)
     fallback_reason: str | None
-    ms: float  # model time spent on this input over all attempts
+    llm_ms: float  # model time spent on this input over all attempts
     new_tokens: int
 
     @property
@@ -37,10 +46,12 @@ class Structured(Generic[M]):
 
     def row(self) -> dict:
         """The value's fields plus how it was produced, as stored in the asset's Parquet row."""
-        return self.value.model_dump() | {
-            "fallback_used": self.fallback_used, "fallback_reason": self.fallback_reason, "attempts": self.attempts,
-            "json_valid": self.json_valid, "llm_ms": self.ms, "new_tokens": self.new_tokens, "reused": False,
-        }
+        return self.value.model_dump() | {name: getattr(self, name) for name in PROVENANCE} | {"reused": False}
+
+
+def stored_fields(row: dict, schema: type[BaseModel]) -> dict:
+    """What ``Structured.row()`` wrote, read back from a stored row (for reuse)."""
+    return {name: row.get(name) for name in [*schema.model_fields, *PROVENANCE]} | {"reused": True}
 
 
 def parse(text: str, schema: type[M]) -> M | str:
@@ -55,23 +66,20 @@ def parse(text: str, schema: type[M]) -> M | str:
 
 def generate_structured(
     llm: StructuredGenerator,
+    chats: Sequence[Chat],
     *,
-    system: str,
-    instruction: str,
-    inputs: Sequence[str],
     schema: type[M],
     budgets: Sequence[int],
     fallback: Callable[[int], M],
-    chunk_size: int,
     retries: int = 1,
     logger: logging.Logger | None = None,
     on_valid: Callable[[list[tuple[int, Structured[M]]]], None] | None = None,
 ) -> list[Structured[M]]:
-    """One validated ``schema`` instance per input; ``budgets`` are the token budgets per attempt.
+    """One validated ``schema`` instance per chat; ``budgets`` are the token budgets per attempt.
 
     ``on_valid`` gets each chunk's newly validated results, by input index, as soon as they are
     known (to save progress); fallbacks are decided only at the end."""
-    n = len(inputs)
+    n = len(chats)
     done: dict[int, Structured[M]] = {}
     reasons: dict[int, str] = {}
     ms = [0.0] * n
@@ -83,8 +91,7 @@ def generate_structured(
             break
 
         def call(indices: Sequence[int], budget: int = budget) -> list[Generation]:
-            return llm.generate_json(system=system, instruction=instruction, inputs=[inputs[i] for i in indices],
-                                     schema=schema, max_new_tokens=budget)
+            return llm.generate_json([chats[i] for i in indices], schema=schema, max_new_tokens=budget)
 
         still_pending: list[int] = []
 
@@ -109,8 +116,36 @@ def generate_structured(
             if on_valid is not None and valid:
                 on_valid(valid)
 
-        run_in_chunks(pending, call, chunk_size=chunk_size, retries=retries, logger=logger, on_chunk=take)
+        run_in_chunks(pending, call, chunk_size=llm.items_per_call, retries=retries, logger=logger, on_chunk=take)
         pending = still_pending
     for i in pending:
         done[i] = Structured(fallback(i), attempts[i], False, reasons[i], ms[i], tokens[i])
     return [done[i] for i in range(n)]
+
+
+def run_structured_stage(
+    llm: StructuredGenerator,
+    step: ModelStep,
+    chats: Mapping[K, Chat],
+    *,
+    fingerprints: Mapping[K, str],
+    key_column: str | None,
+    schema: type[M],
+    budgets: Sequence[int],
+    fallback: Callable[[K], M],
+    saved_row: Callable[[K, dict], dict],
+) -> tuple[dict[K, dict], int]:
+    """The LLM's fields for every item, reused where the warehouse has them; (fields, reused count).
+
+    ``saved_row`` turns an item's fields into the row its finished chunk is saved as.
+    """
+    earlier, todo = step.split_reusable(fingerprints, key_column=key_column)
+    fields = {item: stored_fields(row, schema) for item, row in earlier.items()}
+    progress = step.progress(total=len(todo))
+    structured = generate_structured(
+        llm, [chats[item] for item in todo], schema=schema, budgets=budgets,
+        fallback=lambda i: fallback(todo[i]), retries=step.settings.model_retries, logger=step.logger,
+        on_valid=lambda valid: progress.save([saved_row(todo[i], s.row()) for i, s in valid]),
+    )
+    fields |= {item: s.row() for item, s in zip(todo, structured)}
+    return fields, len(earlier)

@@ -19,8 +19,9 @@ from PIL import Image
 from assets.image_files import ImageDecodeError, inspect_file, list_batch_files, open_image
 from assets.palette import palette_of_file
 from resources.parallel import process_map, thread_map
-from assets.prompts import CLUSTER_INSTRUCTION, METADATA_INSTRUCTION, SYSTEM, caption_input, cluster_input
+from assets.prompts import CAPTION_PROMPT, cluster_chat, metadata_chat
 from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput
+from resources.backends import Chat
 from benchmarks.measure import measured
 from benchmarks.steering import DocumentSteering
 from benchmarks.workload import CAPTION_TOKENS, CLUSTER_EXAMPLES, EXAMPLES, IMAGES_PER_CLUSTER, document
@@ -111,18 +112,25 @@ def palette_stage(folder: Path, count: int, device: str, path: str, workers: int
                        details={"workers": workers})
 
 
+def in_calls(items: Sequence, per_call: int) -> list[Sequence]:
+    """The calls a pipeline step makes: its items in chunks of the model's ``items_per_call``."""
+    return [items[start : start + per_call] for start in range(0, len(items), per_call)]
+
+
 def clip_stage(embedder: ClipEmbedderResource, images: Sequence[Image.Image], device: str, path: str) -> StageResult:
     embedder.embed(images[:1])  # warm-up: first-call allocation and kernel selection
     with measured(device) as m:
-        embedder.embed(images)
+        for chunk in in_calls(images, embedder.items_per_call):
+            embedder.embed(chunk)
     return StageResult("clip_embeddings", path, len(images), m.seconds, embedder.items_per_call, m.peak_rss_gib,
                        m.peak_gpu_gib)
 
 
 def caption_stage(captioner: CaptionerResource, images: Sequence[Image.Image], device: str, path: str) -> StageResult:
-    captioner.caption(images[:1])  # warm-up
+    captioner.caption(images[:1], CAPTION_PROMPT)  # warm-up
     with measured(device) as m:
-        captions = captioner.caption(images)
+        captions = [c for chunk in in_calls(images, captioner.items_per_call)
+                    for c in captioner.caption(chunk, CAPTION_PROMPT)]
     generated = sum(c.new_tokens for c in captions)
     if generated != CAPTION_TOKENS * len(images):
         raise RuntimeError(f"captions should be {CAPTION_TOKENS} tokens each, got {generated} in all")
@@ -141,32 +149,30 @@ class DecodeSettings:
         return cls(batch_size=1, prefix_cache=False, jump_forward=False)
 
 
-def metadata_workload(count: int) -> tuple[list[str], list[str]]:
-    """LLM inputs (realistic captions) and the documents to steer to, for ``count`` images."""
+def metadata_workload(count: int) -> tuple[list[Chat], list[str]]:
+    """LLM prompts (from realistic captions) and the documents to steer to, for ``count`` images."""
     examples = [EXAMPLES[i % len(EXAMPLES)] for i in range(count)]
-    return [caption_input(e.caption) for e in examples], [document(e.metadata) for e in examples]
+    return [metadata_chat(e.caption) for e in examples], [document(e.metadata) for e in examples]
 
 
-def cluster_workload(images: int) -> tuple[list[str], list[str]]:
+def cluster_workload(images: int) -> tuple[list[Chat], list[str]]:
     """One cluster per ``IMAGES_PER_CLUSTER`` images (at least one)."""
     clusters = [CLUSTER_EXAMPLES[i % len(CLUSTER_EXAMPLES)] for i in range(max(1, math.ceil(images / IMAGES_PER_CLUSTER)))]
-    return [cluster_input(list(captions)) for captions, _ in clusters], [document(label) for _, label in clusters]
+    return [cluster_chat(list(captions)) for captions, _ in clusters], [document(label) for _, label in clusters]
 
 
 def llm_stage(
     chat: ChatModel,
     stage: str,
-    inputs: list[str],
+    inputs: list[Chat],
     targets: list[str],
     settings: DecodeSettings,
     device: str,
     path: str,
 ) -> StageResult:
     """Steered constrained decoding of every input, as ``MetadataLLMResource.generate_json`` runs it."""
-    instruction, schema = (
-        (METADATA_INSTRUCTION, ImageMetadataOutput) if stage == "image_metadata" else (CLUSTER_INSTRUCTION, ClusterLabelOutput)
-    )
-    prefix_ids, prompts = prompt_ids(chat.tokenizer, SYSTEM, instruction, inputs)
+    schema = ImageMetadataOutput if stage == "image_metadata" else ClusterLabelOutput
+    prefix_ids, prompts = prompt_ids(chat.tokenizer, inputs)
     grammar = chat.grammars.compile(schema)
     budget = 4 * max(len(t) for t in targets)  # never binding: the steering ends every document
 

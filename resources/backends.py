@@ -31,6 +31,27 @@ def fingerprint(**settings: Any) -> str:
 
 
 @dataclass(frozen=True)
+class Chat:
+    """One chat prompt, as every backend receives it: built in ``assets/prompts.py``, sent as given.
+
+    ``shared`` is the start of ``user`` that every prompt of the same task has (the instruction);
+    an in-process backend prefills it once, a server may cache it. It never changes the text.
+    """
+
+    system: str
+    user: str
+    shared: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.user.startswith(self.shared):
+            raise ValueError("a chat's shared part must be the start of its user message")
+
+    def messages(self) -> list[dict[str, str]]:
+        """The OpenAI-style message list (what a chat template or a chat API takes)."""
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": self.user}]
+
+
+@dataclass(frozen=True)
 class Caption:
     text: str
     ms: float
@@ -51,10 +72,14 @@ class Embeddings:
     ms: list[float]
 
 
+# Every task: callers pass at most ``items_per_call`` items per call (the assets chunk, retry and
+# save progress by that size) and the backend runs them as one batch, without splitting again.
+
+
 class Captioner(Protocol):
     @property
     def items_per_call(self) -> int:
-        """Items per model call; assets retry failures per chunk of this size."""
+        """The most items one call takes."""
 
     @property
     def model_id(self) -> str: ...
@@ -62,39 +87,28 @@ class Captioner(Protocol):
     def fingerprint(self) -> str:
         """Identifies the model and every setting that changes its output (for reuse)."""
 
-    def caption(self, images: Sequence[Image.Image]) -> list[Caption]: ...
+    def caption(self, images: Sequence[Image.Image], prompt: str) -> list[Caption]:
+        """One caption per image, continuing ``prompt`` (empty: unconditional)."""
 
 
 class StructuredGenerator(Protocol):
     @property
     def items_per_call(self) -> int:
-        """Items per model call; assets retry failures per chunk of this size."""
+        """The most items one call takes."""
 
     @property
     def model_id(self) -> str: ...
 
     def fingerprint(self) -> str: ...
 
-    def generate_json(
-        self,
-        *,
-        system: str,
-        instruction: str,
-        inputs: Sequence[str],
-        schema: type[BaseModel],
-        max_new_tokens: int,
-    ) -> list[Generation]:
-        """One JSON document per input, constrained by ``schema``.
-
-        The chat prompt for input i is [system, user: instruction + "\\n\\n" + inputs[i]];
-        the part shared by all inputs is prefilled once and reused.
-        """
+    def generate_json(self, chats: Sequence[Chat], *, schema: type[BaseModel], max_new_tokens: int) -> list[Generation]:
+        """One JSON document per chat, constrained by ``schema``."""
 
 
 class ImageEmbedder(Protocol):
     @property
     def items_per_call(self) -> int:
-        """Items per model call; assets retry failures per chunk of this size."""
+        """The most items one call takes."""
 
     @property
     def model_id(self) -> str: ...

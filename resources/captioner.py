@@ -1,4 +1,9 @@
-"""BLIP-2 image captioning with transformers (``Salesforce/blip2-opt-2.7b`` by default)."""
+"""BLIP-2 image captioning with transformers (``Salesforce/blip2-opt-2.7b`` by default).
+
+Like transformers' pipelines, a call is preprocess (images + prompt -> tensors), forward
+(greedy ``generate``), postprocess (token ids -> ``Caption``). The prompt comes from the caller
+(``assets/prompts.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import torch
 from dagster import ConfigurableResource
 from PIL import Image
 from pydantic import Field
-from transformers import Blip2ForConditionalGeneration, Blip2Processor
+from transformers import BatchFeature, Blip2ForConditionalGeneration, Blip2Processor
 
 from resources.backends import Caption, fingerprint
 from resources.settings import env_default
@@ -68,7 +73,6 @@ class CaptionerResource(ConfigurableResource):
     min_new_tokens: int = Field(
         default=0, ge=0, description="Suppress EOS until this many tokens (fixed-length runs for benchmarks)."
     )
-    prompt: str = Field(default="", description="Text the caption continues (e.g. 'a photo of'); empty = unconditional.")
 
     @property
     def model_id(self) -> str:
@@ -90,7 +94,6 @@ class CaptionerResource(ConfigurableResource):
             model=self.model,
             device=torch.device(device).type,
             dtype=str(dtype),
-            prompt=self.prompt,
             max_new_tokens=self.max_new_tokens,
             min_new_tokens=self.min_new_tokens,
         )
@@ -100,28 +103,27 @@ class CaptionerResource(ConfigurableResource):
         source = _model_source(self.model)
         return load_once(("blip2", source, device, dtype), lambda: _load(source, device, dtype), large=True)
 
-    def caption(self, images: Sequence[Image.Image]) -> list[Caption]:
+    def caption(self, images: Sequence[Image.Image], prompt: str) -> list[Caption]:
         if not images:
             return []
         model, processor = self._loaded()
-        captions: list[Caption] = []
-        step = self.items_per_call
-        for start in range(0, len(images), step):
-            captions.extend(self._caption_batch(model, processor, images[start : start + step]))
-        return captions
-
-    @torch.inference_mode()
-    def _caption_batch(
-        self, model: Blip2ForConditionalGeneration, processor: Blip2Processor, images: Sequence[Image.Image]
-    ) -> list[Caption]:
         started = time.perf_counter()
+        inputs = self.preprocess(model, processor, images, prompt)
+        new_ids = self._forward(model, inputs)
+        return self.postprocess(model, processor, new_ids, ms=(time.perf_counter() - started) * 1000 / len(images))
+
+    @staticmethod
+    def preprocess(model: Blip2ForConditionalGeneration, processor: Blip2Processor, images: Sequence[Image.Image],
+                   prompt: str) -> BatchFeature:
         # Every row gets the same prompt, so the rows are the same length and need no padding.
         inputs = processor(
-            images=[image.convert("RGB") for image in images],
-            text=[self.prompt] * len(images),
-            return_tensors="pt",
+            images=[image.convert("RGB") for image in images], text=[prompt] * len(images), return_tensors="pt",
         ).to(model.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        return inputs
+
+    @torch.inference_mode()
+    def _forward(self, model: Blip2ForConditionalGeneration, inputs: BatchFeature) -> torch.Tensor:
         output = model.generate(
             **inputs,
             do_sample=False,
@@ -130,10 +132,12 @@ class CaptionerResource(ConfigurableResource):
             min_new_tokens=self.min_new_tokens,
         )
         # Decoder-only generate returns prompt + continuation; keep the continuation.
-        new_ids = output[:, inputs["input_ids"].shape[1] :].cpu()
+        return output[:, inputs["input_ids"].shape[1] :].cpu()
+
+    @staticmethod
+    def postprocess(model: Blip2ForConditionalGeneration, processor: Blip2Processor, new_ids: torch.Tensor,
+                    ms: float) -> list[Caption]:
         eos = model.generation_config.eos_token_id
-        eos_ids = set(eos) if isinstance(eos, list) else {eos}
-        lengths = _generated_lengths(new_ids, eos_ids)
+        lengths = _generated_lengths(new_ids, set(eos) if isinstance(eos, list) else {eos})
         texts = processor.batch_decode(new_ids, skip_special_tokens=True)
-        ms = (time.perf_counter() - started) * 1000 / len(images)
         return [Caption(text=text.strip(), ms=ms, new_tokens=n) for text, n in zip(texts, lengths)]

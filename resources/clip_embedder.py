@@ -71,7 +71,7 @@ class ClipEmbedderResource(ConfigurableResource):
     )
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
-    batch_size: int = Field(default=32, ge=1, description="Images per forward pass.")
+    batch_size: int = Field(default=32, ge=1, description="Images per forward pass (the step's chunk size).")
 
     @property
     def items_per_call(self) -> int:
@@ -112,14 +112,9 @@ class ClipEmbedderResource(ConfigurableResource):
         if not images:
             return Embeddings(vectors=np.zeros((0, self.dim), dtype=np.float32), ms=[])
         model, preprocess = self._loaded()
-        vectors: list[np.ndarray] = []
-        ms: list[float] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            started = time.perf_counter()
-            vectors.append(self._embed_batch(model, preprocess, chunk))
-            ms.extend([(time.perf_counter() - started) * 1000 / len(chunk)] * len(chunk))
-        return Embeddings(vectors=np.concatenate(vectors), ms=ms)
+        started = time.perf_counter()
+        vectors = self._embed_batch(model, preprocess, images)
+        return Embeddings(vectors=vectors, ms=[(time.perf_counter() - started) * 1000 / len(images)] * len(images))
 
     @torch.inference_mode()
     def _embed_batch(self, model: torch.nn.Module, preprocess: Callable, images: Sequence[Image.Image]) -> np.ndarray:

@@ -1,9 +1,11 @@
 """The metadata LLM: a chat model writing schema-constrained JSON (Phi-3.5-mini by default).
 
-Prompts are the tokenizer's chat template over [system, user: instruction + "\\n\\n" + input].
-The template is rendered once with a sentinel where the input goes; the text before it
-is the prefix shared by every input, whose KV cache is computed once per model and
-reused (see ``resources/constrained_decoding.py`` for the decode loop and its switches).
+Each prompt is the tokenizer's chat template over the ``Chat`` it is given (built in
+``assets/prompts.py``). The template is rendered once more with a sentinel after the chat's
+``shared`` part; the text before the sentinel is the prefix shared by every input, whose KV
+cache is computed once per model and reused (see ``resources/constrained_decoding.py`` for the
+decode loop and its switches). Like transformers' pipelines, a call is preprocess (chat ->
+token ids), forward (constrained decoding), postprocess (token ids -> ``Generation``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from pydantic import BaseModel, Field, PrivateAttr
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from resources import torch_runtime
-from resources.backends import Generation, fingerprint
-from resources.constrained_decoding import DecodeStats, generate_constrained
+from resources.backends import Chat, Generation, fingerprint
+from resources.constrained_decoding import DecodeStats, Decoded, generate_constrained
 from resources.json_grammar import SchemaGrammars
 from resources.prefix_cache import PrefixCache
 from resources.settings import env_default
@@ -92,19 +94,19 @@ class MetadataLLMResource(ConfigurableResource):
             jump_forward=self.jump_forward,  # forced text is spelled by us, not chosen by the model
         )
 
-    def generate_json(
-        self,
-        *,
-        system: str,
-        instruction: str,
-        inputs: Sequence[str],
-        schema: type[BaseModel],
-        max_new_tokens: int,
-    ) -> list[Generation]:
-        if not inputs:
+    def generate_json(self, chats: Sequence[Chat], *, schema: type[BaseModel], max_new_tokens: int) -> list[Generation]:
+        if not chats:
             return []
         loaded = self._load()
-        prefix_ids, prompts = prompt_ids(loaded.tokenizer, system, instruction, inputs)
+        prefix_ids, prompts = self.preprocess(loaded, chats)
+        decoded = self._forward(loaded, prefix_ids, prompts, schema, max_new_tokens)
+        return self.postprocess(decoded)
+
+    def preprocess(self, loaded: ChatModel, chats: Sequence[Chat]) -> tuple[list[int], list[list[int]]]:
+        return prompt_ids(loaded.tokenizer, chats)
+
+    def _forward(self, loaded: ChatModel, prefix_ids: list[int], prompts: list[list[int]], schema: type[BaseModel],
+                 max_new_tokens: int) -> list[Decoded]:
         with torch.inference_mode():
             decoded, stats = generate_constrained(
                 loaded.model,
@@ -112,14 +114,18 @@ class MetadataLLMResource(ConfigurableResource):
                 loaded.grammars.compile(schema),
                 prompts,
                 max_new_tokens=max_new_tokens,
-                batch_size=self.items_per_call,
+                batch_size=len(prompts),  # the caller's chunk is the batch (resources/backends.py)
                 pad_token_id=loaded.pad_token_id,
                 prefix_ids=prefix_ids,
                 prefix_cache=loaded.prefixes if self.prefix_cache else None,
                 jump_forward=self.jump_forward,
             )
         self._last_stats = stats
-        log.info("metadata LLM: %d inputs, %s", len(inputs), stats)
+        log.info("metadata LLM: %d inputs, %s", len(prompts), stats)
+        return decoded
+
+    @staticmethod
+    def postprocess(decoded: Sequence[Decoded]) -> list[Generation]:
         return [Generation(d.text, d.seconds * 1000.0, len(d.token_ids), d.finished) for d in decoded]
 
     def _load(self) -> ChatModel:
@@ -155,23 +161,23 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def prompt_ids(
-    tokenizer: PreTrainedTokenizerBase, system: str, instruction: str, inputs: Sequence[str]
-) -> tuple[list[int], list[list[int]]]:
-    """Token ids of the shared prompt prefix and of each full prompt.
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat]) -> tuple[list[int], list[list[int]]]:
+    """Token ids of the prompt prefix the chats share and of each full prompt.
 
     Each full prompt is tokenised whole, so the model sees exactly the tokens of the
     rendered chat; the decoder reuses the prefix only as far as those tokens agree.
     """
-    messages = [
-        {"role": "system", "content": system},
-        {"role": "user", "content": instruction + "\n\n" + _INPUT_SENTINEL},
-    ]
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    first = chats[0]
+    marked = Chat(system=first.system, user=first.shared + _INPUT_SENTINEL, shared=first.shared)
+    rendered = _render(tokenizer, marked)
     if rendered.count(_INPUT_SENTINEL) != 1:
         raise ValueError("the chat template must place the user message in the prompt exactly once")
-    before, after = rendered.split(_INPUT_SENTINEL)
+    before = rendered.split(_INPUT_SENTINEL)[0]
     # The template already holds every special token the model expects (as apply_chat_template does).
     prefix_ids = tokenizer(before, add_special_tokens=False)["input_ids"]
-    prompts = tokenizer([before + text + after for text in inputs], add_special_tokens=False)["input_ids"]
+    prompts = tokenizer([_render(tokenizer, chat) for chat in chats], add_special_tokens=False)["input_ids"]
     return prefix_ids, prompts
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, chat: Chat) -> str:
+    return tokenizer.apply_chat_template(chat.messages(), tokenize=False, add_generation_prompt=True)

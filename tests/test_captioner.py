@@ -60,41 +60,36 @@ def captioner(model_dir: Path, **overrides) -> CaptionerResource:
 
 
 def test_one_caption_per_image_with_accounting(blip2_dir, images):
-    captions = captioner(blip2_dir).caption(images)
+    captions = captioner(blip2_dir).caption(images, "")
 
     assert len(captions) == len(images)  # RGBA and greyscale included
     assert all(isinstance(c, Caption) and isinstance(c.text, str) for c in captions)
     assert all(1 <= c.new_tokens <= 6 for c in captions)
     assert all(c.ms > 0 for c in captions)
-    # Per-item time is the batch's time shared equally: batches of 4 then 2.
-    assert len({c.ms for c in captions[:4]}) == 1
-    assert len({c.ms for c in captions[4:]}) == 1
+    # One call is one batch (the caller chunks): its time is shared equally.
+    assert len({c.ms for c in captions}) == 1
 
 
-def test_captions_are_deterministic_and_independent_of_batch_size(blip2_dir, images):
-    first = captioner(blip2_dir).caption(images)
-    again = captioner(blip2_dir).caption(images)
-    one_by_one = captioner(blip2_dir, batch_size=1).caption(images)
-
-    def key(captions):
-        return [(c.text, c.new_tokens) for c in captions]
-
-    assert key(first) == key(again) == key(one_by_one)
+def test_captions_are_deterministic(blip2_dir, images):
+    # Batched equals one image at a time: test_parity.py.
+    first = captioner(blip2_dir).caption(images, "")
+    again = captioner(blip2_dir).caption(images, "")
+    assert [(c.text, c.new_tokens) for c in first] == [(c.text, c.new_tokens) for c in again]
 
 
 def test_prompt_tokens_are_not_counted_or_returned(blip2_dir, images):
     prompt = "a photo of a cat sitting on a wooden table next to a window"
-    captions = captioner(blip2_dir, prompt=prompt, max_new_tokens=3).caption(images[:2])
+    captions = captioner(blip2_dir, max_new_tokens=3).caption(images[:2], prompt)
     assert all(c.new_tokens <= 3 for c in captions)
     assert not any(c.text.startswith(prompt) for c in captions)
 
 
 def test_eos_ends_a_caption_and_min_new_tokens_delays_it(eos_first_blip2_dir, images):
-    stopped = captioner(eos_first_blip2_dir, max_new_tokens=8).caption(images[:3])
+    stopped = captioner(eos_first_blip2_dir, max_new_tokens=8).caption(images[:3], "")
     assert [(c.text, c.new_tokens) for c in stopped] == [("", 1)] * 3
 
     # EOS is suppressed for the first 3 tokens, then comes at once: 3 + 1 tokens.
-    forced = captioner(eos_first_blip2_dir, max_new_tokens=8, min_new_tokens=3).caption(images[:3])
+    forced = captioner(eos_first_blip2_dir, max_new_tokens=8, min_new_tokens=3).caption(images[:3], "")
     assert [c.new_tokens for c in forced] == [4] * 3
 
 
@@ -105,13 +100,13 @@ def test_generated_lengths_stop_at_first_eos():
 
 
 def test_empty_input_gives_no_captions(blip2_dir):
-    assert captioner(blip2_dir).caption([]) == []
+    assert captioner(blip2_dir).caption([], "") == []
 
 
 def test_missing_local_directory_is_a_clear_error(tmp_path, images):
     missing = tmp_path / "no_such_model"
     with pytest.raises(FileNotFoundError, match="no_such_model.*does not exist"):
-        captioner(missing).caption(images[:1])
+        captioner(missing).caption(images[:1], "")
     assert _model_source("Salesforce/blip2-opt-2.7b") == "Salesforce/blip2-opt-2.7b"
 
 
@@ -120,7 +115,6 @@ def test_model_id_and_fingerprint(blip2_dir):
     assert base.model_id == str(blip2_dir)
     assert base.fingerprint() == captioner(blip2_dir, batch_size=1).fingerprint()
     changed = [
-        captioner(blip2_dir, prompt="a photo of"),
         captioner(blip2_dir, max_new_tokens=7),
         captioner(blip2_dir, min_new_tokens=2),
         captioner(blip2_dir, dtype="bfloat16"),

@@ -14,6 +14,7 @@ from transformers import LlamaTokenizer
 from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput
 from resources.constrained_decoding import _shared_length, allowed_tokens, generate_constrained
 from resources.json_grammar import SchemaGrammars
+from resources.backends import Chat
 from resources.metadata_llm import load_chat_model, prompt_ids
 from resources.prefix_cache import PrefixCache
 from resources.tiny.phi3 import build_tiny_phi3
@@ -35,7 +36,9 @@ def chat(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prompts(chat):
-    return prompt_ids(chat.tokenizer, "You label photos.", "Write the metadata as JSON.", INPUTS)
+    shared = "Write the metadata as JSON.\n\n"
+    return prompt_ids(chat.tokenizer, [Chat(system="You label photos.", user=shared + text, shared=shared)
+                                       for text in INPUTS])
 
 
 def decode(chat, prompts, schema=ImageMetadataOutput, *, prefix_cache=None, **kwargs):

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from dagster import AssetCheckSeverity, AssetSpec, DagsterInstance, materialize
 from PIL import Image
 
-from assets import tables
+from assets import parquet_schemas as tables
 from resources.partitions import batch_partitions
 from evals.baseline import load_baseline
 from evals.checks import THRESHOLDS, evaluate

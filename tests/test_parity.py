@@ -27,7 +27,7 @@ import xgrammar as xgr
 from PIL import Image
 from transformers import DynamicCache
 
-from assets.prompts import METADATA_INSTRUCTION, SYSTEM, caption_input
+from assets.prompts import metadata_chat
 from assets.llm_schemas import ImageMetadataOutput
 from benchmarks.steering import DocumentSteering
 from benchmarks.workload import EXAMPLES, document
@@ -52,7 +52,7 @@ def chat(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prompts(chat):
-    return prompt_ids(chat.tokenizer, SYSTEM, METADATA_INSTRUCTION, [caption_input(c) for c in CAPTIONS])
+    return prompt_ids(chat.tokenizer, [metadata_chat(c) for c in CAPTIONS])
 
 
 def packed_logits(model, prefix, sequences, steps, capacity, compact_after=None):
@@ -176,14 +176,16 @@ def images():
 def test_batched_captions_equal_single_image_captions(tmp_path_factory, images):
     model = str(build_tiny_blip2(tmp_path_factory.mktemp("blip2")))
     settings = {"model": model, "device": DEVICE, "dtype": "float32", "max_new_tokens": 8, "min_new_tokens": 8}
-    single = CaptionerResource(batch_size=1, **settings).caption(images)
-    batched = CaptionerResource(batch_size=4, **settings).caption(images)
+    captioner = CaptionerResource(**settings)
+    single = [c for image in images for c in captioner.caption([image], "")]
+    batched = captioner.caption(images, "")
     assert [c.text for c in batched] == [c.text for c in single]
 
 
 def test_batched_clip_embeddings_equal_single_image_ones(tmp_path_factory, images):
     model = str(build_tiny_clip(tmp_path_factory.mktemp("clip")))
-    single = ClipEmbedderResource(model=model, device=DEVICE, dtype="float32", batch_size=1).embed(images)
-    batched = ClipEmbedderResource(model=model, device=DEVICE, dtype="float32", batch_size=4).embed(images)
+    embedder = ClipEmbedderResource(model=model, device=DEVICE, dtype="float32")
+    single = np.concatenate([embedder.embed([image]).vectors for image in images])
+    batched = embedder.embed(images)
     # On CUDA, kernels (and cuDNN's TF32 convolutions) are chosen per batch shape: measured up to 4.4e-5 on an H200.
-    np.testing.assert_allclose(batched.vectors, single.vectors, atol=1e-5 if DEVICE == "cpu" else 2e-4)
+    np.testing.assert_allclose(batched.vectors, single, atol=1e-5 if DEVICE == "cpu" else 2e-4)

@@ -15,7 +15,7 @@ import pytest
 from dagster import DagsterInstance
 from PIL import Image
 
-from assets import tables
+from assets import parquet_schemas as tables
 from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput
 from dagster_project.definitions import build_definitions
 from dagster_project.profiles import model_resources
@@ -51,14 +51,14 @@ class Counting:
             raise RuntimeError("simulated model crash")
         return getattr(self.inner, method)(*args, **kwargs)
 
-    def caption(self, images):
-        return self._call("caption", images)
+    def caption(self, images, prompt):
+        return self._call("caption", images, prompt)
 
     def embed(self, images):
         return self._call("embed", images)
 
-    def generate_json(self, **kwargs):
-        return self._call("generate_json", **kwargs)
+    def generate_json(self, chats, **kwargs):
+        return self._call("generate_json", chats, **kwargs)
 
 
 def run_batch(images_root, warehouse, models, batch="mixed", reuse=True):
@@ -313,8 +313,7 @@ class Stopping(Counting):
     def _call(self, method, *args, **kwargs):
         if self.stop_after is not None and self.calls >= self.stop_after:
             raise ModelLoadError("simulated stop")
-        self.items.append((kwargs["schema"].__name__, len(kwargs["inputs"])) if "schema" in kwargs
-                          else (method, len(args[0])))
+        self.items.append((kwargs["schema"].__name__, len(args[0])) if "schema" in kwargs else (method, len(args[0])))
         return super()._call(method, *args, **kwargs)
 
 

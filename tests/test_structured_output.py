@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from assets.fallbacks import image_metadata_fallback
 from assets.llm_schemas import MAX_PATTERN_REPEAT, ClusterLabelOutput, ImageMetadataOutput
 from assets.structured_output import generate_structured, parse
-from resources.backends import Generation
+from resources.backends import Chat, Generation
 
 VALID = json.dumps({"primary_category": "food", "tags": ["coffee", "cup", "drink", "table", "morning"],
                     "detected_objects": [{"name": "cup", "confidence": 0.9}], "scene_type": "indoor",
@@ -33,8 +33,9 @@ class Scripted:
     def fingerprint(self):
         return "scripted"
 
-    def generate_json(self, *, system, instruction, inputs, schema, max_new_tokens):
-        self.calls.append((list(inputs), max_new_tokens))
+    def generate_json(self, chats, *, schema, max_new_tokens):
+        inputs = [c.user for c in chats]
+        self.calls.append((inputs, max_new_tokens))
         out = []
         for text in inputs:
             outcome = self.script[text].pop(0)
@@ -47,9 +48,9 @@ class Scripted:
 
 def run(script, inputs, on_valid=None):
     llm = Scripted(script)
-    results = generate_structured(llm, system="s", instruction="i", inputs=inputs, schema=ImageMetadataOutput,
+    results = generate_structured(llm, [Chat(system="s", user=text) for text in inputs], schema=ImageMetadataOutput,
                                   budgets=[100, 200], fallback=lambda k: image_metadata_fallback(inputs[k]),
-                                  chunk_size=4, retries=1, on_valid=on_valid)
+                                  retries=1, on_valid=on_valid)
     return llm, results
 
 
@@ -61,7 +62,7 @@ def test_valid_first_time():
 
 def test_cut_off_output_is_retried_with_the_larger_budget():
     llm, [r] = run({"a cup": ["CUT:" + VALID[:30], VALID]}, ["a cup"])
-    assert r.json_valid and r.attempts == 2 and r.ms == 20.0 and r.new_tokens == 14
+    assert r.json_valid and r.attempts == 2 and r.llm_ms == 20.0 and r.new_tokens == 14
     assert [budget for _, budget in llm.calls] == [100, 200]
 
 

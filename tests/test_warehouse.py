@@ -7,8 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, asset, materialize
 
-from assets.reuse import Progress
+from assets.reuse import ModelStep
 from resources.partitions import batch_partitions
+from resources.settings import PixelsiftSettings
 from resources.warehouse import (
     ParquetWarehouse, ReadOnlyQueryError, column, column_description, partial_dir, partition_file, query, reusable_files,
     save_partial, write_table,
@@ -79,7 +80,8 @@ def test_progress_that_cannot_be_saved_is_a_warning_not_a_failure(tmp_path, capl
     (tmp_path / ".cache").write_text("a file where the folder would go")
     chunk = [{"n": 1, "vec": [1.0, 0.0]}]
     with caplog.at_level(logging.INFO):
-        Progress(tmp_path, "numbers", "b-1", SCHEMA, logging.getLogger("t"), total=3).save(chunk)
+        step = ModelStep(PixelsiftSettings(warehouse_dir=str(tmp_path)), "numbers", "b-1", SCHEMA, logging.getLogger("t"))
+        step.progress(total=3).save(chunk)
     assert "numbers: 1 of 3 done" in caplog.text
     assert "could not save a finished chunk of numbers" in caplog.text
 
@@ -111,7 +113,7 @@ def test_partition_keys_cannot_escape_the_warehouse(tmp_path):
 
 
 def test_every_pipeline_column_says_what_it_means():
-    from assets import tables
+    from assets import parquet_schemas as tables
 
     schemas = [tables.IMAGES, tables.CAPTIONS, tables.IMAGE_METADATA, tables.COLOR_PALETTES,
                tables.clip_embeddings_schema(512), tables.CLUSTERS, tables.CLUSTER_LABELS]
