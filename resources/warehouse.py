@@ -8,17 +8,25 @@ While a model step runs, it saves each finished chunk under ``<root>/.cache/part
 batch=<key>/``, in the asset's own schema; the partition's write removes them. A step that was
 stopped (killed, cancelled, out of memory) thus leaves its finished work where reuse finds it.
 Hidden folders are not SQL views.
+
+A damaged file (truncated, overwritten) is never fatal to the rest: reuse and the SQL views leave
+it out with a warning naming it, and ``warehouse_problems`` lists it with what to do (``pixelsift
+doctor``). Writing the partition again replaces it, since nothing on the write path reads the old file.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from dagster import (
     ConfigurableIOManager,
@@ -35,6 +43,9 @@ DATA_FILE = "data.parquet"
 PARTIAL_DIR = Path(".cache") / "partial"
 _DESCRIPTION = b"description"  # key of a column's meaning in its pyarrow field metadata
 PREVIEW_ROWS = 5
+_TEMP_NAME = re.compile(r"\..+\.parquet\.[0-9a-f]{32}\.tmp")  # what _write_atomic writes before its rename
+
+logger = logging.getLogger(__name__)
 
 
 def partition_dir(root: str | Path, asset: str, batch: str) -> Path:
@@ -52,7 +63,7 @@ def partial_dir(root: str | Path, asset: str, batch: str) -> Path:
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # matches _TEMP_NAME
     try:
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)
@@ -65,13 +76,6 @@ def save_partial(table: pa.Table, root: str | Path, asset: str, batch: str) -> P
     path = partial_dir(root, asset, batch) / f"part-{uuid.uuid4().hex}.parquet"
     _write_atomic(table, path)
     return path
-
-
-def reusable_files(root: str | Path, asset: str) -> list[Path]:
-    """Every stored row set of ``asset``: its partitions, and chunks saved by steps that did not finish."""
-    root = Path(root)
-    return (sorted((root / asset).glob(f"batch=*/{DATA_FILE}"))
-            + sorted((root / PARTIAL_DIR / asset).glob("batch=*/part-*.parquet")))
 
 
 def write_table(table: pa.Table, path: Path) -> None:
@@ -155,19 +159,162 @@ class ParquetWarehouse(ConfigurableIOManager):
         return read_table(self._path(context))
 
 
-def connect(root: str | Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with one view per asset over all its batches (``batch`` is a column)."""
-    con = duckdb.connect(":memory:")
+# --- Damage: a file that cannot be read is left out and named, never fatal to the rest ---------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something in the warehouse that pixelsift leaves alone until a person acts on it."""
+
+    path: Path
+    what: str
+    fix: str
+
+
+def damage(path: Path) -> str | None:
+    """Why ``path`` is not a readable Parquet file, or None. Reads only the footer: a truncated or
+    overwritten file fails there, and it is cheap enough to check before every use."""
+    try:
+        pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        return f"unreadable Parquet ({exc})"
+    return None
+
+
+def _damaged(path: Path, root: Path, reason: str) -> Problem:
+    relative = path.relative_to(root)
+    if relative.parts[:len(PARTIAL_DIR.parts)] == PARTIAL_DIR.parts:
+        return Problem(path, f"damaged saved chunk: {reason}",
+                       "delete it; re-running its batch computes those rows again")
+    if not path.parent.name.startswith("batch="):
+        return Problem(path, f"damaged Parquet file: {reason}", "delete it; pixelsift writes no file there")
+    batch = path.parent.name.removeprefix("batch=")
+    asset = relative.parent.parent.as_posix()
+    return Problem(path, f"damaged partition of {asset}, batch {batch!r}: {reason}",
+                   f"re-run the batch to write it again: pixelsift run --batch {batch}")
+
+
+def _outside(path: Path, root: Path) -> Problem | None:
+    target = path.resolve()
+    if target.is_relative_to(root.resolve()):
+        return None
+    return Problem(path, f"link to {target}, outside the warehouse: not read",
+                   "replace the link with the file itself, or delete it and re-run its batch")
+
+
+def _unusable(path: Path, root: Path) -> Problem | None:
+    """Why the file at ``path`` must not be read as part of the warehouse, or None when it may."""
+    if problem := _outside(path, root):
+        return problem
+    reason = damage(path)
+    return _damaged(path, root, reason) if reason else None
+
+
+def reusable_files(root: str | Path, asset: str) -> list[Path]:
+    """Every readable stored row set of ``asset``: its partitions, and chunks saved by steps that did
+    not finish. A damaged file is skipped with a warning, so one bad batch does not stop the others."""
     root = Path(root)
-    if root.is_dir():
-        for asset_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if not any(asset_dir.glob(f"batch=*/{DATA_FILE}")):
-                continue
-            pattern = str(asset_dir / "batch=*" / DATA_FILE).replace("'", "''")
-            con.execute(
-                f'CREATE VIEW "{asset_dir.name}" AS SELECT * FROM '
-                f"read_parquet('{pattern}', hive_partitioning = true, hive_types_autocast = false, union_by_name = true)"
-            )
+    found = (sorted((root / asset).glob(f"batch=*/{DATA_FILE}"))
+             + sorted((root / PARTIAL_DIR / asset).glob("batch=*/part-*.parquet")))
+    readable = []
+    for path in found:
+        if problem := _unusable(path, root):
+            logger.warning("not reused: %s: %s; %s", path, problem.what, problem.fix)
+        else:
+            readable.append(path)
+    return readable
+
+
+def warehouse_problems(root: str | Path) -> list[Problem]:
+    """Every damaged Parquet file (partitions and saved chunks), link out of the warehouse, and
+    temporary file an interrupted write left behind, with what to do about each."""
+    root = Path(root)
+    problems: list[Problem] = []
+    for folder, dirs, names in os.walk(root):  # links to folders are reported, not followed
+        dirs.sort()
+        for name in sorted(dirs + names):
+            path = Path(folder) / name
+            if path.is_symlink() and (problem := _outside(path, root)):
+                problems.append(problem)
+            elif _TEMP_NAME.fullmatch(name):
+                problems.append(Problem(path, "temporary file of a write that did not finish",
+                                        "delete it, unless a run is writing that partition right now"))
+            elif name.endswith(".parquet") and path.is_file() and (reason := damage(path)):
+                problems.append(_damaged(path, root, reason))
+    return problems
+
+
+# --- SQL over the warehouse, in a sandbox ---------------------------------------------------------
+#
+# The views are Arrow datasets handed to DuckDB, so DuckDB itself needs no file access at all and
+# gets none: with external access off, nothing in a query can read, write or list a file, load an
+# extension or reach the network, and the locked configuration cannot be changed back. DuckDB's
+# allowed_directories/allowed_paths were not enough: they let COPY overwrite the allowed files.
+
+QUERY_MEMORY_LIMIT = "50%"  # of the machine's RAM
+QUERY_THREADS = max(1, (os.cpu_count() or 2) // 2)
+_SANDBOX = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "allow_extension_repositories": "forbidden",
+    "allow_persistent_secrets": False,
+    "python_enable_replacements": False,  # a query cannot scan this process's Python objects by name
+    "temp_directory": "",  # nothing spills to disk: a query that outgrows memory fails instead
+}
+_PARTITION_COLUMN = pa.schema([pa.field("batch", pa.string())])
+
+
+def _dataset(asset_dir: Path, files: list[Path], schemas: list[pa.Schema]) -> ds.Dataset:
+    """All batches of one asset as one table; batches written with older columns get nulls."""
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    if "batch" not in schema.names:
+        schema = schema.append(_PARTITION_COLUMN.field("batch"))
+    return ds.dataset([str(f) for f in files], schema=schema, format="parquet",
+                      partitioning=ds.partitioning(_PARTITION_COLUMN, flavor="hive"),
+                      partition_base_dir=str(asset_dir))
+
+
+def _views(root: Path, problems: list[Problem]) -> dict[str, ds.Dataset]:
+    views = {}
+    if not root.is_dir():
+        return views
+    for asset_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files, schemas = [], []
+        for path in sorted(asset_dir.glob(f"batch=*/{DATA_FILE}")):
+            if problem := _unusable(path, root):
+                problems.append(problem)
+            else:
+                files.append(path)
+                schemas.append(pq.read_schema(path))
+        if not files:
+            continue
+        try:
+            views[asset_dir.name] = _dataset(asset_dir, files, schemas)
+        except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+            problems.append(Problem(asset_dir, f"batches of {asset_dir.name} disagree on column types ({exc})",
+                                    "re-run the older batches with the current pipeline"))
+    return views
+
+
+def connect(root: str | Path, problems: list[Problem] | None = None, *,
+            memory_limit: str = QUERY_MEMORY_LIMIT, threads: int = QUERY_THREADS) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with one view per asset over all its readable batches (``batch`` is a
+    column) that can reach nothing else. Files left out (damaged, or links out of the warehouse)
+    are appended to ``problems`` when it is given, else logged as warnings."""
+    skipped: list[Problem] = []
+    views = _views(Path(root), skipped)
+    if problems is not None:
+        problems.extend(skipped)
+    else:
+        for problem in skipped:
+            logger.warning("left out of the views: %s: %s; %s", problem.path, problem.what, problem.fix)
+    con = duckdb.connect(":memory:", config={**_SANDBOX, "memory_limit": memory_limit, "threads": threads})
+    con.execute("SET disabled_filesystems = 'LocalFileSystem'")  # only settable once started
+    con.execute("SET lock_configuration = true")
+    for name, dataset in views.items():
+        con.register(name, dataset)
     return con
 
 
@@ -175,14 +322,43 @@ class ReadOnlyQueryError(ValueError):
     pass
 
 
-def query(root: str | Path, sql: str) -> duckdb.DuckDBPyRelation:
-    """Run one read-only statement (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN...) against the views."""
-    con = connect(root)
+def _statement_kind(con: duckdb.DuckDBPyConnection, sql: str) -> duckdb.StatementType:
+    """The type DuckDB's parser gives the one statement in ``sql``; an EXPLAIN counts as the
+    statement it explains, since EXPLAIN ANALYZE runs it."""
     statements = con.extract_statements(sql)
     if len(statements) != 1:
         raise ReadOnlyQueryError("give exactly one SQL statement")
-    kind = statements[0].type
-    allowed = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-    if kind not in allowed:
+    try:
+        kind = statements[0].type
+    except ValueError:  # a statement type the Python client has no name for (UPDATE EXTENSIONS)
+        raise ReadOnlyQueryError("only read-only queries are allowed here, not this statement") from None
+    if kind != duckdb.StatementType.EXPLAIN:
+        return kind
+    return _statement_kind(con, _explained(statements[0].query))
+
+
+def _explained(sql: str) -> str:
+    """The statement after ``EXPLAIN [ANALYZE] [(options)]``, found with DuckDB's own tokenizer."""
+    tokens = duckdb.tokenize(sql)
+    texts = [sql[pos:end].strip() for (pos, _), end in zip(tokens, [p for p, _ in tokens[1:]] + [len(sql)])]
+    words = [(pos, text.lower()) for (pos, kind), text in zip(tokens, texts) if kind != duckdb.token_type.comment]
+    depth = 0
+    for pos, word in words[1:]:  # words[0] is EXPLAIN
+        depth += (word == "(") - (word == ")")
+        if depth == 0 and word not in {"analyze", "analyse", ")"}:
+            return sql[pos:]
+    raise ReadOnlyQueryError("EXPLAIN needs a query to explain")
+
+
+def query(root: str | Path, sql: str, problems: list[Problem] | None = None) -> duckdb.DuckDBPyRelation:
+    """Run one read-only statement (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN...) against the views.
+
+    The statement-type check gives a plain refusal; the sandboxed connection is what guarantees it."""
+    con = connect(root, problems)
+    kind = _statement_kind(con, sql)
+    if kind != duckdb.StatementType.SELECT:
         raise ReadOnlyQueryError(f"only read-only queries are allowed here, not {kind.name}")
-    return con.sql(sql)
+    try:
+        return con.sql(sql)
+    except duckdb.PermissionException as exc:
+        raise ReadOnlyQueryError(f"refused: a query reads the warehouse's views and nothing else ({exc})") from None
