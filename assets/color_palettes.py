@@ -19,8 +19,8 @@ def color_palettes(context: AssetExecutionContext, images: pa.Table, settings: P
     """Dominant colours as #RRGGBB with pixel shares: k-means in Lab on a 64 px copy, fixed seed."""
     folder = batch_dir(settings, context.partition_key)
     todo = unique_ok_images(images)
-    outcomes = process_map(partial(palette_of_file, folder=folder, max_pixels=settings.max_image_pixels),
-                           todo.values(), worker_count(settings.cpu_workers))
+    outcomes = process_map(partial(palette_of_file, folder=folder, max_pixels=settings.max_image_pixels,
+                                   max_bytes=settings.max_file_bytes), todo.items(), worker_count(settings.cpu_workers))
     results: dict[str, dict | Failed] = {}
     for image_id, (palette, ms) in zip(todo, outcomes):
         if isinstance(palette, Exception):

@@ -4,6 +4,8 @@ A chunk that raises is retried; if it still fails, each of its items is tried al
 one bad item cannot take its neighbours down. An item that fails alone is returned as
 its exception, and the asset records it as an error row instead of crashing the run.
 A model that cannot be loaded at all is not an item's failure: it fails the step at once.
+An input that cannot be read (an image changed since it was hashed) is not the model's failure
+either: its chunk is not retried but split at once, and its row gets the file's own reason.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Sequence, TypeVar
 
+from assets.image_files import ImageDecodeError
 from resources.backends import ModelLoadError
 
 T = TypeVar("T")
@@ -58,6 +61,8 @@ def _attempt(chunk: Sequence[T], fn: Callable[[Sequence[T]], Sequence[R]], retri
             out = fn(chunk)
         except ModelLoadError:
             raise
+        except ImageDecodeError as exc:  # the same file would be read again: no retry
+            return exc
         except Exception as exc:  # noqa: BLE001 - any model failure becomes a recorded error
             error = exc
             logger.warning("model call failed (attempt %d of %d): %r", attempt + 1, 1 + retries, exc)
@@ -71,5 +76,7 @@ def _attempt(chunk: Sequence[T], fn: Callable[[Sequence[T]], Sequence[R]], retri
 
 
 def describe_failure(exc: Exception) -> str:
+    if isinstance(exc, ImageDecodeError):  # the file's own reason, e.g. "changed during the run: …"
+        return str(exc)
     # The prefix is what reuse looks for to retry these next run (assets/reuse.py).
     return f"model failed: {type(exc).__name__}: {exc}"

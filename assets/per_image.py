@@ -98,7 +98,8 @@ def run_image_model(
 
     def infer_chunk(ids: Sequence[str]) -> Sequence[R]:
         # Decoding releases the GIL: a chunk's images are opened on several threads.
-        return infer(thread_map(lambda i: open_image(folder, todo[i], settings.max_image_pixels), ids, workers))
+        return infer(thread_map(lambda i: open_image(folder, todo[i], settings.max_image_pixels, sha256=i,
+                                                     max_bytes=settings.max_file_bytes), ids, workers))
 
     progress = Progress(settings.warehouse_dir, asset, batch, schema, logger, total=len(todo))
 
