@@ -5,6 +5,7 @@ from functools import partial
 import pyarrow as pa
 from dagster import AssetExecutionContext, asset
 
+from assets.image_files import ImageDecodeError
 from assets.model_stage import describe_failure
 from assets.palette import palette_of_file
 from assets.per_image import Failed, assemble, batch_dir, unique_ok_images
@@ -19,11 +20,13 @@ def color_palettes(context: AssetExecutionContext, images: pa.Table, settings: P
     """Dominant colours as #RRGGBB with pixel shares: k-means in Lab on a 64 px copy, fixed seed."""
     folder = batch_dir(settings, context.partition_key)
     todo = unique_ok_images(images)
-    outcomes = process_map(partial(palette_of_file, folder=folder, max_pixels=settings.max_image_pixels),
-                           todo.values(), worker_count(settings.cpu_workers))
+    outcomes = process_map(partial(palette_of_file, folder=folder, max_pixels=settings.max_image_pixels,
+                                   max_bytes=settings.max_file_bytes), todo.items(), worker_count(settings.cpu_workers))
     results: dict[str, dict | Failed] = {}
     for image_id, (palette, ms) in zip(todo, outcomes):
-        if isinstance(palette, Exception):
+        if isinstance(palette, ImageDecodeError):  # the file's own reason, e.g. "changed during the run: …"
+            results[image_id] = Failed(str(palette))
+        elif isinstance(palette, Exception):
             results[image_id] = Failed(describe_failure(palette))
         else:
             results[image_id] = {"colors": palette.colors, "shares": palette.shares, "ms": ms}

@@ -1,22 +1,30 @@
-"""Finding and decoding the image files of a batch. Bad files become errors, never exceptions.
+"""Hashing and decoding the image files of a batch. Bad files become errors, never exceptions.
 
 Every model sees the image as ``open_image`` returns it: decoded (JPEGs at a reduced scale,
-see ``DECODE_MIN_SIDE``), EXIF orientation applied, RGB.
+see ``DECODE_MIN_SIDE``), EXIF orientation applied, RGB. Files are read through
+``assets.batch_files``: only regular files inside the images root, at most ``max_file_bytes``.
+A file is identified from its header before it is read whole, and the bytes that are hashed are
+the bytes that are decoded, so a result stored under a sha256 comes from that file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from pillow_heif import register_heif_opener
+
+from assets.batch_files import FileRefused, hash_whole, open_batch_file, read_batch_file, read_whole, too_large
+from resources.file_limits import MAX_FILE_BYTES
 
 # Phones save photos as HEIC by default. Registered at import, so worker processes decode them too.
 # pillow-heif applies the file's rotation itself and resets EXIF orientation, so nothing turns twice.
@@ -29,7 +37,8 @@ register_heif_opener()
 DECODE_MIN_SIDE = 448
 # Part of every model result's fingerprint: results from differently decoded pixels are not reused.
 # Change it with anything that changes the pixels a model is given.
-DECODING = f"jpeg-reduced-to-{DECODE_MIN_SIDE},high-bit-depth-scaled"
+DECODING = f"jpeg-reduced-to-{DECODE_MIN_SIDE},high-bit-depth-stretched-to-its-range"
+NOT_AN_IMAGE = "not an image Pillow can read (unknown format or damaged header)"
 
 
 @dataclass(frozen=True)
@@ -50,21 +59,12 @@ class ImageRecord:
         return self.error is None
 
 
-def list_batch_files(batch_dir: Path) -> list[Path]:
-    """Every regular file under the batch folder, recursively, skipping hidden files and folders."""
-    if not batch_dir.is_dir():
-        raise FileNotFoundError(f"batch folder {batch_dir} does not exist")
-    files = []
-    for path in batch_dir.rglob("*"):
-        rel = path.relative_to(batch_dir)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
-        files.append(path)
-    return sorted(files, key=lambda p: p.relative_to(batch_dir).as_posix())
-
-
 class ImageDecodeError(Exception):
-    pass
+    """A file that cannot be used; the message is its error row's reason."""
+
+
+class ImageChanged(ImageDecodeError):
+    """The file is no longer what the ``images`` step hashed: nothing may be stored under that sha256."""
 
 
 @dataclass(frozen=True)
@@ -87,29 +87,47 @@ def taken_at(exif: Image.Exif) -> datetime | None:
     return None
 
 
-def decode(data: bytes, max_pixels: int) -> Decoded:
-    """Decode all of the file (so truncation surfaces here) and apply EXIF orientation."""
+def _follow_pixel_limit(max_pixels: int) -> None:
+    """Pillow refuses, before our check can run, images over twice its own process-wide limit: that
+    limit is raised (never lowered) so that a ``max_image_pixels`` above Pillow's default holds."""
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def open_checked(fp: IO[bytes], max_pixels: int) -> Image.Image:
+    """Pillow's image of ``fp`` with only its header read, or ImageDecodeError when it is no image
+    or has more than ``max_pixels`` pixels."""
+    _follow_pixel_limit(max_pixels)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"too large: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
-                )
-            image_format = image.format
-            exif = image.getexif()
-            turned = exif.get(ExifTags.Base.Orientation) in (5, 6, 7, 8)  # a quarter turn
-            image.draft(None, (DECODE_MIN_SIDE, DECODE_MIN_SIDE))  # no-op for formats other than JPEG
-            image.load()
-            image = ImageOps.exif_transpose(image)
-    except ImageDecodeError:
-        raise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the exact check is below
+            image = Image.open(fp)
     except UnidentifiedImageError:
-        raise ImageDecodeError("not an image Pillow can read (unknown format or damaged header)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"decompression bomb: {exc}") from None
+        raise ImageDecodeError(NOT_AN_IMAGE) from None
+    except Image.DecompressionBombError:
+        raise ImageDecodeError(f"too large: over max_image_pixels ({max_pixels})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"cannot decode: {exc}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"too large: {width}x{height} = {width * height} pixels, over max_image_pixels ({max_pixels})")
+    return image
+
+
+def decode(data: bytes, max_pixels: int) -> Decoded:
+    """Decode all of the file (so truncation surfaces here) and apply EXIF orientation."""
+    image = open_checked(io.BytesIO(data), max_pixels)
+    try:
+        width, height = image.size
+        image_format = image.format
+        exif = image.getexif()
+        turned = exif.get(ExifTags.Base.Orientation) in (5, 6, 7, 8)  # a quarter turn
+        image.draft(None, (DECODE_MIN_SIDE, DECODE_MIN_SIDE))  # no-op for formats other than JPEG
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError:  # a frame or tile larger than the header said
+        raise ImageDecodeError(f"too large: over max_image_pixels ({max_pixels})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"cannot decode: {exc}") from None
     return Decoded(image, image_format, (height, width) if turned else (width, height), taken_at(exif))
@@ -130,31 +148,62 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _to_8_bit(image: Image.Image) -> Image.Image:
-    """16-bit, 32-bit and float greyscale (scans, scientific images) scaled into 0-255: Pillow's own
-    conversion clips at 255, which turns a 16-bit photo white."""
+    """16-bit, 32-bit and float greyscale (scans, scientific and sensor data) stretched from its
+    darkest to its brightest value onto 0-255. Pillow's own conversion clips at 255, which turns a
+    16-bit photo white; scaling by the type's full range leaves data that uses little of it (12-bit
+    values in a 16-bit file, a faint scan at 291-694 of 65535) almost black."""
     pixels = np.asarray(image, dtype=np.float64)
-    peak = float(pixels.max(initial=0.0))
-    if image.mode == "F":
-        full_scale = 1.0 if peak <= 1.0 else peak
-    else:  # 'I;16*' is 16-bit; 'I' holds 16-bit PNGs in some Pillow versions, else any 32-bit range
-        full_scale = 65535.0 if image.mode.startswith("I;16") or peak <= 65535 else peak
-    return Image.fromarray(np.clip(pixels * (255.0 / full_scale) + 0.5, 0, 255).astype(np.uint8), "L")
+    finite = pixels[np.isfinite(pixels)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if high > low:
+        scaled = (pixels - low) * (255.0 / (high - low))
+    else:  # one value everywhere: its level in the type's range, so a blank white scan stays white
+        scaled = pixels * (255.0 / _full_scale(image.mode, high))
+    return Image.fromarray(np.clip(np.nan_to_num(scaled) + 0.5, 0, 255).astype(np.uint8), "L")
 
 
-def inspect_file(path: Path, batch_dir: Path, max_pixels: int) -> ImageRecord:
-    """Hash and decode one file; any failure is described in ``error``."""
+def _full_scale(mode: str, peak: float) -> float:
+    if mode == "F":
+        return 1.0 if peak <= 1.0 else peak
+    # 'I;16*' is 16-bit; 'I' holds 16-bit PNGs in some Pillow versions, else any 32-bit range
+    return 65535.0 if mode.startswith("I;16") or peak <= 65535 else peak
+
+
+def inspect_file(path: Path, batch_dir: Path, max_pixels: int, max_bytes: int = MAX_FILE_BYTES) -> ImageRecord:
+    """Hash and decode one file; any failure is described in ``error``.
+
+    The header is checked first, so a file that is no image (or over ``max_pixels``) is only
+    hashed, in chunks, and never held in memory; one over ``max_bytes`` is not read at all.
+    """
     start = time.perf_counter()
     rel = path.relative_to(batch_dir).as_posix()
+
+    def failed(reason: str, image_id: str = "", size: int = 0) -> ImageRecord:
+        return ImageRecord(image_id=image_id, path=rel, bytes=size, error=reason,
+                           ms=(time.perf_counter() - start) * 1000)
+
     try:
-        data = path.read_bytes()
+        with open_batch_file(path, batch_dir) as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > max_bytes:
+                return failed(too_large(size, max_bytes), size=size)
+            try:
+                with open_checked(file, max_pixels):  # leaves ``file`` open: Pillow did not open it
+                    pass
+            except ImageDecodeError as exc:
+                file.seek(0)
+                return failed(str(exc), hash_whole(file, max_bytes), size)
+            file.seek(0)
+            data = read_whole(file, max_bytes)
+    except FileRefused as exc:
+        return failed(str(exc))
     except OSError as exc:
-        return ImageRecord(image_id="", path=rel, bytes=0, error=f"cannot read file: {exc.strerror or exc}")
+        return failed(f"cannot read file: {exc.strerror or exc}")
     image_id = hashlib.sha256(data).hexdigest()
     try:
         decoded = decode(data, max_pixels)
     except ImageDecodeError as exc:
-        return ImageRecord(image_id=image_id, path=rel, bytes=len(data), error=str(exc),
-                           ms=(time.perf_counter() - start) * 1000)
+        return failed(str(exc), image_id, len(data))
     return ImageRecord(
         image_id=image_id,
         path=rel,
@@ -168,6 +217,21 @@ def inspect_file(path: Path, batch_dir: Path, max_pixels: int) -> ImageRecord:
     )
 
 
-def open_image(batch_dir: Path, rel_path: str, max_pixels: int) -> Image.Image:
-    """The image exactly as every model sees it: decoded, oriented, RGB."""
-    return to_rgb(decode((batch_dir / rel_path).read_bytes(), max_pixels).image)
+def open_image(batch_dir: Path, rel_path: str, max_pixels: int, *, sha256: str | None = None,
+               max_bytes: int = MAX_FILE_BYTES) -> Image.Image:
+    """The image exactly as every model sees it: decoded, oriented, RGB.
+
+    With ``sha256`` (what the ``images`` step hashed), the file is read once and the bytes decoded
+    are checked to be those: anything else (other bytes, a FIFO, a link out of the root) raises
+    ImageChanged, whose message ``changed during the run: …`` becomes the image's error row.
+    """
+    try:
+        data = read_batch_file(batch_dir / rel_path, batch_dir, max_bytes)
+    except (FileRefused, OSError) as exc:
+        reason = str(exc) if isinstance(exc, FileRefused) else f"cannot read file: {exc.strerror or exc}"
+        if sha256 is None:
+            raise ImageDecodeError(reason) from None
+        raise ImageChanged(f"changed during the run: {reason}") from None
+    if sha256 is not None and (now := hashlib.sha256(data).hexdigest()) != sha256:
+        raise ImageChanged(f"changed during the run: sha256 was {sha256}, now {now}")
+    return to_rgb(decode(data, max_pixels).image)

@@ -5,7 +5,8 @@ from functools import partial
 import pyarrow as pa
 from dagster import AssetExecutionContext, asset
 
-from assets.image_files import inspect_file, list_batch_files
+from assets.batch_files import list_batch_files
+from assets.image_files import inspect_file
 from assets.per_image import batch_dir
 from assets.parquet_schemas import ERROR, IMAGES, OK
 from resources.batch_keys import validate_batch_key
@@ -19,8 +20,10 @@ def images(context: AssetExecutionContext, settings: PixelsiftSettings) -> pa.Ta
     """Every file of the batch with its sha256, format and size; files that fail to decode are error rows."""
     batch = validate_batch_key(context.partition_key)
     folder = batch_dir(settings, batch)
-    records = process_map(partial(inspect_file, batch_dir=folder, max_pixels=settings.max_image_pixels),
-                          list_batch_files(folder), worker_count(settings.cpu_workers))
+    # A batch folder that links out of the images root is refused here, before anything is read.
+    files = list_batch_files(folder)
+    records = process_map(partial(inspect_file, batch_dir=folder, max_pixels=settings.max_image_pixels,
+                                  max_bytes=settings.max_file_bytes), files, worker_count(settings.cpu_workers))
     rows = [
         {
             "image_id": r.image_id,

@@ -11,6 +11,7 @@ from PIL import Image
 
 from assets.colorspace import lab_to_rgb, rgb_to_hex, rgb_to_lab
 from assets.image_files import open_image
+from resources.file_limits import MAX_FILE_BYTES
 
 MAX_COLORS = 5
 MIN_COLORS = 3
@@ -51,12 +52,16 @@ def extract_palette(image: Image.Image, seed: int = 0) -> Palette:
     return Palette(colors=[c for c, _ in kept], shares=[float(share / kept_total) for _, share in kept])
 
 
-def palette_of_file(rel_path: str, folder: Path, max_pixels: int) -> tuple[Palette | Exception, float]:
-    """The palette of one file and the milliseconds it took. For worker processes, so a failure is
-    returned rather than raised: one bad file must not stop the others."""
+def palette_of_file(image: tuple[str, str], folder: Path, max_pixels: int,
+                    max_bytes: int = MAX_FILE_BYTES) -> tuple[Palette | Exception, float]:
+    """The palette of one ``(image_id, path)`` and the milliseconds it took; the file must still
+    hold the bytes its image_id (sha256) names (else ImageChanged). For worker processes, so a
+    failure is returned rather than raised: one bad file must not stop the others."""
     start = time.perf_counter()
+    image_id, rel_path = image
     try:
-        result: Palette | Exception = extract_palette(open_image(folder, rel_path, max_pixels))
+        decoded = open_image(folder, rel_path, max_pixels, sha256=image_id, max_bytes=max_bytes)
+        result: Palette | Exception = extract_palette(decoded)
     except Exception as exc:  # noqa: BLE001 - the caller records it as this image's error
         result = exc
     return result, (time.perf_counter() - start) * 1000

@@ -16,7 +16,7 @@ from typing import Callable, Sequence, TypeVar
 import pyarrow as pa
 from PIL import Image
 
-from assets.image_files import DECODING, open_image
+from assets.image_files import DECODING, ImageDecodeError, open_image
 from assets.model_stage import describe_failure, run_in_chunks
 from assets.reuse import ModelStep
 from assets.parquet_schemas import ERROR, KEY_FIELDS, OK
@@ -64,6 +64,14 @@ def assemble(images: pa.Table, results: dict[str, dict | Failed], schema: pa.Sch
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def _decode(folder: Path, path: str, image_id: str, settings: PixelsiftSettings) -> Image.Image | ImageDecodeError:
+    """The image as the models see it, checked to be the bytes that were hashed; or why not."""
+    try:
+        return open_image(folder, path, settings.max_image_pixels, sha256=image_id, max_bytes=settings.max_file_bytes)
+    except ImageDecodeError as exc:
+        return exc
+
+
 def run_image_model(
     images: pa.Table,
     step: ModelStep,
@@ -89,16 +97,26 @@ def run_image_model(
     folder = batch_dir(step.settings, step.batch)
     workers = worker_count(step.settings.cpu_workers)
 
-    def infer_chunk(ids: Sequence[str]) -> Sequence[R]:
+    def infer_chunk(ids: Sequence[str]) -> list[R | ImageDecodeError]:
         # Decoding releases the GIL: a chunk's images are opened on several threads.
-        return infer(thread_map(lambda i: open_image(folder, paths[i], step.settings.max_image_pixels), ids, workers))
+        # Decoding releases the GIL: a chunk's images are opened on several threads. A file that cannot
+        # be read now (changed since it was hashed) is that image's own error, not the model's.
+        decoded = thread_map(lambda i: _decode(folder, paths[i], i, step.settings), ids, workers)
+        readable = [image for image in decoded if not isinstance(image, ImageDecodeError)]
+        outputs = list(infer(readable)) if readable else []
+        if len(outputs) != len(readable):
+            raise RuntimeError(f"model returned {len(outputs)} results for {len(readable)} inputs")
+        returned = iter(outputs)
+        return [image if isinstance(image, ImageDecodeError) else next(returned) for image in decoded]
 
     progress = step.progress(total=len(todo))
 
     def record(chunk: Sequence[str], outcomes: list[R | Exception]) -> None:
         finished = []
         for image_id, outcome in zip(chunk, outcomes):
-            if isinstance(outcome, Exception):
+            if isinstance(outcome, ImageDecodeError):
+                results[image_id] = Failed(str(outcome))
+            elif isinstance(outcome, Exception):
                 results[image_id] = Failed(describe_failure(outcome))
             else:
                 results[image_id] = to_fields(outcome) | {"fingerprint": fingerprint, "reused": False}

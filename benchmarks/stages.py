@@ -7,6 +7,7 @@ at a time, the whole prompt prefilled for every input, one token per forward cal
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -16,7 +17,8 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from assets.image_files import ImageDecodeError, inspect_file, list_batch_files, open_image
+from assets.batch_files import list_batch_files
+from assets.image_files import ImageDecodeError, inspect_file, open_image
 from assets.palette import palette_of_file
 from resources.parallel import process_map, thread_map
 from assets.prompts import CAPTION_PROMPT, cluster_chat, metadata_chat
@@ -83,21 +85,21 @@ MODEL_STAGES_OPENING = 2  # captions and clip_embeddings each open every image (
 
 def decode_stage(folder: Path, count: int, device: str, path: str, workers: int) -> StageResult:
     """What decoding costs the pipeline per image: the ``images`` asset hashes and decodes every file
-    (worker processes), then the captions and CLIP stages each open it again (threads)."""
+    (worker processes), then the captions and CLIP stages each open it again and check its sha256 (threads)."""
     files = list_batch_files(folder)
     files = [files[i % len(files)] for i in range(count)]
-    names = [f.relative_to(folder).as_posix() for f in files]
     with measured(device) as m:
-        process_map(partial(inspect_file, batch_dir=folder, max_pixels=MAX_IMAGE_PIXELS), files, workers)
+        records = process_map(partial(inspect_file, batch_dir=folder, max_pixels=MAX_IMAGE_PIXELS), files, workers)
         for _ in range(MODEL_STAGES_OPENING):
-            thread_map(partial(_open_or_none, folder), names, workers)
+            thread_map(partial(_open_or_none, folder), [(r.image_id, r.path) for r in records], workers)
     return StageResult("decode", path, count, m.seconds, workers, m.peak_rss_gib, m.peak_gpu_gib,
                        details={"workers": workers})
 
 
-def _open_or_none(folder: Path, name: str) -> Image.Image | None:
+def _open_or_none(folder: Path, image: tuple[str, str]) -> Image.Image | None:
+    image_id, name = image
     try:
-        return open_image(folder, name, MAX_IMAGE_PIXELS)
+        return open_image(folder, name, MAX_IMAGE_PIXELS, sha256=image_id)
     except ImageDecodeError:
         return None  # the pipeline has already recorded it as an error row
 
@@ -105,9 +107,11 @@ def _open_or_none(folder: Path, name: str) -> Image.Image | None:
 def palette_stage(folder: Path, count: int, device: str, path: str, workers: int) -> StageResult:
     """What the ``color_palettes`` asset does: open each file and extract its palette, in worker processes."""
     files = list_batch_files(folder)
-    names = [files[i % len(files)].relative_to(folder).as_posix() for i in range(count)]
+    files = [files[i % len(files)] for i in range(count)]
+    # The images step's sha256 of each file, which color_palettes checks the file still has.
+    images = [(hashlib.sha256(f.read_bytes()).hexdigest(), f.relative_to(folder).as_posix()) for f in files]
     with measured(device) as m:
-        process_map(partial(palette_of_file, folder=folder, max_pixels=MAX_IMAGE_PIXELS), names, workers)
+        process_map(partial(palette_of_file, folder=folder, max_pixels=MAX_IMAGE_PIXELS), images, workers)
     return StageResult("palette", path, count, m.seconds, workers, m.peak_rss_gib, m.peak_gpu_gib,
                        details={"workers": workers})
 

@@ -3,11 +3,12 @@ a changed reference file re-runs only that batch's evaluation."""
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, sensor
 
-from assets.image_files import list_batch_files
+from assets.batch_files import BatchOutsideRoot, check_batch_folder, entry_stat, list_batch_files
 from dagster_project.jobs import process_batch_job
 from resources.batch_keys import InvalidBatchKey, validate_batch_key
 from resources.partitions import batch_partitions
@@ -18,34 +19,38 @@ from resources.settings import PixelsiftSettings
 EVAL_ASSET_KEYS = [key for definition in eval_assets for key in definition.keys]
 
 
-def files_signature(files: list[Path], root: Path) -> str:
-    """Changes when a file is added, removed, renamed or rewritten (size or mtime)."""
+def files_signature(stats: dict[str, os.stat_result]) -> str:
+    """Changes when a file (by relative name) is added, removed, renamed or rewritten (size or mtime)."""
     digest = hashlib.sha256()
-    for path in files:
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for name, stat in stats.items():
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
 def folder_signature(folder: Path) -> str:
-    return files_signature(list_batch_files(folder), folder)
+    # Nothing is opened (a FIFO would block), and no link is followed out of the root (entry_stat).
+    files = list_batch_files(folder)
+    return files_signature({p.relative_to(folder).as_posix(): entry_stat(p, folder) for p in files})
 
 
 def baseline_signature(baselines_dir: Path, batch: str) -> str:
     """Changes when the batch's reference file appears, disappears or is rewritten."""
     candidates = (baselines_dir / f"{batch}{suffix}" for suffix in BASELINE_SUFFIXES)
-    return files_signature([p for p in candidates if p.is_file()], baselines_dir)
+    return files_signature({p.name: p.stat() for p in candidates if p.is_file()})
 
 
 def batch_folders(root: Path, log=None) -> list[str]:
-    """The batch keys under ``root``: its subfolders with valid names; others are skipped with a warning."""
+    """The batch keys under ``root``: its subfolders with valid names; others, and links that lead out
+    of the root, are skipped with a warning."""
     keys = []
     if not root.is_dir():
         return keys
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for folder in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
         try:
-            keys.append(validate_batch_key(folder.name))
-        except InvalidBatchKey as exc:
+            check_batch_folder(folder)  # before is_dir(), which would look at a link's target
+            if folder.is_dir():
+                keys.append(validate_batch_key(folder.name))
+        except (InvalidBatchKey, BatchOutsideRoot) as exc:
             if log:
                 log.warning(f"skipping folder {folder}: {exc}")
     return keys

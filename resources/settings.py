@@ -7,6 +7,8 @@ import os
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from resources.file_limits import MAX_FILE_BYTES, MAX_IMAGE_PIXELS
+
 
 def env_default(name: str, default: str) -> str:
     """``PIXELSIFT_<name>`` if set, else ``default``: for settings a machine, not a run, decides
@@ -38,8 +40,15 @@ class PixelsiftSettings(ConfigurableResource):
         description="Reuse a model's earlier output for an image with the same sha256 and the same model settings.",
     )
     max_image_pixels: int = Field(
-        default=89_478_485,
-        description="Images with more pixels are rejected as decompression bombs (Pillow's default limit).",
+        default=MAX_IMAGE_PIXELS,
+        description="Images with more pixels are error rows (`too large: …`), checked from the header before "
+        "decoding: decompression bombs (Pillow's default limit).",
+    )
+    max_file_bytes: int = Field(
+        default=MAX_FILE_BYTES,
+        gt=0,
+        description="Files larger than this are error rows (`too large: N bytes, over max_file_bytes`) and are not "
+        "read; each worker holds at most one file of this size in memory (512 MiB).",
     )
     cpu_workers: int = Field(
         default=0,

@@ -5,7 +5,8 @@ from datetime import datetime
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from assets.image_files import DECODE_MIN_SIDE, inspect_file, list_batch_files, open_image, to_rgb
+from assets.batch_files import list_batch_files
+from assets.image_files import DECODE_MIN_SIDE, inspect_file, open_image, to_rgb
 from tests.conftest import MAX_PIXELS_IN_TESTS, SAMPLE, oriented_heic, write_bad_files
 
 
