@@ -23,7 +23,9 @@ def files_signature(files: list[Path], root: Path) -> str:
     digest = hashlib.sha256()
     for path in files:
         stat = path.stat()
-        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        # surrogateescape: a file name that is not UTF-8 is still bytes to hash, not a crash of every tick.
+        line = f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 
@@ -38,7 +40,8 @@ def baseline_signature(baselines_dir: Path, batch: str) -> str:
 
 
 def batch_folders(root: Path, log=None) -> list[str]:
-    """The batch keys under ``root``: its subfolders with valid names; others are skipped with a warning."""
+    """The batch keys under ``root``: its subfolders with valid names. Others are skipped, each with a
+    warning on ``log`` (anything with a ``warning`` method); hidden folders are skipped silently."""
     keys = []
     if not root.is_dir():
         return keys
@@ -47,7 +50,8 @@ def batch_folders(root: Path, log=None) -> list[str]:
             keys.append(validate_batch_key(folder.name))
         except InvalidBatchKey as exc:
             if log:
-                log.warning(f"skipping folder {folder}: {exc}")
+                # The name only as repr: it may hold a newline or bytes that are not text.
+                log.warning(f"skipping folder {folder.name!r} in {root}: {exc}")
     return keys
 
 
