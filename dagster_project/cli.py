@@ -24,6 +24,9 @@ def _use_profile(models: str | None) -> None:
         os.environ["PIXELSIFT_MODELS"] = models
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path("data/dagster_home").resolve())))
     home.mkdir(parents=True, exist_ok=True)
+    from dagster_project.dagster_home import install_instance_settings
+
+    install_instance_settings(home)
 
 
 models_option = click.option(
@@ -59,6 +62,7 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None) -> None
     from dagster_project.definitions import build_definitions
     from resources.partitions import batch_partitions
     from dagster_project.profiles import current_profile
+    from dagster_project.run_history import process_tags
     from dagster_project.sensors import batch_folders
     from resources.settings import PixelsiftSettings
 
@@ -66,31 +70,61 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None) -> None
     root = Path(settings.images_root)
     if all_batches and batches:
         raise click.UsageError("give --batch or --all, not both")
-    keys = batch_folders(root) if all_batches else list(batches or ("sample",))
+    instance = DagsterInstance.get()
+    _fail_stale_runs(instance)
+    keys = batch_folders(root, _WarningsToStderr()) if all_batches else list(batches or ("sample",))
     if not keys:
-        raise click.ClickException(f"no batch folders in {root}")
+        raise click.ClickException(f"no batch folders with valid names in {root}")
     missing = [str(root / key) for key in keys if not (root / key).is_dir()]
     if missing:
         raise click.ClickException(f"no batch folder {', '.join(missing)}")
     if current_profile() == "tiny":
         click.secho(f"warning: {TINY_WARNING}", fg="yellow", err=True)
     defs = build_definitions(settings)
-    instance = DagsterInstance.get()
     failed = []
     for key in keys:
-        if not instance.has_dynamic_partition(batch_partitions.name, key):
-            instance.add_dynamic_partitions(batch_partitions.name, [key])
-        result = defs.resolve_job_def("process_batch").execute_in_process(
-            partition_key=key, instance=instance, raise_on_error=False
-        )
-        if result.success:
-            _say_where(settings, key, result.run_id)
-        else:
-            failed.append(f"{key} (run {result.run_id})")
+        # One batch's crash, even outside its run, must not cost the batches after it.
+        try:
+            if not instance.has_dynamic_partition(batch_partitions.name, key):
+                instance.add_dynamic_partitions(batch_partitions.name, [key])
+            result = defs.resolve_job_def("process_batch").execute_in_process(
+                partition_key=key, instance=instance, raise_on_error=False, tags=process_tags()
+            )
+            if result.success:
+                _say_where(settings, key, result.run_id)
+            else:
+                failed.append(f"{key} (run {result.run_id})")
+        except Exception as exc:
+            click.secho(f"error: batch {key!r}: {type(exc).__name__}: {exc}", fg="red", err=True)
+            failed.append(f"{key} ({type(exc).__name__}: {exc})")
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(keys)} batches failed: {', '.join(failed)}; "
                                    "see the log above or the Dagster UI")
     click.echo("\nQuery them with SQL, for example:\n  pixelsift query \"" + EXAMPLE_QUERY.format(batch=keys[-1]) + '"')
+
+
+class _WarningsToStderr:
+    """The ``log`` that ``batch_folders`` warns on, for the command line."""
+
+    @staticmethod
+    def warning(message: str) -> None:
+        click.secho(f"warning: {message}", fg="yellow", err=True)
+
+
+def _fail_stale_runs(instance) -> None:
+    """Runs left unfinished by a killed process show as failed from now on, with why; say so."""
+    from dagster_project.run_history import fail_stale_runs
+
+    try:
+        marked = fail_stale_runs(instance)
+    except Exception as exc:  # tidying the history must never stop the command itself
+        click.secho(f"warning: could not check the run history for runs whose process died: {exc}",
+                    fg="yellow", err=True)
+        return
+    for stale in marked:
+        batch = f" of batch {stale.partition!r}" if stale.partition else ""
+        click.secho(f"warning: marked run {stale.run_id} ({stale.job_name}{batch}) {stale.marked_as}: "
+                    f"{stale.reason}", fg="yellow", err=True)
 
 
 def _say_where(settings, key: str, run_id: str) -> None:
@@ -142,26 +176,35 @@ def query(sql: str, fmt: str, max_rows: int) -> None:
 
 @main.command()
 def doctor() -> None:
-    """Check the warehouse for damaged or stray files and say what to do about each.
+    """Check the warehouse and the run history, and say what to do about each problem.
 
     Lists Parquet files that cannot be read (partitions and the chunks a stopped step saved),
-    links that lead out of the warehouse, and temporary files an interrupted write left behind.
+    links that lead out of the warehouse, temporary files an interrupted write left behind, and
+    runs the history still shows as running although their process is gone. Changes nothing.
     Exits with status 1 when it finds any.
 
     Example: pixelsift doctor
     """
+    from dagster import DagsterInstance
+
+    from dagster_project.run_history import stale_runs
     from resources.settings import PixelsiftSettings
     from resources.warehouse import warehouse_problems
 
     root = PixelsiftSettings().warehouse_dir
     problems = warehouse_problems(root)
-    # Stale run records (Dagster runs stuck in STARTED) are checked in the Dagster instance, not the
-    # warehouse; that check's findings join this list when it exists.
     for problem in problems:
         click.echo(f"{problem.path}\n  problem: {problem.what}\n  fix: {problem.fix}")
-    if problems:
-        raise click.ClickException(f"{len(problems)} problem(s) in {root}")
-    click.echo(f"No problems found in {root}.")
+    _use_profile(None)
+    with DagsterInstance.get() as instance:
+        stale = stale_runs(instance)
+    for run in stale:
+        click.echo(f"run {run.run_id} ({run.job_name}, batch {run.partition!r})\n  problem: still {run.status.value} "
+                   f"in the run history, but {run.reason}\n  fix: the next pixelsift run or pixelsift ui marks it "
+                   f"{run.marked_as}")
+    if problems or stale:
+        raise click.ClickException(f"{len(problems)} problem(s) in {root}, {len(stale)} stale run(s) in the history")
+    click.echo(f"No problems found in {root} or the run history.")
 
 
 @main.command()
@@ -174,6 +217,10 @@ def ui(models: str | None, port: int, host: str) -> None:
     Example: pixelsift ui --models tiny
     """
     _use_profile(models)
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        _fail_stale_runs(instance)
     dagster = Path(sys.executable).with_name("dagster")
     os.execv(str(dagster), [str(dagster), "dev", "-m", "dagster_project.definitions", "-h", host, "-p", str(port)])
 

@@ -23,7 +23,8 @@ def files_signature(stats: dict[str, os.stat_result]) -> str:
     """Changes when a file (by relative name) is added, removed, renamed or rewritten (size or mtime)."""
     digest = hashlib.sha256()
     for name, stat in stats.items():
-        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        # surrogateescape: a file name that is not UTF-8 is still bytes to hash, not a crash of every tick.
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 
@@ -40,8 +41,9 @@ def baseline_signature(baselines_dir: Path, batch: str) -> str:
 
 
 def batch_folders(root: Path, log=None) -> list[str]:
-    """The batch keys under ``root``: its subfolders with valid names; others, and links that lead out
-    of the root, are skipped with a warning."""
+    """The batch keys under ``root``: its subfolders with valid names. Others, and links that lead out
+    of the root, are skipped, each with a warning on ``log`` (anything with a ``warning`` method);
+    hidden folders are skipped silently."""
     keys = []
     if not root.is_dir():
         return keys
@@ -52,7 +54,8 @@ def batch_folders(root: Path, log=None) -> list[str]:
                 keys.append(validate_batch_key(folder.name))
         except (InvalidBatchKey, BatchOutsideRoot) as exc:
             if log:
-                log.warning(f"skipping folder {folder}: {exc}")
+                # The name only as repr: it may hold a newline or bytes that are not text.
+                log.warning(f"skipping folder {folder.name!r} in {root}: {exc}")
     return keys
 
 

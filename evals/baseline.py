@@ -16,8 +16,9 @@ optional ``record`` key:
 - ``source``: says what the file is (``"source": "hand-written reference"``), so a
   human-labelled file is never mistaken for model output.
 
-Every line is validated; a malformed or duplicate line becomes a ``Problem`` (line
-number and reason) and the other lines still load.
+Every line is validated; a malformed, oversized or duplicate line becomes a ``Problem``
+(line number and reason) and the other lines still load. The bounds on sizes are the
+``MAX_*`` constants below; a file over ``MAX_FILE_BYTES`` is one problem (line 0).
 """
 
 from __future__ import annotations
@@ -26,16 +27,35 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Literal
+from typing import Annotated, Any, Iterable, Iterator, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from matplotlib.colors import to_hex
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator,
+)
 
 from evals.parquet_schemas import CLUSTER, GEMINI_BASELINE, IMAGE, PROBLEM
 
 BASELINE_SUFFIXES = (".jsonl", ".parquet")
+
+# Bounds on a reference file (and on an export being imported), so that a broken or hostile one
+# costs a problem line, never a crash or all the memory. Real labels stay far below them.
+MAX_FILE_BYTES = 512 * 2**20
+MAX_LINE_BYTES = 8 * 2**20  # one JSON Lines line: a cluster of 100,000 members named by sha256 fits
+MAX_JSON_NESTING = 32  # a record nests 3 deep (detected_objects), an export's row about 6
+MAX_DESCRIPTION_CHARS = 2_000  # description (of an image or a cluster) and the source record
+MAX_TEXT_CHARS = 200  # every other text: a tag, an object, category or cluster name, a colour, a model id
+MAX_PATH_CHARS = 1_024  # path, and each cluster member
+MAX_ITEMS = 100  # tags, detected objects, palette colours
+MAX_MEMBERS = 100_000  # members of one cluster record
+
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+Description = Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION_CHARS)]
+PathText = Annotated[str, StringConstraints(max_length=MAX_PATH_CHARS)]
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 REFERENCE_FIELDS = (
     "primary_category", "tags", "description", "detected_objects", "scene_type", "color_palette",
@@ -62,7 +82,7 @@ def _relative_path(value: str | None) -> str | None:
 
 class ReferenceObject(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
@@ -77,16 +97,16 @@ class _Record(BaseModel):
 
 class ImageReference(_Record):
     record: Literal["image"] = IMAGE
-    path: str | None = None
-    sha256: str | None = None
-    primary_category: str | None = None
-    tags: list[str] | None = None
-    description: str | None = None
-    detected_objects: list[ReferenceObject | str] | None = None
-    scene_type: str | None = None
-    color_palette: list[str] | None = None
-    suggested_cluster_name: str | None = None
-    vlm_model: str | None = None
+    path: PathText | None = None
+    sha256: Text | None = None
+    primary_category: Text | None = None
+    tags: list[Text] | None = Field(default=None, max_length=MAX_ITEMS)
+    description: Description | None = None
+    detected_objects: list[ReferenceObject | Text] | None = Field(default=None, max_length=MAX_ITEMS)
+    scene_type: Text | None = None
+    color_palette: list[Text] | None = Field(default=None, max_length=MAX_ITEMS)
+    suggested_cluster_name: Text | None = None
+    vlm_model: Text | None = None
 
     @field_validator("path")
     @classmethod
@@ -125,17 +145,17 @@ class ImageReference(_Record):
 
 class ClusterReference(_Record):
     record: Literal["cluster"] = CLUSTER
-    cluster_name: str = Field(min_length=1)
-    description: str | None = None
-    tags: list[str] | None = None
-    primary_category: str | None = None
-    members: list[str] = Field(default_factory=list)
+    cluster_name: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    description: Description | None = None
+    tags: list[Text] | None = Field(default=None, max_length=MAX_ITEMS)
+    primary_category: Text | None = None
+    members: list[PathText] = Field(default_factory=list, max_length=MAX_MEMBERS)
 
 
 class SourceRecord(BaseModel):
     model_config = ConfigDict(extra="allow")
     record: Literal["source"]
-    source: str = Field(min_length=1)
+    source: str = Field(min_length=1, max_length=MAX_DESCRIPTION_CHARS)
 
 
 @dataclass(frozen=True)
@@ -161,11 +181,20 @@ def _kind(obj: dict[str, Any]) -> str:
     return IMAGE
 
 
-def _explain(error: ValidationError) -> str:
+def shorten(value: Any, limit: int = 60) -> str:
+    """A value for a problem's reason: its repr, cut short (it may be megabytes of someone's file)."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _explain(error: ValidationError, limit: int = 5) -> str:
     parts = []
-    for e in error.errors():
+    errors = error.errors(include_input=False, include_url=False)
+    for e in errors[:limit]:
         where = ".".join(str(p) for p in e["loc"])
         parts.append(f"{where}: {e['msg']}" if where else e["msg"])
+    if len(errors) > limit:  # e.g. one per item of a list of 200,000 numbers
+        parts.append(f"and {len(errors) - limit} more errors")
     return "; ".join(parts)
 
 
@@ -197,31 +226,83 @@ def parse_records(rows: Iterable[tuple[int, Any]], file: Path | None = None) -> 
                 first_line[image.key] = line
                 baseline.images.append((line, image))
             else:
-                baseline.problems.append(Problem(line, f"unknown record kind {kind!r} (image, cluster or source)"))
+                baseline.problems.append(
+                    Problem(line, f"unknown record kind {shorten(kind)!r} (image, cluster or source)")
+                )
         except ValidationError as error:
             baseline.problems.append(Problem(line, _explain(error)))
     return baseline
 
 
 @dataclass(frozen=True)
-class _Unparsable:
+class Unparsable:
+    """A line that is not a JSON value, and why."""
+
     reason: str
 
 
-def _jsonl_rows(path: Path) -> Iterable[tuple[int, Any]]:
+_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_STRING = re.compile(r'"[^"]*"')  # once escapes are gone a string cannot hold '"'; linear, no backtracking
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def nesting_depth(text: str) -> int:
+    """How deep arrays and objects nest in JSON text, counted without parsing it (brackets in strings aside)."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPE.sub("", text))).encode()
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    return int(np.cumsum(np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)).max())
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` for text from outside; ValueError with the reason when it is not JSON.
+
+    Nesting is bounded before parsing: the parser recurses once per level, so 100,000 '[' would
+    end in RecursionError, far from the line that caused it."""
+    depth = nesting_depth(text)
+    if depth > MAX_JSON_NESTING:
+        raise ValueError(f"nested {depth} levels deep; a record may nest at most {MAX_JSON_NESTING}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno} column {error.colno}" if error.lineno > 1 else f"column {error.colno}"
+        raise ValueError(f"invalid JSON: {error.msg} at {where}") from None
+    except ValueError as error:  # e.g. an integer of more than 4,300 digits
+        raise ValueError(f"invalid JSON: {error}") from None
+
+
+def check_file_size(path: Path) -> None:
+    """ValueError when ``path`` is larger than any reference file or export should be."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"{path} is {size / 2**20:.0f} MiB; a baseline or export may have at most "
+                         f"{MAX_FILE_BYTES // 2**20} MiB")
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of a JSON Lines file; a line that does not parse
+    (not UTF-8, not JSON, too long, nested too deep) gives an ``Unparsable`` with the reason."""
     with path.open("rb") as handle:  # decoded line by line, so one bad byte costs one line
-        for number, raw in enumerate(handle, start=1):
+        number = 0
+        while raw := handle.readline(MAX_LINE_BYTES + 1):
+            number += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):  # skip the rest without holding it
+                    raw = handle.readline(2**20)
+                yield number, Unparsable(f"longer than {MAX_LINE_BYTES // 2**20} MiB")
+                continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
-                yield number, _Unparsable("not UTF-8 text")
+                yield number, Unparsable("not UTF-8 text")
                 continue
             if not text.strip():
                 continue
             try:
-                yield number, json.loads(text)
-            except json.JSONDecodeError as error:
-                yield number, _Unparsable(f"invalid JSON: {error.msg} at column {error.colno}")
+                yield number, parse_json(text)
+            except ValueError as error:
+                yield number, Unparsable(str(error))
 
 
 def _drop_nulls(row: dict[str, Any]) -> dict[str, Any]:
@@ -229,18 +310,44 @@ def _drop_nulls(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if v is not None}
 
 
+def read_parquet_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a Parquet file; ValueError when it is not one, or nests deeper than a record may."""
+    try:
+        schema = pq.read_schema(path)
+        depth = max((_type_depth(f.type) for f in schema), default=0)
+        if depth > MAX_JSON_NESTING:
+            raise ValueError(f"columns nested {depth} levels deep; a record may nest at most {MAX_JSON_NESTING}")
+        return pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as error:
+        raise ValueError(f"not a readable Parquet file: {error}") from None
+
+
+def _type_depth(data_type: pa.DataType) -> int:
+    deepest, pending = 0, [(data_type, 1)]
+    while pending:  # a loop, not recursion: the schema is as untrusted as the rows
+        data_type, depth = pending.pop()
+        deepest = max(deepest, depth)
+        pending += [(data_type.field(i).type, depth + 1) for i in range(data_type.num_fields)]
+    return deepest
+
+
 def load_baseline(path: Path) -> Baseline:
-    """Load and validate a .jsonl or .parquet baseline file."""
-    if path.suffix == ".parquet":
-        rows = ((i, _drop_nulls(row)) for i, row in enumerate(pq.read_table(path).to_pylist(), start=1))
-    elif path.suffix == ".jsonl":
-        rows = _jsonl_rows(path)
-    else:
+    """Load and validate a .jsonl or .parquet baseline file; a file that cannot be read at all
+    (too large, not Parquet) loads as one problem on line 0."""
+    if path.suffix not in BASELINE_SUFFIXES:
         raise ValueError(f"{path}: a baseline is a .jsonl or .parquet file")
+    try:
+        check_file_size(path)
+        if path.suffix == ".parquet":
+            rows = [(i, _drop_nulls(row)) for i, row in enumerate(read_parquet_rows(path), start=1)]
+        else:
+            rows = read_jsonl(path)
+    except ValueError as error:
+        return Baseline(file=path, problems=[Problem(0, str(error))])
     parsed: list[tuple[int, Any]] = []
     unparsable: list[Problem] = []
     for line, obj in rows:
-        if isinstance(obj, _Unparsable):
+        if isinstance(obj, Unparsable):
             unparsable.append(Problem(line, obj.reason))
         else:
             parsed.append((line, obj))

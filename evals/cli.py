@@ -40,21 +40,26 @@ def import_(file: Path, batch: str, out_dir: Path | None, force: bool) -> None:
     existing = [out_dir / f"{batch}{s}" for s in BASELINE_SUFFIXES if (out_dir / f"{batch}{s}").exists()]
     if existing and not force:
         raise click.ClickException(f"{existing[0]} exists; pass --force to replace it")
-    for path in existing:
-        path.unlink()
+    # The old baseline goes only once the new one is written: a failed import leaves it as it was.
+    kept = f"; {', '.join(map(str, existing))} left as it was" if existing else ""
     out = out_dir / f"{batch}.jsonl"
     try:
         result = import_export(file, out)
     except (ValueError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
-    images = sum(1 for r in result.records if r["record"] == "image")
-    click.echo(f"Wrote {out}: {images} image records, {len(result.records) - images} cluster records.")
+        raise click.ClickException(f"{exc}{kept}") from None
     if result.skipped:
         click.echo(f"Left out {len(result.skipped)} rows on purpose:")
         click.echo("\n".join(_problem_lines(result.skipped)))
     if result.problems:
         click.echo(f"{len(result.problems)} malformed rows were not imported:", err=True)
         click.echo("\n".join(_problem_lines(result.problems)), err=True)
+    if not result.records:
+        raise click.ClickException(f"no row of {file} could be imported; nothing written{kept}")
+    for path in existing:
+        if path != out:  # e.g. an older <batch>.parquet: two files for one batch would be ambiguous
+            path.unlink()
+    images = sum(1 for r in result.records if r["record"] == "image")
+    click.echo(f"Wrote {out}: {images} image records, {len(result.records) - images} cluster records.")
 
 
 @baseline.command()
