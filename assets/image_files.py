@@ -169,6 +169,15 @@ def _full_scale(mode: str, peak: float) -> float:
     return 65535.0 if mode.startswith("I;16") or peak <= 65535 else peak
 
 
+def is_text(name: str) -> bool:
+    """Whether a file name decoded by the OS (undecodable bytes become surrogates) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def inspect_file(path: Path, batch_dir: Path, max_pixels: int, max_bytes: int = MAX_FILE_BYTES) -> ImageRecord:
     """Hash and decode one file; any failure is described in ``error``.
 
@@ -181,6 +190,12 @@ def inspect_file(path: Path, batch_dir: Path, max_pixels: int, max_bytes: int = 
     def failed(reason: str, image_id: str = "", size: int = 0) -> ImageRecord:
         return ImageRecord(image_id=image_id, path=rel, bytes=size, error=reason,
                            ms=(time.perf_counter() - start) * 1000)
+
+    if not is_text(rel):
+        # Parquet strings are UTF-8: the row shows the name escaped (\xe9), and a later step could
+        # not find the file by that name, so it is not read at all.
+        rel = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return failed("file name is not valid UTF-8: rename the file to process it")
 
     try:
         with open_batch_file(path, batch_dir) as file:

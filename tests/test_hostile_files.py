@@ -163,6 +163,9 @@ def test_the_images_step_gives_every_hostile_entry_its_row(layout, tmp_path):
     write_png(outside / "secret.png", (0, 0, 200))
     (batch / "out.png").symlink_to(outside / "secret.png")
     (batch / "gone.png").symlink_to(batch / "deleted.png")  # a broken link
+    # A name that is not UTF-8 (Latin-1 from an old camera or archive): Parquet strings cannot hold it.
+    with open(os.fsencode(batch) + b"/caf\xe9.png", "wb") as latin1:
+        latin1.write((batch / "good.png").read_bytes())
     settings = PixelsiftSettings(images_root=str(root), warehouse_dir=str(tmp_path / "wh"),
                                  max_image_pixels=MAX_PIXELS_IN_TESTS)
     instance = DagsterInstance.ephemeral()
@@ -176,7 +179,8 @@ def test_the_images_step_gives_every_hostile_entry_its_row(layout, tmp_path):
     rows = rows_by_path(pq.read_table(partition_file(tmp_path / "wh", "images", "trip")))
     assert {path: row["error"] for path, row in rows.items()} == {
         "good.png": None, "out.png": OUTSIDE, "pipe.jpg": "not a regular file (FIFO)",
-        "gone.png": "cannot read file: No such file or directory"}
+        "gone.png": "cannot read file: No such file or directory",
+        "caf\\xe9.png": "file name is not valid UTF-8: rename the file to process it"}
 
 
 def test_links_inside_the_root_are_followed_once_and_cyclic_links_end(layout):
