@@ -1,19 +1,30 @@
 """Asset checks: the migration's acceptance thresholds on ``eval_summary``, and a clean baseline load.
 
-Each threshold compares one summary column with one ``EvalSettings`` field. A figure
-that could not be measured (no covered image, no fresh timing) fails with severity
-WARN and says why: an unmeasured target is not a met one.
+Each threshold compares one summary column with one ``EvalSettings`` field; a miss fails with
+severity ERROR (red in the Dagster UI). A figure that could not be measured is not a miss:
+
+- when there was nothing to measure by design (the batch has no reference file, or every result
+  was reused from an earlier run, so no image was timed), the check passes and says
+  "not measured because …", with metadata ``measured: false`` and the reason;
+- when the reason is itself something to fix (a reference file that covers no image of the batch,
+  a batch whose every image failed), it fails with severity WARN (yellow) and says why.
+
+Every unmeasured outcome has severity WARN, so ERROR always means a measured miss. (Dagster 1.13
+shows severity only on failures; a check that emits no result shows as "skipped", with no room
+for the reason, hence a passing result that carries it.)
 """
 
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, PreviewWarning, asset_check
 
 from resources.partitions import batch_partitions
+from resources.settings import PixelsiftSettings
 from evals.settings import EvalSettings
 from evals.summary import headline_markdown
 from evals.parquet_schemas import PROBLEM
@@ -53,12 +64,39 @@ THRESHOLDS = [
     ),
 ]
 
-_UNMEASURED = {
-    "metadata_accuracy": "no image of the batch is covered by the baseline",
-    "fallback_rate": "no LLM output in the batch",
-    "json_validity": "no LLM output in the batch",
-    "end_to_end_p95_ms": "no image was timed in this run (all results reused or failed)",
-}
+
+@dataclass(frozen=True)
+class Unmeasured:
+    reason: str  # completes "not measured because …"
+    expected: bool  # True: nothing to measure by design (passes); False: a problem to look at (warns)
+
+
+def unmeasured(threshold: Threshold, summary: dict[str, Any], baselines_dir: str | Path) -> Unmeasured:
+    """Why ``threshold``'s figure is missing from ``summary``, told from the summary's counts."""
+    n = summary.get("n_images") or 0
+    if n == 0:
+        return Unmeasured("the batch has no image", expected=True)
+    if threshold.column == "metadata_accuracy":
+        if summary.get("baseline_file") is None:
+            expected = Path(baselines_dir) / f"{summary['batch']}.jsonl"
+            return Unmeasured(f"there is no reference file {expected} (or .parquet) to compare with", expected=True)
+        return Unmeasured(
+            f"the reference file {summary['baseline_file']} covers none of the batch's {n} images "
+            f"({summary.get('baseline_records') or 0} image records loaded, {summary.get('baseline_orphans') or 0} "
+            f"match no image of the batch, {summary.get('baseline_problems') or 0} lines did not load)",
+            expected=False,
+        )
+    failed = round((summary.get("error_rate") or 0.0) * n)  # images without metadata
+    if threshold.column == "end_to_end_p95_ms":
+        reused = summary.get("reused_images") or 0
+        if reused and reused + failed == n:
+            also = f"; the other {failed} got no metadata" if failed else ""
+            return Unmeasured(f"every result was reused from an earlier run ({reused} of {n} images{also}), "
+                              "so no image was timed in this run", expected=True)
+        return Unmeasured(f"no image was timed in this run ({failed} of {n} images got no metadata, {reused} reused)",
+                          expected=False)
+    return Unmeasured(f"there is no LLM output to judge ({failed} of {n} images got no metadata, no cluster label)",
+                      expected=False)
 
 
 @dataclass(frozen=True)
@@ -68,13 +106,17 @@ class Outcome:
     value: float | None
     limit: float
     message: str
+    measured: bool = True
 
 
-def evaluate(threshold: Threshold, summary: dict[str, Any], settings: EvalSettings) -> Outcome:
+def evaluate(threshold: Threshold, summary: dict[str, Any], settings: EvalSettings,
+             baselines_dir: str | Path) -> Outcome:
     limit = float(getattr(settings, threshold.setting))
     raw = summary.get(threshold.column)
     if raw is None:
-        return Outcome(False, AssetCheckSeverity.WARN, None, limit, f"not measured: {_UNMEASURED[threshold.column]}")
+        why = unmeasured(threshold, summary, baselines_dir)
+        return Outcome(why.expected, AssetCheckSeverity.WARN, None, limit, f"not measured because {why.reason}",
+                       measured=False)
     value = raw * threshold.scale
     passed = value >= limit if threshold.minimum else value <= limit
     relation = ("≥" if passed else "<") if threshold.minimum else ("≤" if passed else ">")
@@ -97,10 +139,12 @@ def _partitioned_check(**kwargs):
 
 def _make_threshold_check(threshold: Threshold):
     @_partitioned_check(asset=AssetKey("eval_summary"), name=threshold.check, description=threshold.description)
-    def _check(eval_summary: pa.Table, eval_settings: EvalSettings) -> AssetCheckResult:
+    def _check(eval_summary: pa.Table, eval_settings: EvalSettings,
+               settings: PixelsiftSettings) -> AssetCheckResult:
         summary = eval_summary.to_pylist()[0]
-        outcome = evaluate(threshold, summary, eval_settings)
+        outcome = evaluate(threshold, summary, eval_settings, settings.baselines_dir)
         metadata = {
+            "measured": MetadataValue.bool(outcome.measured),
             "value": MetadataValue.float(outcome.value) if outcome.value is not None else MetadataValue.text("–"),
             "limit": MetadataValue.float(outcome.limit),
             "result": MetadataValue.text(outcome.message),

@@ -61,6 +61,8 @@ def latency_figures(stages: dict[str, pa.Table], cluster_labels: pa.Table) -> di
     out["cluster_label_p50_ms"], out["cluster_label_p95_ms"] = _none_if_nan(p50), _none_if_nan(p95)
     end_to_end = [v for v in _column(fresh_rows(stages["image_metadata"]), "processing_time_ms") if v is not None]
     out["timed_images"] = len(end_to_end)
+    # Said apart from failures, so a check can tell "all reused" (nothing to time) from "all failed".
+    out["reused_images"] = sum(bool(v) for v in _column(ok_rows(stages["image_metadata"]), "reused"))
     out["images_per_second"] = 1000.0 / float(np.mean(end_to_end)) if end_to_end and np.mean(end_to_end) > 0 else None
     return out
 

@@ -37,3 +37,26 @@ def test_every_command_has_help_with_an_example():
 
     missing = [name for name, command in commands(main, "pixelsift") if "Example:" not in (command.help or "")]
     assert missing == []
+
+
+def test_eval_column_reference_is_current():
+    from evals.column_reference import DOC, render, section
+
+    assert section(DOC.read_text()) == render(), "regenerate: python -m evals.column_reference"
+
+
+def test_eval_column_reference_follows_the_schemas(tmp_path, monkeypatch):
+    # The generator must pick up a schema change, and rewrite only its own section.
+    import pyarrow as pa
+
+    from evals import column_reference
+    from resources.warehouse import column
+
+    doc = tmp_path / "evaluation.md"
+    doc.write_text(f"# before\n\n{column_reference.BEGIN}\nstale\n{column_reference.END}\n\n# after\n")
+    schema = pa.schema([column("answer", pa.int32(), "what it means")])
+    monkeypatch.setattr(column_reference, "EVAL_SCHEMAS", {"toy_eval": schema})
+    column_reference.update(doc)
+    written = doc.read_text()
+    assert written.startswith("# before\n\n") and written.endswith("\n\n# after\n") and "stale" not in written
+    assert "### `toy_eval`" in written and "| `answer` | `int32` | what it means |" in written

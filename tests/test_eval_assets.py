@@ -20,16 +20,18 @@ from dagster import AssetCheckSeverity, AssetSpec, DagsterInstance, materialize
 from PIL import Image
 
 from assets import parquet_schemas as tables
+from assets.parquet_schemas import DETECTED_OBJECT
 from resources.partitions import batch_partitions
 from evals.baseline import load_baseline
 from evals.checks import THRESHOLDS, evaluate
 from evals.cli import eval_group
 from evals.compare import Run, compare_runs
 from evals.definitions import eval_asset_checks, eval_assets, eval_resources
+from evals.parquet_schemas import EVAL_SCHEMAS
 from evals.report import REPORT_FILE, SECTIONS, thumbnail_base64
 from evals.settings import EvalSettings
 from resources.settings import PixelsiftSettings
-from resources.warehouse import ParquetWarehouse, partition_file, read_table, write_table
+from resources.warehouse import ParquetWarehouse, column_description, partition_file, read_table, write_table
 from tests.conftest import exif_rotated_jpeg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,13 +59,16 @@ def metadata_row(path, **changes):
     return row | changes
 
 
-def pipeline_tables(category_of_coffee="objects"):
+def pipeline_tables(category_of_coffee="objects", rerun=False):
     """Our pipeline's outputs for the batch: chelsea exact, coffee's category planted wrong,
-    rocket unreadable by us, grass answered but absent from the baseline file."""
+    rocket unreadable by us, grass answered but absent from the baseline file.
+    ``rerun``: the batch run again unchanged, so every model result is reused from the first run."""
     paths = ["chelsea.png", "coffee.png", "grass.png", "rocket.jpg"]
     ok = [p for p in paths if p != "rocket.jpg"]
     failed = key("rocket.jpg", ok=False, error="cannot decode")
     grass = metadata_row("grass.png", llm_ms=None, processing_time_ms=None, reused=True)
+    chelsea, coffee = metadata_row("chelsea.png", reused=rerun), metadata_row(
+        "coffee.png", primary_category=category_of_coffee, reused=rerun)
     ms = lambda p, share: share * TIMES.get(p, 0.0)  # noqa: E731
     vectors = {"chelsea.png": [1.0, 0.0], "coffee.png": [0.0, 1.0], "grass.png": [0.1, 1.0]}
     return {
@@ -76,8 +81,7 @@ def pipeline_tables(category_of_coffee="objects"):
             [{**key(p), "colors": ["#000000"], "shares": [1.0], "ms": ms(p, 0.1)} for p in ok] + [failed],
             schema=tables.COLOR_PALETTES),
         "image_metadata": pa.Table.from_pylist(
-            [metadata_row("chelsea.png"), metadata_row("coffee.png", primary_category=category_of_coffee), grass,
-             failed], schema=tables.IMAGE_METADATA),
+            [chelsea, coffee, grass, failed], schema=tables.IMAGE_METADATA),
         "clip_embeddings": pa.Table.from_pylist(
             [{**key(p), "embedding": vectors[p], "model_id": "test-clip", "ms": 5.0, "reused": False} for p in ok]
             + [failed], schema=tables.clip_embeddings_schema(2)),
@@ -87,7 +91,7 @@ def pipeline_tables(category_of_coffee="objects"):
         "cluster_labels": pa.Table.from_pylist(
             [{"cluster_id": 0, "cluster_name": "Coffee Moments", "description": "Cups of coffee.",
               "tags": ["coffee", "cup"], "primary_category": "food", "vlm_model": "test-llm", "fallback_used": False,
-              "json_valid": True, "llm_ms": 700.0, "reused": False}], schema=tables.CLUSTER_LABELS),
+              "json_valid": True, "llm_ms": 700.0, "reused": rerun}], schema=tables.CLUSTER_LABELS),
     }
 
 
@@ -107,14 +111,16 @@ def workspace(tmp_path_factory):
     return root
 
 
-def run_evals(workspace: Path, warehouse: str, eval_settings: EvalSettings | None = None, **table_options):
+def run_evals(workspace: Path, warehouse: str, eval_settings: EvalSettings | None = None,
+              baselines: str = "baselines", **table_options):
     root = workspace / warehouse
     for asset, table in pipeline_tables(**table_options).items():
         write_table(table, partition_file(root, asset, BATCH))
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(batch_partitions.name, [BATCH])
     settings = PixelsiftSettings(images_root=str(workspace / "images"), warehouse_dir=str(root),
-                                 baselines_dir=str(workspace / "baselines"), reports_dir=str(workspace / "reports"))
+                                 baselines_dir=str(workspace / baselines),
+                                 reports_dir=str(workspace / "reports" / warehouse))  # one report per run
     resources = {**eval_resources(), "settings": settings, "io_manager": ParquetWarehouse(root=str(root))}
     if eval_settings is not None:
         resources["eval_settings"] = eval_settings
@@ -176,7 +182,8 @@ def test_checks_show_the_figures(default_run):
     checks = default_run[1]
     assert set(checks) == {t.check for t in THRESHOLDS} | {"baseline_loads_cleanly"}
     accuracy = checks["metadata_accuracy_meets_target"]
-    assert not accuracy.passed and accuracy.severity == AssetCheckSeverity.ERROR
+    assert not accuracy.passed and accuracy.severity == AssetCheckSeverity.ERROR  # a measured miss stays red
+    assert accuracy.metadata["measured"].value is True
     assert accuracy.metadata["value"].value == pytest.approx(0.6)
     assert "< min_metadata_accuracy = 0.9" in accuracy.description
     assert checks["p95_latency_within_limit"].passed  # 2.9 s
@@ -194,14 +201,84 @@ def test_checks_fail_when_a_threshold_is_missed_and_pass_when_met(workspace):
     assert not latency.passed and latency.metadata["value"].value == pytest.approx(2.9)
 
 
-def test_unmeasured_figures_fail_as_warnings():
-    summary = {t.column: None for t in THRESHOLDS}
-    for threshold in THRESHOLDS:
-        outcome = evaluate(threshold, summary, EvalSettings())
-        assert not outcome.passed and outcome.severity == AssetCheckSeverity.WARN
-        assert outcome.message.startswith("not measured")
-    edge = evaluate(THRESHOLDS[0], {"metadata_accuracy": 0.9}, EvalSettings())
-    assert edge.passed  # the target is inclusive
+def test_a_batch_without_a_reference_is_not_measured_rather_than_failed(workspace):
+    # The batch run again unchanged (every result reused) and with no reference file: neither the
+    # accuracy nor the latency could be measured, and neither is a miss.
+    (workspace / "no-baselines").mkdir()
+    out, checks, _ = run_evals(workspace, "warehouse-rerun", baselines="no-baselines", rerun=True)
+    summary = out["eval_summary"][0]
+    assert (summary["metadata_accuracy"], summary["n_covered"], summary["baseline_file"]) == (None, 0, None)
+    assert (summary["timed_images"], summary["reused_images"], summary["end_to_end_p95_ms"]) == (0, 3, None)
+
+    accuracy = checks["metadata_accuracy_meets_target"]
+    assert accuracy.passed and accuracy.severity == AssetCheckSeverity.WARN
+    assert accuracy.metadata["measured"].value is False
+    missing = workspace / "no-baselines" / f"{BATCH}.jsonl"
+    assert accuracy.description == f"not measured because there is no reference file {missing} (or .parquet) " \
+                                   "to compare with"
+    latency = checks["p95_latency_within_limit"]
+    assert latency.passed and latency.severity == AssetCheckSeverity.WARN
+    assert latency.metadata["measured"].value is False
+    assert latency.description == ("not measured because every result was reused from an earlier run "
+                                   "(3 of 4 images; the other 1 got no metadata), so no image was timed in this run")
+    # Validity is still measured on reused outputs, so that check is a real pass.
+    assert checks["llm_outputs_schema_valid"].metadata["measured"].value is True
+
+
+def test_a_reference_that_covers_no_image_warns(workspace):
+    # A reference file for other photos: nothing to compare, and a file worth looking at.
+    other = workspace / "other-baselines"
+    other.mkdir()
+    lines = (ROOT / "data" / "baselines" / "sample.jsonl").read_text().splitlines()
+    keep = [line for line in lines if '"path"' in line and not any(
+        f'"path": "{p}"' in line for p in ("chelsea.png", "coffee.png", "grass.png", "rocket.jpg"))]
+    (other / f"{BATCH}.jsonl").write_text("\n".join(keep) + "\n")
+    _, checks, _ = run_evals(workspace, "warehouse-other", baselines="other-baselines")
+    accuracy = checks["metadata_accuracy_meets_target"]
+    assert not accuracy.passed and accuracy.severity == AssetCheckSeverity.WARN
+    assert accuracy.metadata["measured"].value is False
+    assert accuracy.description == (
+        f"not measured because the reference file {other / f'{BATCH}.jsonl'} covers none of the batch's 4 images "
+        f"({len(keep)} image records loaded, {len(keep)} match no image of the batch, 0 lines did not load)")
+
+
+def test_only_a_measured_miss_is_an_error():
+    measured = evaluate(THRESHOLDS[0], {"metadata_accuracy": 0.5}, EvalSettings(), "b")
+    assert (measured.passed, measured.severity, measured.measured) == (False, AssetCheckSeverity.ERROR, True)
+    assert evaluate(THRESHOLDS[0], {"metadata_accuracy": 0.9}, EvalSettings(), "b").passed  # the target is inclusive
+    # Every image failed: nothing to judge, and that is worth a warning on every threshold.
+    failed = {"batch": "b", "n_images": 2, "error_rate": 1.0, "reused_images": 0, "baseline_file": "b.jsonl",
+              "baseline_records": 0, "baseline_orphans": 0, "baseline_problems": 0}
+    for threshold in THRESHOLDS[1:]:
+        outcome = evaluate(threshold, failed, EvalSettings(), "b")
+        assert (outcome.passed, outcome.severity, outcome.measured) == (False, AssetCheckSeverity.WARN, False)
+        assert outcome.message.startswith("not measured because") and "2 of 2 images got no metadata" in outcome.message
+    empty = evaluate(THRESHOLDS[0], {"batch": "b", "n_images": 0}, EvalSettings(), "b")
+    assert empty.passed and empty.message == "not measured because the batch has no image"
+
+
+def test_every_eval_column_says_what_it_means():
+    def undescribed(fields, prefix=""):
+        for f in fields:
+            if not column_description(f):
+                yield prefix + f.name
+            kind = f.type.value_type if pa.types.is_list(f.type) else f.type
+            if pa.types.is_struct(kind) and kind != DETECTED_OBJECT:  # the pipeline's own struct
+                yield from undescribed([kind.field(i) for i in range(kind.num_fields)], f"{prefix}{f.name}.")
+
+    assert [name for schema in EVAL_SCHEMAS.values() for name in undescribed(schema)] == []
+    assert sum(len(schema) for schema in EVAL_SCHEMAS.values()) > 130  # every eval asset is listed
+
+
+def test_the_ui_shows_what_each_eval_column_means(default_run):
+    result = default_run[2]
+    events = {m.asset_key.to_user_string(): m.materialization for m in result.get_asset_materialization_events()}
+    assert set(EVAL_SCHEMAS) <= set(events)
+    for asset, schema in EVAL_SCHEMAS.items():
+        shown = {c.name: c.description for c in events[asset].metadata["dagster/column_schema"].value.columns}
+        assert shown == {f.name: column_description(f) for f in schema}, asset
+    summary_columns = events["eval_summary"].metadata["dagster/column_schema"].value.columns
+    assert next(c for c in summary_columns if c.name == "reused_images").description.startswith("images whose")
 
 
 def test_materialization_metadata_has_the_headline_and_a_plot(default_run):
@@ -216,7 +293,7 @@ def test_materialization_metadata_has_the_headline_and_a_plot(default_run):
 def test_the_report_renders_every_section(default_run, workspace):
     report = default_run[0]["eval_report"][0]
     path = Path(report["path"])
-    assert path == workspace / "reports" / BATCH / REPORT_FILE
+    assert path == workspace / "reports" / "warehouse" / BATCH / REPORT_FILE
     html = path.read_text()
     assert re.findall(r'<section id="(\w+)">', html) == list(SECTIONS) == report["sections"]
     assert html.count("data:image/png;base64,") == 4  # per-field bars, confusion matrix, tag F1, latency
