@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, PreviewWarning, asset_check
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetKey,
+    MetadataValue,
+    PreviewWarning,
+    asset_check,
+)
 
 from resources.partitions import batch_partitions
 from resources.settings import PixelsiftSettings
@@ -71,6 +79,10 @@ class Unmeasured:
     expected: bool  # True: nothing to measure by design (passes); False: a problem to look at (warns)
 
 
+def no_reference_file(batch: str, baselines_dir: str | Path) -> str:
+    return f"there is no reference file {Path(baselines_dir) / batch}.jsonl (or .parquet)"
+
+
 def unmeasured(threshold: Threshold, summary: dict[str, Any], baselines_dir: str | Path) -> Unmeasured:
     """Why ``threshold``'s figure is missing from ``summary``, told from the summary's counts."""
     n = summary.get("n_images") or 0
@@ -78,8 +90,7 @@ def unmeasured(threshold: Threshold, summary: dict[str, Any], baselines_dir: str
         return Unmeasured("the batch has no image", expected=True)
     if threshold.column == "metadata_accuracy":
         if summary.get("baseline_file") is None:
-            expected = Path(baselines_dir) / f"{summary['batch']}.jsonl"
-            return Unmeasured(f"there is no reference file {expected} (or .parquet) to compare with", expected=True)
+            return Unmeasured(f"{no_reference_file(summary['batch'], baselines_dir)} to compare with", expected=True)
         return Unmeasured(
             f"the reference file {summary['baseline_file']} covers none of the batch's {n} images "
             f"({summary.get('baseline_records') or 0} image records loaded, {summary.get('baseline_orphans') or 0} "
@@ -158,13 +169,21 @@ def _make_threshold_check(threshold: Threshold):
 
 @_partitioned_check(asset=AssetKey("gemini_baseline"),
                     description="Every line of the baseline file loaded (a bad line is skipped, and listed here).")
-def baseline_loads_cleanly(gemini_baseline: pa.Table) -> AssetCheckResult:
+def baseline_loads_cleanly(context: AssetCheckExecutionContext, gemini_baseline: pa.Table,
+                           settings: PixelsiftSettings) -> AssetCheckResult:
+    if all(file is None for file in gemini_baseline.column("file").to_pylist()):
+        # A batch without a reference file has no line that failed to load: nothing to warn about.
+        return AssetCheckResult(
+            passed=True, severity=AssetCheckSeverity.WARN, metadata={"measured": MetadataValue.bool(False)},
+            description=f"not measured because {no_reference_file(context.partition_key, settings.baselines_dir)}",
+        )
     problems = [r for r in gemini_baseline.to_pylist() if r["record"] == PROBLEM]
     table = "\n".join(f"| {p['line']} | {p['problem'].replace('|', '/')} |" for p in problems[:50])
     return AssetCheckResult(
         passed=not problems,
         severity=AssetCheckSeverity.WARN,
         metadata={
+            "measured": MetadataValue.bool(True),
             "problems": MetadataValue.int(len(problems)),
             "lines": MetadataValue.md("| line | reason |\n|---|---|\n" + table if problems else "none"),
         },

@@ -221,6 +221,10 @@ def test_a_batch_without_a_reference_is_not_measured_rather_than_failed(workspac
     assert latency.metadata["measured"].value is False
     assert latency.description == ("not measured because every result was reused from an earlier run "
                                    "(3 of 4 images; the other 1 got no metadata), so no image was timed in this run")
+    # No file is not a file with bad lines.
+    baseline = checks["baseline_loads_cleanly"]
+    assert baseline.passed and baseline.metadata["measured"].value is False
+    assert baseline.description == f"not measured because there is no reference file {missing} (or .parquet)"
     # Validity is still measured on reused outputs, so that check is a real pass.
     assert checks["llm_outputs_schema_valid"].metadata["measured"].value is True
 
