@@ -35,3 +35,4 @@ test: setup
 
 docs: setup
 	$(BIN)/python -m dagster_project.config_reference > docs/configuration.md
+	$(BIN)/python -m evals.column_reference
