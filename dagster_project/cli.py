@@ -261,8 +261,18 @@ def ui(models: str | None, port: int, host: str) -> None:
 
     with DagsterInstance.get() as instance:
         _fail_stale_runs(instance)
-    dagster = Path(sys.executable).with_name("dagster")
-    os.execv(str(dagster), [str(dagster), "dev", "-m", "dagster_project.definitions", "-h", host, "-p", str(port)])
+    argv = ui_argv(host, port)
+    os.execv(argv[0], argv)
+
+
+WORKSPACE = Path(__file__).with_name("workspace.yaml")
+
+
+def ui_argv(host: str, port: int) -> list[str]:
+    """The `dagster dev` command line: the shipped workspace file names the code location `pixelsift`
+    (`dagster dev -m` would name it after the module, and has no option to rename it)."""
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    return [dagster, "dev", "-w", str(WORKSPACE), "-h", host, "-p", str(port)]
 
 
 def _register_subcommands() -> None:
