@@ -144,8 +144,8 @@ def _skip_reason(root: Path, first_tick: bool, current: dict, skipped: list[Skip
     if not root.is_dir():
         return f"The images root {root} does not exist: create it and put each batch in a subfolder."
     if first_tick and current:
-        parts = [f"First tick: registered the {len(current)} batch folder(s) already in {root} ({_listed(list(current))}) "
-                 "without running them. Materialize them from the UI, or set PIXELSIFT_RUN_EXISTING_BATCHES=1 "
+        parts = [f"First tick: registered the {len(current)} batch folder(s) already in {root} "
+                 f"({_listed(list(current))}) without running them. Materialize them from the UI, or set PIXELSIFT_RUN_EXISTING_BATCHES=1 "
                  "before starting to have them run; folders that appear or change from now on run."]
     else:
         parts = [f"No new or changed batch folders in {root}."]

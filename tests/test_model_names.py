@@ -47,7 +47,8 @@ def test_materialization_metadata_shows_a_portable_name(tmp_path, monkeypatch):
             "clip_embedder": ClipEmbedderResource(model=str(model_dir), device="cpu", dtype="float32"),
         },
     )
-    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "clip_embeddings"]
+    [event] = [e for e in result.get_asset_materialization_events()
+               if e.asset_key.to_user_string() == "clip_embeddings"]
     assert event.materialization.metadata["model_id"].value == "models/my-clip"
     column = pq.read_table(partition_file(warehouse, "clip_embeddings", "trip")).column("model_id").to_pylist()
     assert column == [ClipEmbedderResource(model=str(model_dir)).model_id]  # the data keeps the full id
