@@ -77,5 +77,7 @@ def image_metadata(
             "fingerprint": fp,
         }
     fallbacks = sum(1 for f in llm_fields.values() if f["fallback_used"])
-    context.add_output_metadata({"model_id": portable_model_name(metadata_llm.model_id), "reused": reused, "fallbacks": fallbacks})
+    context.add_output_metadata(
+        {"model_id": portable_model_name(metadata_llm.model_id), "reused": reused, "fallbacks": fallbacks}
+    )
     return assemble(images, results, IMAGE_METADATA)

@@ -145,8 +145,9 @@ def _skip_reason(root: Path, first_tick: bool, current: dict, skipped: list[Skip
         return f"The images root {root} does not exist: create it and put each batch in a subfolder."
     if first_tick and current:
         parts = [f"First tick: registered the {len(current)} batch folder(s) already in {root} "
-                 f"({_listed(list(current))}) without running them. Materialize them from the UI, or set PIXELSIFT_RUN_EXISTING_BATCHES=1 "
-                 "before starting to have them run; folders that appear or change from now on run."]
+                 f"({_listed(list(current))}) without running them. Materialize them from the UI, or set "
+                 "PIXELSIFT_RUN_EXISTING_BATCHES=1 before starting to have them run; folders that appear or "
+                 "change from now on run."]
     else:
         parts = [f"No new or changed batch folders in {root}."]
     if skipped:
