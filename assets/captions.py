@@ -10,6 +10,7 @@ from assets.parquet_schemas import CAPTIONS
 from resources.concurrency import LARGE_MODEL
 from resources.partitions import batch_partitions
 from resources.backends import Caption, Captioner, fingerprint
+from resources.model_names import portable_model_name
 from resources.settings import PixelsiftSettings
 
 
@@ -30,5 +31,5 @@ def captions(
         infer=lambda ims: captioner.caption(ims, CAPTION_PROMPT), to_fields=to_fields,
         chunk_size=captioner.items_per_call,
     )
-    context.add_output_metadata({"model_id": captioner.model_id, "reused": reused})
+    context.add_output_metadata({"model_id": portable_model_name(captioner.model_id), "reused": reused})
     return assemble(images, results, CAPTIONS)

@@ -9,6 +9,7 @@ from assets.reuse import ModelStep
 from assets.parquet_schemas import clip_embeddings_schema
 from resources.partitions import batch_partitions
 from resources.backends import Embeddings, ImageEmbedder
+from resources.model_names import portable_model_name
 from resources.settings import PixelsiftSettings
 
 
@@ -35,5 +36,7 @@ def clip_embeddings(
         infer=lambda ims: _split(clip_embedder.embed(ims)), to_fields=to_fields,
         chunk_size=clip_embedder.items_per_call,
     )
-    context.add_output_metadata({"model_id": clip_embedder.model_id, "dim": clip_embedder.dim, "reused": reused})
+    context.add_output_metadata(
+        {"model_id": portable_model_name(clip_embedder.model_id), "dim": clip_embedder.dim, "reused": reused}
+    )
     return assemble(images, results, schema)

@@ -17,6 +17,7 @@ from assets.reuse import ModelStep
 from assets.structured_output import run_structured_stage
 from resources.backends import StructuredGenerator, fingerprint
 from resources.concurrency import LARGE_MODEL
+from resources.model_names import portable_model_name
 from resources.partitions import batch_partitions
 from resources.settings import PixelsiftSettings
 
@@ -76,5 +77,7 @@ def image_metadata(
             "fingerprint": fp,
         }
     fallbacks = sum(1 for f in llm_fields.values() if f["fallback_used"])
-    context.add_output_metadata({"model_id": metadata_llm.model_id, "reused": reused, "fallbacks": fallbacks})
+    context.add_output_metadata(
+        {"model_id": portable_model_name(metadata_llm.model_id), "reused": reused, "fallbacks": fallbacks}
+    )
     return assemble(images, results, IMAGE_METADATA)

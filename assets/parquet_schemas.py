@@ -15,10 +15,16 @@ import pyarrow as pa
 
 from resources.warehouse import column
 
+
+def bookkeeping(name: str, kind: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
+    """A column about how a row was made (hashes, timings, model ids): kept out of the UI's preview table."""
+    return column(name, kind, description, nullable, preview=False)
+
+
 KEY_FIELDS = [
-    column("image_id", pa.string(), "sha256 of the file's bytes: identical files share it", nullable=False),
+    bookkeeping("image_id", pa.string(), "sha256 of the file's bytes: identical files share it", nullable=False),
     column("path", pa.string(), "the file, relative to the batch folder ('/'-separated)", nullable=False),
-    column("status", pa.string(), "'ok', or 'error' when this stage has no result for the file", nullable=False),
+    bookkeeping("status", pa.string(), "'ok', or 'error' when this stage has no result for the file", nullable=False),
     column("error", pa.string(), "why there is no result (status 'error')"),
 ]
 
@@ -27,29 +33,30 @@ ERROR = "error"
 
 
 def _model_id(what: str) -> pa.Field:
-    return column("model_id", pa.string(), f"the {what} (hub id or local directory)")
+    return bookkeeping("model_id", pa.string(), f"the {what} (hub id or local directory)")
 
 
 def _stage_ms(what: str) -> pa.Field:
-    return column("ms", pa.float64(), f"milliseconds spent on this image: {what}")
+    return bookkeeping("ms", pa.float64(), f"milliseconds spent on this image: {what}")
 
 
 # The last columns of every model result: what made it, and whether this run made it.
-FINGERPRINT = column("fingerprint", pa.string(),
+FINGERPRINT = bookkeeping("fingerprint", pa.string(),
                      "hash of the model, its settings, the prompt and the decoding that made this result")
-REUSED = column("reused", pa.bool_(), "taken from an earlier run with the same fingerprint, not computed again")
+REUSED = bookkeeping("reused", pa.bool_(), "taken from an earlier run with the same fingerprint, not computed again")
 
 
 def structured_output_columns(what: str) -> list[pa.Field]:
     """How a language model's structured output was produced, the same for image metadata and
     cluster labels; ``assets.structured_output.Structured`` has an attribute of each name."""
     return [
-        column("fallback_used", pa.bool_(), f"the {what} comes from the rule-based fallback, not the language model"),
-        column("fallback_reason", pa.string(), "why the fallback was used"),
-        column("attempts", pa.int32(), "generation attempts made (a second one has a larger token budget)"),
-        column("json_valid", pa.bool_(), "the language model's own output parsed and validated"),
-        column("llm_ms", pa.float64(), "milliseconds of language model time, all attempts"),
-        column("new_tokens", pa.int32(), "tokens the language model generated, all attempts"),
+        bookkeeping("fallback_used", pa.bool_(),
+                    f"the {what} comes from the rule-based fallback, not the language model"),
+        bookkeeping("fallback_reason", pa.string(), "why the fallback was used"),
+        bookkeeping("attempts", pa.int32(), "generation attempts made (a second one has a larger token budget)"),
+        bookkeeping("json_valid", pa.bool_(), "the language model's own output parsed and validated"),
+        bookkeeping("llm_ms", pa.float64(), "milliseconds of language model time, all attempts"),
+        bookkeeping("new_tokens", pa.int32(), "tokens the language model generated, all attempts"),
     ]
 
 
@@ -73,7 +80,7 @@ CAPTIONS = pa.schema(
         column("caption", pa.string(), "one sentence describing the image"),
         _model_id("captioning model"),
         _stage_ms("the captioning model's share of its batch"),
-        column("new_tokens", pa.int32(), "tokens the model generated"),
+        bookkeeping("new_tokens", pa.int32(), "tokens the model generated"),
         FINGERPRINT,
         REUSED,
     ]
@@ -91,9 +98,9 @@ IMAGE_METADATA = pa.schema(
         column("scene_type", pa.string(), "one of the schema's scene types"),
         column("color_palette", pa.list_(pa.string()), "dominant colours '#RRGGBB', from color_palettes"),
         column("suggested_cluster_name", pa.string(), "a short name for a group of images like this one"),
-        column("vlm_model", pa.string(), "the captioning model + the language model"),
+        bookkeeping("vlm_model", pa.string(), "the captioning model + the language model"),
         *structured_output_columns("record"),
-        column("processing_time_ms", pa.float64(),
+        bookkeeping("processing_time_ms", pa.float64(),
                "milliseconds this record took end to end: decode + caption + palette + language model"),
         FINGERPRINT,
         REUSED,
@@ -139,11 +146,11 @@ CLUSTER_LABELS = pa.schema(
         column("description", pa.string(), "what the cluster's images have in common"),
         column("tags", pa.list_(pa.string()), "5-10 lower-case keywords for the cluster"),
         column("primary_category", pa.string(), "one of the schema's categories"),
-        column("vlm_model", pa.string(), "the language model"),
+        bookkeeping("vlm_model", pa.string(), "the language model"),
         column("images_analyzed", pa.int32(), "representative captions the label was written from"),
         column("total_images", pa.int32(), "images in the cluster"),
         *structured_output_columns("label"),
-        column("fingerprint", pa.string(),
+        bookkeeping("fingerprint", pa.string(),
                "hash of the model, its settings, the prompt and the representative captions: same inputs, same label"),
         REUSED,
     ]

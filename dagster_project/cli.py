@@ -207,6 +207,46 @@ def doctor() -> None:
     click.echo(f"No problems found in {root} or the run history.")
 
 
+@main.group()
+def batches() -> None:
+    """The batch partitions Dagster knows, one per folder of the images root.
+
+    Example: pixelsift batches prune --dry-run
+    """
+
+
+@batches.command()
+@click.option("--dry-run", is_flag=True, help="List the partitions that would go; remove nothing.")
+def prune(dry_run: bool) -> None:
+    """Remove batch partitions whose folder is no longer in the images root.
+
+    A partition added by hand for a folder that does not exist, or left by a folder that was
+    deleted or renamed, stays in Dagster (and fails each run) until removed. Only the partition
+    goes: its runs stay in the history and its results in the warehouse (`pixelsift query` still
+    shows them). Removes nothing when the images root itself is missing.
+
+    Example: pixelsift batches prune --dry-run
+    """
+    _use_profile(None)
+    from dagster import DagsterInstance
+
+    from dagster_project.batches import NoImagesRoot, partitions_without_folder, prune_partitions
+    from resources.settings import PixelsiftSettings
+
+    root = Path(PixelsiftSettings().images_root)
+    try:
+        with DagsterInstance.get() as instance:
+            stale = (partitions_without_folder if dry_run else prune_partitions)(instance, root)
+    except NoImagesRoot as exc:
+        raise click.ClickException(str(exc)) from None
+    if not stale:
+        click.echo(f"Every batch partition has its folder in {root}; nothing to remove.")
+        return
+    verb = "would remove" if dry_run else "removed"
+    for key in stale:
+        click.echo(f"{verb} partition {key!r}: no folder {root / key}")
+
+
 @main.command()
 @models_option
 @click.option("--port", default=3000, show_default=True)
@@ -221,8 +261,18 @@ def ui(models: str | None, port: int, host: str) -> None:
 
     with DagsterInstance.get() as instance:
         _fail_stale_runs(instance)
-    dagster = Path(sys.executable).with_name("dagster")
-    os.execv(str(dagster), [str(dagster), "dev", "-m", "dagster_project.definitions", "-h", host, "-p", str(port)])
+    argv = ui_argv(host, port)
+    os.execv(argv[0], argv)
+
+
+WORKSPACE = Path(__file__).with_name("workspace.yaml")
+
+
+def ui_argv(host: str, port: int) -> list[str]:
+    """The `dagster dev` command line: the shipped workspace file names the code location `pixelsift`
+    (`dagster dev -m` would name it after the module, and has no option to rename it)."""
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    return [dagster, "dev", "-w", str(WORKSPACE), "-h", host, "-p", str(port)]
 
 
 def _register_subcommands() -> None:

@@ -42,9 +42,9 @@ def _images(table: pa.Table) -> list[tuple[str, str]]:
 
 @asset(partitions_def=batch_partitions, group_name=GROUP, kinds={"parquet"})
 def gemini_baseline(context: AssetExecutionContext, settings: PixelsiftSettings) -> pa.Table:
-    """The reference for the batch, ``<baselines_dir>/<batch>.jsonl`` or ``.parquet``, validated line by line.
+    """The reference for the batch, `<baselines_dir>/<batch>.jsonl` or `.parquet`, validated line by line.
 
-    Lines that do not load are kept as ``problem`` rows (line and reason); a missing file
+    Lines that do not load are kept as `problem` rows (line and reason); a missing file
     is one problem row, so the evals still run and every image counts as uncovered."""
     batch = context.partition_key
     directory = Path(settings.baselines_dir)
@@ -187,7 +187,7 @@ def eval_report(
     settings: PixelsiftSettings,
     eval_settings: EvalSettings,
 ) -> pa.Table:
-    """The quality-eval HTML report: ``<reports_dir>/<batch>/report.html``, self-contained."""
+    """The quality-eval HTML report: `<reports_dir>/<batch>/report.html`, self-contained."""
     batch = context.partition_key
     coverage, _ = match_images(_images(metadata_eval), baseline_from_table(gemini_baseline))
     reference = {path: c.reference.model_dump() for path, c in coverage.items() if c.reference is not None}

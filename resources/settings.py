@@ -16,8 +16,13 @@ def env_default(name: str, default: str) -> str:
     return os.environ.get(f"PIXELSIFT_{name}", default)
 
 
+def env_flag(name: str) -> bool:
+    """``PIXELSIFT_<name>`` as a yes/no switch: 1, true or yes (any case) is on; unset is off."""
+    return env_default(name, "").strip().lower() in ("1", "true", "yes")
+
+
 class PixelsiftSettings(ConfigurableResource):
-    """Paths and pipeline behaviour. Each default can be overridden by a ``PIXELSIFT_*`` variable."""
+    """Paths and pipeline behaviour. Each default can be overridden by a `PIXELSIFT_*` variable."""
 
     images_root: str = Field(
         default_factory=lambda: env_default("IMAGES_ROOT", "data/images"),
@@ -34,6 +39,12 @@ class PixelsiftSettings(ConfigurableResource):
     reports_dir: str = Field(
         default_factory=lambda: env_default("REPORTS_DIR", "data/reports"),
         description="Quality-eval HTML reports go to <reports_dir>/<batch>/ (PIXELSIFT_REPORTS_DIR).",
+    )
+    run_existing_batches: bool = Field(
+        default_factory=lambda: env_flag("RUN_EXISTING_BATCHES"),
+        description="Whether the folder sensor's first tick runs the batch folders already there; off, it only "
+        "registers them (with the hub models a first run downloads ~24 GB) and runs folders that appear or change "
+        "afterwards (PIXELSIFT_RUN_EXISTING_BATCHES=1 turns it on).",
     )
     reuse_results: bool = Field(
         default=True,

@@ -42,7 +42,11 @@ from resources.batch_keys import validate_batch_key
 DATA_FILE = "data.parquet"
 PARTIAL_DIR = Path(".cache") / "partial"
 _DESCRIPTION = b"description"  # key of a column's meaning in its pyarrow field metadata
+_PREVIEW = b"preview"  # b"no" in a column's field metadata keeps it out of the preview table
 PREVIEW_ROWS = 5
+PREVIEW_COLUMNS = 6  # what fits the UI's metadata panel without scrolling sideways
+PREVIEW_CELL_CHARS = 40
+PREVIEW_LIST_ITEMS = 3
 _TEMP_NAME = re.compile(r"\..+\.parquet\.[0-9a-f]{32}\.tmp")  # what _write_atomic writes before its rename
 
 logger = logging.getLogger(__name__)
@@ -94,28 +98,44 @@ def read_table(path: Path) -> pa.Table:
 
 def _preview_cell(value: object) -> str:
     if isinstance(value, list):
-        shown = ", ".join(_preview_cell(v) for v in value[:4])
-        return f"[{shown}{', …' if len(value) > 4 else ''}]"
+        shown = ", ".join(_preview_cell(v) for v in value[:PREVIEW_LIST_ITEMS])
+        return _clip(f"[{shown}{', …' if len(value) > PREVIEW_LIST_ITEMS else ''}]")
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_preview_cell(v)}" for k, v in value.items()) + "}"
+        return _clip("{" + ", ".join(f"{k}: {_preview_cell(v)}" for k, v in value.items()) + "}")
     text = "" if value is None else str(value)
-    text = text.replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= 60 else text[:57] + "…"
+    return _clip(text.replace("|", "\\|").replace("\n", " "))
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= PREVIEW_CELL_CHARS else text[: PREVIEW_CELL_CHARS - 1] + "…"
 
 
 def markdown_preview(table: pa.Table, rows: int = PREVIEW_ROWS) -> str:
-    head = table.slice(0, rows).to_pylist()
-    names = table.column_names
-    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-    lines += ["| " + " | ".join(_preview_cell(r[n]) for n in names) + " |" for r in head]
+    """The first rows, in at most PREVIEW_COLUMNS columns of short cells, so the UI shows them
+    without scrolling sideways; columns marked ``preview=False`` (hashes, timings, model ids) are left out."""
+    shown = [f.name for f in table.schema if _in_preview(f)][:PREVIEW_COLUMNS]
+    head = table.select(shown).slice(0, rows).to_pylist()
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(_preview_cell(r[n]) for n in shown) + " |" for r in head]
+    if len(shown) < table.num_columns:
+        lines.append(f"\n{len(shown)} of {table.num_columns} columns; the column schema lists them all, and "
+                     "`pixelsift query` returns them.")
     return "\n".join(lines)
 
 
-def column(name: str, kind: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
-    """A column that says what it means; the Dagster UI shows it with every materialization."""
-    return pa.field(name, kind, nullable=nullable, metadata={_DESCRIPTION: description.encode()})
+def column(name: str, kind: pa.DataType, description: str, nullable: bool = True, preview: bool = True) -> pa.Field:
+    """A column that says what it means; the Dagster UI shows it with every materialization.
+    ``preview=False``: bookkeeping (hashes, timings, model ids), left out of the preview table."""
+    metadata = {_DESCRIPTION: description.encode()}
+    if not preview:
+        metadata[_PREVIEW] = b"no"
+    return pa.field(name, kind, nullable=nullable, metadata=metadata)
+
+
+def _in_preview(field: pa.Field) -> bool:
+    return (field.metadata or {}).get(_PREVIEW) != b"no"
 
 
 def column_description(field: pa.Field) -> str | None:

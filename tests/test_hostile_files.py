@@ -37,7 +37,7 @@ from assets.parquet_schemas import KEY_FIELDS
 from assets.per_image import Failed, run_image_model
 from assets.reuse import ModelStep
 from assets.palette import palette_of_file
-from dagster_project.sensors import batch_folder_sensor, folder_signature
+from dagster_project.sensors import SKIPPED_FOLDERS_TAG, batch_folder_sensor, folder_signature
 from resources.file_limits import MAX_FILE_BYTES
 from resources.settings import PixelsiftSettings
 from resources.warehouse import ParquetWarehouse, partition_file
@@ -223,9 +223,11 @@ def test_a_batch_folder_that_links_out_of_the_root_is_refused(layout, tmp_path):
 
     # The folder sensor skips it (with a warning) and still runs the batch beside it, FIFO and all.
     os.mkfifo(batch / "pipe.jpg")
-    context = build_sensor_context(instance=DagsterInstance.ephemeral(), resources={"settings": settings})
+    # A cursor: a tick after the first, which registers folders without running them.
+    context = build_sensor_context(instance=DagsterInstance.ephemeral(), cursor="{}", resources={"settings": settings})
     sensed = finishes_within(DEADLINE_S, batch_folder_sensor, context, fifos=[batch / "pipe.jpg"])
     assert [r.partition_key for r in sensed.run_requests] == ["trip"]
+    assert OUTSIDE in sensed.run_requests[0].tags[SKIPPED_FOLDERS_TAG]  # 'away', shown on the run
 
 
 def test_a_fifo_or_a_broken_link_appearing_in_a_batch_is_a_change_the_sensor_sees(layout):

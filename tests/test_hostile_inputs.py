@@ -21,7 +21,7 @@ import evals.baseline
 from dagster_project.cli import main
 from dagster_project.dagster_home import SHIPPED, install_instance_settings
 from dagster_project.run_history import HOST_TAG, PID_START_TAG, PID_TAG, process_tags, stale_runs
-from dagster_project.sensors import batch_folder_sensor
+from dagster_project.sensors import SKIPPED_FOLDERS_TAG, batch_folder_sensor
 from evals.assets import gemini_baseline
 from evals.baseline import load_baseline
 from evals.cli import baseline as baseline_cli
@@ -93,9 +93,11 @@ def test_the_folder_sensor_skips_bad_names_and_survives_file_names_that_are_not_
     Path(os.fsdecode(os.fsencode(tmp_path) + b"/trip/caf\xe9.jpg")).write_bytes(b"x")
     (tmp_path / "trip\n").mkdir()
     settings = PixelsiftSettings(images_root=str(tmp_path), baselines_dir=str(tmp_path / "none"))
-    context = build_sensor_context(instance=DagsterInstance.ephemeral(), resources={"settings": settings})
+    # A cursor: a tick after the first, which registers folders without running them.
+    context = build_sensor_context(instance=DagsterInstance.ephemeral(), cursor="{}", resources={"settings": settings})
     result = batch_folder_sensor(context)  # hashing the Latin-1 name used to fail every tick
     assert [r.partition_key for r in result.run_requests] == ["trip"]
+    assert result.run_requests[0].tags[SKIPPED_FOLDERS_TAG].startswith("'trip\\n' (batch key 'trip\\n'")
 
 
 def test_run_all_goes_on_after_a_batch_crashes_and_lists_it(cli_env, monkeypatch):

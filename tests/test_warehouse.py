@@ -11,8 +11,8 @@ from assets.reuse import ModelStep
 from resources.partitions import batch_partitions
 from resources.settings import PixelsiftSettings
 from resources.warehouse import (
-    ParquetWarehouse, ReadOnlyQueryError, column, column_description, partial_dir, partition_file, query, reusable_files,
-    save_partial, write_table,
+    PREVIEW_CELL_CHARS, PREVIEW_COLUMNS, ParquetWarehouse, ReadOnlyQueryError, column, column_description,
+    markdown_preview, partial_dir, partition_file, query, reusable_files, save_partial, write_table,
 )
 
 SCHEMA = pa.schema([column("n", pa.int64(), "a counter"), pa.field("vec", pa.list_(pa.float32(), 2))])
@@ -52,6 +52,25 @@ def test_round_trip_schema_metadata_and_views(tmp_path):
     assert query(tmp_path, "select batch, sum(n) from doubled group by 1 order by 1").fetchall() == [
         ("b-3", 6), ("b-5", 20)
     ]
+
+
+def test_the_preview_stays_narrow_enough_to_read():
+    # The image_metadata schema: 21 columns, a 64-character sha256 first and long captions.
+    from assets.parquet_schemas import IMAGE_METADATA
+
+    row = {f.name: None for f in IMAGE_METADATA}
+    row.update(image_id="f" * 64, path="holiday/IMG_0001.jpg", status="ok", primary_category="landscape",
+               tags=["beach", "sunset", "sea", "sand", "palm"], description="a long sandy beach at sunset " * 4,
+               detected_objects=[{"name": "palm tree", "confidence": 0.9}], scene_type="outdoor",
+               fingerprint="a" * 64, vlm_model="/home/me/models/blip2 + /home/me/models/phi3")
+    preview = markdown_preview(pa.Table.from_pylist([row] * 8, schema=IMAGE_METADATA))
+    header, _, *rows, _, note = preview.splitlines()
+    # The record's own columns, not its hashes, timings and model ids (all still in the column schema).
+    assert header == "| path | error | primary_category | tags | description | detected_objects |"
+    assert len(header.split(" | ")) == PREVIEW_COLUMNS and len(rows) == 5
+    assert all(len(cell.strip()) <= PREVIEW_CELL_CHARS for cell in rows[0].strip("|").split(" | "))
+    assert "[beach, sunset, sea, …]" in rows[0] and "| a long sandy beach at sunset a long san… |" in rows[0]
+    assert note == "6 of 21 columns; the column schema lists them all, and `pixelsift query` returns them."
 
 
 def test_rematerializing_replaces_the_partition(tmp_path):
