@@ -112,11 +112,13 @@ class _WarningsToStderr:
 
 
 def _fail_stale_runs(instance) -> None:
-    """Runs left unfinished by a killed process show as failed from now on, with why; say so."""
-    from dagster_project.run_history import fail_stale_runs
+    """Runs left unfinished by a killed process show as failed from now on, with why, and the
+    large-model slot they held is free again; say so."""
+    from dagster_project.run_history import fail_stale_runs, free_slots_of_ended_runs
 
     try:
         marked = fail_stale_runs(instance)
+        freed = free_slots_of_ended_runs(instance)
     except Exception as exc:  # tidying the history must never stop the command itself
         click.secho(f"warning: could not check the run history for runs whose process died: {exc}",
                     fg="yellow", err=True)
@@ -125,6 +127,9 @@ def _fail_stale_runs(instance) -> None:
         batch = f" of batch {stale.partition!r}" if stale.partition else ""
         click.secho(f"warning: marked run {stale.run_id} ({stale.job_name}{batch}) {stale.marked_as}: "
                     f"{stale.reason}", fg="yellow", err=True)
+    for run_id in freed:
+        click.secho(f"warning: freed the concurrency slot (large model) still held by run {run_id}, "
+                    "which ended without freeing it", fg="yellow", err=True)
 
 
 def _say_where(settings, key: str, run_id: str) -> None:
