@@ -134,7 +134,7 @@ def quick():
     noop()
 
 
-def test_a_slot_left_by_an_ended_run_is_freed_and_a_running_runs_is_kept(shipped_instance):
+def test_a_slot_left_by_an_ended_run_is_freed_and_a_running_runs_slot_kept(shipped_instance):
     instance = shipped_instance
     storage = instance.event_log_storage
     storage.set_concurrency_slots(LARGE_MODEL_POOL, 2)  # room for both claims
