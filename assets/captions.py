@@ -7,14 +7,15 @@ from assets.per_image import assemble, run_image_model
 from assets.prompts import CAPTION_PROMPT
 from assets.reuse import ModelStep
 from assets.parquet_schemas import CAPTIONS
-from resources.concurrency import LARGE_MODEL
+from resources.concurrency import LARGE_MODEL, LARGE_MODEL_POOL
 from resources.partitions import batch_partitions
 from resources.backends import Caption, Captioner, fingerprint
 from resources.model_names import portable_model_name
 from resources.settings import PixelsiftSettings
 
 
-@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"}, op_tags=LARGE_MODEL)
+@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"},
+       op_tags=LARGE_MODEL, pool=LARGE_MODEL_POOL)
 def captions(
     context: AssetExecutionContext,
     images: pa.Table,

@@ -13,7 +13,7 @@ from assets.prompts import PROMPT_VERSION, cluster_chat
 from assets.reuse import ModelStep
 from assets.structured_output import run_structured_stage
 from resources.backends import StructuredGenerator, fingerprint
-from resources.concurrency import LARGE_MODEL
+from resources.concurrency import LARGE_MODEL, LARGE_MODEL_POOL
 from resources.partitions import batch_partitions
 from resources.settings import PixelsiftSettings
 
@@ -25,7 +25,8 @@ class ClusterLabelConfig(Config):
     retry_max_new_tokens: int = Field(default=512, description="Budget of the single retry for invalid output.")
 
 
-@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"}, op_tags=LARGE_MODEL)
+@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"},
+       op_tags=LARGE_MODEL, pool=LARGE_MODEL_POOL)
 def cluster_labels(
     context: AssetExecutionContext,
     config: ClusterLabelConfig,

@@ -16,7 +16,7 @@ from assets.prompts import PROMPT_VERSION, metadata_chat
 from assets.reuse import ModelStep
 from assets.structured_output import run_structured_stage
 from resources.backends import StructuredGenerator, fingerprint
-from resources.concurrency import LARGE_MODEL
+from resources.concurrency import LARGE_MODEL, LARGE_MODEL_POOL
 from resources.model_names import portable_model_name
 from resources.partitions import batch_partitions
 from resources.settings import PixelsiftSettings
@@ -33,7 +33,8 @@ def _ok_rows(table: pa.Table, *columns: str) -> dict[str, dict]:
     return {r["image_id"]: r for r in table.select(["image_id", "status", *columns]).to_pylist() if r["status"] == OK}
 
 
-@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"}, op_tags=LARGE_MODEL)
+@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"},
+       op_tags=LARGE_MODEL, pool=LARGE_MODEL_POOL)
 def image_metadata(
     context: AssetExecutionContext,
     config: MetadataConfig,

@@ -71,7 +71,7 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None) -> None
     if all_batches and batches:
         raise click.UsageError("give --batch or --all, not both")
     instance = DagsterInstance.get()
-    _fail_stale_runs(instance)
+    _prepare_instance(instance)
     keys = batch_folders(root, _WarningsToStderr()) if all_batches else list(batches or ("sample",))
     if not keys:
         raise click.ClickException(f"no batch folders with valid names in {root}")
@@ -111,12 +111,16 @@ class _WarningsToStderr:
         click.secho(f"warning: {message}", fg="yellow", err=True)
 
 
-def _fail_stale_runs(instance) -> None:
-    """Runs left unfinished by a killed process show as failed from now on, with why; say so."""
-    from dagster_project.run_history import fail_stale_runs
+def _prepare_instance(instance) -> None:
+    """Pool limits recorded before any run starts; runs left unfinished by a killed process show as
+    failed from now on, with why, and the large-model slot they held is free again; say so."""
+    from dagster_project.dagster_home import initialize_pools
+    from dagster_project.run_history import fail_stale_runs, free_slots_of_ended_runs
 
     try:
+        initialize_pools(instance)
         marked = fail_stale_runs(instance)
+        freed = free_slots_of_ended_runs(instance)
     except Exception as exc:  # tidying the history must never stop the command itself
         click.secho(f"warning: could not check the run history for runs whose process died: {exc}",
                     fg="yellow", err=True)
@@ -125,6 +129,9 @@ def _fail_stale_runs(instance) -> None:
         batch = f" of batch {stale.partition!r}" if stale.partition else ""
         click.secho(f"warning: marked run {stale.run_id} ({stale.job_name}{batch}) {stale.marked_as}: "
                     f"{stale.reason}", fg="yellow", err=True)
+    for run_id in freed:
+        click.secho(f"warning: freed the concurrency slot (large model) still held by run {run_id}, "
+                    "which ended without freeing it", fg="yellow", err=True)
 
 
 def _say_where(settings, key: str, run_id: str) -> None:
@@ -260,7 +267,7 @@ def ui(models: str | None, port: int, host: str) -> None:
     from dagster import DagsterInstance
 
     with DagsterInstance.get() as instance:
-        _fail_stale_runs(instance)
+        _prepare_instance(instance)
     argv = ui_argv(host, port)
     os.execv(argv[0], argv)
 

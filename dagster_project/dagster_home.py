@@ -29,3 +29,16 @@ def install_instance_settings(home: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def initialize_pools(instance) -> None:
+    """Record each pool's limit now, from this one process. Dagster otherwise records a pool's
+    default limit at the pool's first use, and two runs first using it at the same moment on a new
+    instance could both take the slot (seen with sqlite in tests/test_run_limits.py)."""
+    from resources.concurrency import LARGE_MODEL_POOL
+
+    if instance.get_concurrency_config().pool_config.default_pool_limit is None:
+        return  # no limit configured: nothing to record
+    info = instance.event_log_storage.get_pool_limits()
+    if not any(limit.name == LARGE_MODEL_POOL for limit in info):
+        instance.event_log_storage.initialize_concurrency_limit_to_default(LARGE_MODEL_POOL)

@@ -6,6 +6,7 @@ from dagster import Definitions
 
 from assets import pipeline_assets
 from evals.definitions import eval_asset_checks, eval_assets, eval_resources
+from dagster_project.execution import executor
 from dagster_project.jobs import process_batch_job
 from dagster_project.profiles import model_resources
 from dagster_project.sensors import batch_folder_sensor
@@ -14,13 +15,17 @@ from resources.warehouse import ParquetWarehouse
 
 
 def build_definitions(settings: PixelsiftSettings | None = None, models: dict | None = None) -> Definitions:
-    """All assets and checks, the job and the sensor, with the warehouse and the current profile's models."""
+    """All assets and checks, the job and the sensor, with the warehouse and the current profile's models.
+
+    The executor is every job's, the implicit asset job's included: the UI's "Materialize" and
+    backfills run that one, and must keep to the same limits as ``process_batch``."""
     settings = settings or PixelsiftSettings()
     return Definitions(
         assets=[*pipeline_assets, *eval_assets],
         asset_checks=eval_asset_checks,
         jobs=[process_batch_job],
         sensors=[batch_folder_sensor],
+        executor=executor,
         resources={
             "settings": settings,
             "io_manager": ParquetWarehouse(root=settings.warehouse_dir),

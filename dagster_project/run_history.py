@@ -30,6 +30,7 @@ PID_START_TAG = "pixelsift/pid_start"
 # NOT_STARTED counts only with a known process: runs the UI is still launching have none yet.
 UNFINISHED = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
               DagsterRunStatus.CANCELING]
+ENDED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
 # For runs known only from Dagster's engine events: a process that started this long after the
 # run's worker reported its pid only reused the number (generous, as the wall clock may be adjusted).
 _REUSED_AFTER_S = 60.0
@@ -89,6 +90,26 @@ def fail_stale_runs(instance: DagsterInstance) -> list[StaleRun]:
             instance.report_run_failed(run, message)
         marked.append(stale)
     return marked
+
+
+def free_slots_of_ended_runs(instance: DagsterInstance) -> list[str]:
+    """Free the concurrency-pool slots (the large-model slot) still held by runs that have ended;
+    returns those runs' ids.
+
+    A run frees its slot when its step ends, but not when its process is killed mid-step. The daemon
+    of ``pixelsift ui`` frees such slots a minute after the run is marked ended
+    (``free_slots_after_run_end_seconds`` in dagster.yaml); ``pixelsift run`` has no daemon, and
+    without this its next large-model step would wait for ever for a slot nobody holds."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return []
+    holders = storage.get_concurrency_run_ids()
+    if not holders:
+        return []
+    ended = instance.get_run_records(filters=RunsFilter(run_ids=list(holders), statuses=ENDED))
+    for record in ended:
+        storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
+    return [record.dagster_run.run_id for record in ended]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
-"""What limits how many steps run side by side: the tag that marks a step holding a large model.
+"""What limits how many steps run side by side: the tag and the pool of a step holding a large model.
 
-Assets carry the tag; the executor in ``dagster_project/jobs.py`` allows one tagged step at a
-time. It lives here, at the bottom, so asset modules never import the composition root.
+Assets carry both. The tag limits steps within one run (the executor in
+``dagster_project/execution.py`` allows one tagged step at a time); the pool limits them across
+every run of the instance (``concurrency: pools:`` in ``dagster_project/dagster.yaml``: one slot).
+They live here, at the bottom, so asset modules never import the composition root.
 """
 
 LARGE_MODEL_TAG = "pixelsift/large_model"
@@ -10,3 +12,8 @@ LARGE_MODEL_TAG = "pixelsift/large_model"
 # sizes) carry this tag; only one of them runs at a time so two never share 24 GiB of memory.
 # CLIP, palettes, clustering and the evals run beside them.
 LARGE_MODEL = {LARGE_MODEL_TAG: "true"}
+
+# The same steps' Dagster concurrency pool: a slot of it is claimed by the run before the step
+# starts and freed when it ends, so two runs (a backfill's, the sensor's, `pixelsift run`) never
+# hold large models at once. Same name as the tag, so the UI's pool page says what it limits.
+LARGE_MODEL_POOL = "pixelsift/large_model"

@@ -1,0 +1,60 @@
+"""A job whose two steps stand in for large-model steps (same pool, tag and executor as pixelsift's),
+for tests/test_run_limits.py to run in child processes. It imports no models, so a child starts fast.
+
+Run as ``python -m tests.large_model_probe ui|cli``: the child first waits until every other child
+is ready, so their runs start together, then runs the job as a run worker of the UI does (``ui``:
+pixelsift's multiprocess executor) or as ``pixelsift run`` does (``cli``: in process). Each step
+records in $PROBE_DIR when it held the model.
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from dagster import DagsterInstance, execute_job, job, op, reconstructable
+
+from dagster_project.execution import executor
+from resources.concurrency import LARGE_MODEL, LARGE_MODEL_POOL
+
+HOLD_SECONDS = 2.0
+
+
+def _hold_the_model(context) -> None:
+    started = time.time()
+    time.sleep(HOLD_SECONDS)
+    out = Path(os.environ["PROBE_DIR"]) / f"{context.run_id}-{context.op.name}.held"
+    out.write_text(f"{started} {time.time()}")
+
+
+@op(pool=LARGE_MODEL_POOL, tags=LARGE_MODEL)
+def first_model(context):
+    _hold_the_model(context)
+
+
+@op(pool=LARGE_MODEL_POOL, tags=LARGE_MODEL)
+def second_model(context):
+    _hold_the_model(context)
+
+
+@job(executor_def=executor)
+def two_models():
+    first_model()
+    second_model()
+
+
+def main(kind: str, children: int = 2) -> int:
+    ready = Path(os.environ["PROBE_DIR"]) / f"{kind}.ready"
+    ready.touch()
+    while len(list(ready.parent.glob("*.ready"))) < children:
+        time.sleep(0.05)
+    with DagsterInstance.get() as instance:
+        if kind == "ui":
+            result = execute_job(reconstructable(two_models), instance)
+        else:
+            result = two_models.execute_in_process(instance=instance)
+        return 0 if result.success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
