@@ -1,4 +1,5 @@
-"""The Dagster code location: ``dagster dev -m dagster_project.definitions`` or ``pixelsift ui``."""
+"""The Dagster code location `pixelsift`: `pixelsift ui` (through dagster_project/workspace.yaml), or
+`dagster dev -m dagster_project.definitions`."""
 
 from __future__ import annotations
 
