@@ -191,14 +191,19 @@ class Problem:
     fix: str
 
 
-def damage(path: Path) -> str | None:
-    """Why ``path`` is not a readable Parquet file, or None. Reads only the footer: a truncated or
-    overwritten file fails there, and it is cheap enough to check before every use."""
+def _footer(path: Path) -> pa.Schema | str:
+    """The file's schema, or why it is not a readable Parquet file. Reads only the footer: a
+    truncated or overwritten file fails there, and it is cheap enough to check before every use."""
     try:
-        pq.read_schema(path)
+        return pq.read_schema(path)
     except (OSError, pa.ArrowException) as exc:
         return f"unreadable Parquet ({exc})"
-    return None
+
+
+def damage(path: Path) -> str | None:
+    """Why ``path`` is not a readable Parquet file, or None."""
+    footer = _footer(path)
+    return footer if isinstance(footer, str) else None
 
 
 def _damaged(path: Path, root: Path, reason: str) -> Problem:
@@ -222,12 +227,12 @@ def _outside(path: Path, root: Path) -> Problem | None:
                    "replace the link with the file itself, or delete it and re-run its batch")
 
 
-def _unusable(path: Path, root: Path) -> Problem | None:
-    """Why the file at ``path`` must not be read as part of the warehouse, or None when it may."""
+def _usable_schema(path: Path, root: Path) -> pa.Schema | Problem:
+    """The schema of the file at ``path``, or why it must not be read as part of the warehouse."""
     if problem := _outside(path, root):
         return problem
-    reason = damage(path)
-    return _damaged(path, root, reason) if reason else None
+    footer = _footer(path)
+    return _damaged(path, root, footer) if isinstance(footer, str) else footer
 
 
 def reusable_files(root: str | Path, asset: str) -> list[Path]:
@@ -238,8 +243,9 @@ def reusable_files(root: str | Path, asset: str) -> list[Path]:
              + sorted((root / PARTIAL_DIR / asset).glob("batch=*/part-*.parquet")))
     readable = []
     for path in found:
-        if problem := _unusable(path, root):
-            logger.warning("not reused: %s: %s; %s", path, problem.what, problem.fix)
+        checked = _usable_schema(path, root)
+        if isinstance(checked, Problem):
+            logger.warning("not reused: %s: %s; %s", path, checked.what, checked.fix)
         else:
             readable.append(path)
     return readable
@@ -303,11 +309,12 @@ def _views(root: Path, problems: list[Problem]) -> dict[str, ds.Dataset]:
     for asset_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files, schemas = [], []
         for path in sorted(asset_dir.glob(f"batch=*/{DATA_FILE}")):
-            if problem := _unusable(path, root):
-                problems.append(problem)
+            checked = _usable_schema(path, root)
+            if isinstance(checked, Problem):
+                problems.append(checked)
             else:
                 files.append(path)
-                schemas.append(pq.read_schema(path))
+                schemas.append(checked)
         if not files:
             continue
         try:
