@@ -5,10 +5,8 @@ from functools import partial
 import pyarrow as pa
 from dagster import AssetExecutionContext, asset
 
-from assets.image_files import ImageDecodeError
-from assets.model_stage import describe_failure
 from assets.palette import palette_of_file
-from assets.per_image import Failed, assemble, batch_dir, unique_ok_images
+from assets.per_image import Failed, assemble, batch_dir, failure, unique_ok_images
 from assets.parquet_schemas import COLOR_PALETTES
 from resources.partitions import batch_partitions
 from resources.parallel import process_map, worker_count
@@ -24,10 +22,8 @@ def color_palettes(context: AssetExecutionContext, images: pa.Table, settings: P
                                    max_bytes=settings.max_file_bytes), todo.items(), worker_count(settings.cpu_workers))
     results: dict[str, dict | Failed] = {}
     for image_id, (palette, ms) in zip(todo, outcomes):
-        if isinstance(palette, ImageDecodeError):  # the file's own reason, e.g. "changed during the run: …"
-            results[image_id] = Failed(str(palette))
-        elif isinstance(palette, Exception):
-            results[image_id] = Failed(describe_failure(palette))
+        if isinstance(palette, Exception):
+            results[image_id] = failure(palette)
         else:
             results[image_id] = {"colors": palette.colors, "shares": palette.shares, "ms": ms}
     return assemble(images, results, COLOR_PALETTES)

@@ -33,6 +33,12 @@ class Failed:
     reason: str
 
 
+def failure(exc: Exception) -> Failed:
+    """An image's error row reason: a file that cannot be read gives its own reason (e.g. "changed
+    during the run: …"), anything else is the model's failure."""
+    return Failed(str(exc) if isinstance(exc, ImageDecodeError) else describe_failure(exc))
+
+
 def batch_dir(settings: PixelsiftSettings, batch: str) -> Path:
     return Path(settings.images_root) / batch
 
@@ -114,10 +120,8 @@ def run_image_model(
     def record(chunk: Sequence[str], outcomes: list[R | Exception]) -> None:
         finished = []
         for image_id, outcome in zip(chunk, outcomes):
-            if isinstance(outcome, ImageDecodeError):
-                results[image_id] = Failed(str(outcome))
-            elif isinstance(outcome, Exception):
-                results[image_id] = Failed(describe_failure(outcome))
+            if isinstance(outcome, Exception):
+                results[image_id] = failure(outcome)
             else:
                 results[image_id] = to_fields(outcome) | {"fingerprint": fingerprint, "reused": False}
                 finished.append({"image_id": image_id, "path": paths[image_id], "status": OK, "error": None,
