@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 MODELS ?= hub
 BATCH ?= sample
 
-.PHONY: setup run run-tiny test ui docs
+.PHONY: setup browser run run-tiny test ui docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-cache-dir -e ".[dev]"
 	touch $@
 
+# The browser tests drive Debian's chromium (Playwright's own browser download cannot work offline).
+# Installed when missing and we are root (CI, these machines); elsewhere the tests say how.
+CHROMIUM := $(firstword $(shell command -v chromium chromium-browser 2>/dev/null))
+browser:
+	@if [ -z "$(CHROMIUM)" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
+
 setup: $(VENV)/.installed
 
 run: setup
@@ -30,7 +37,7 @@ run-tiny:
 ui: setup
 	$(BIN)/pixelsift ui --models $(MODELS)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 docs: setup
