@@ -1,4 +1,5 @@
-"""open_clip image embeddings (``ViT-B-32`` with ``laion2b_s34b_b79k`` weights by default)."""
+"""open_clip embeddings (``ViT-B-32`` with ``laion2b_s34b_b79k`` weights by default): images for the
+pipeline, and text for search (the same model's text tower, so a query lands in the images' space)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dagster import ConfigurableResource
 from PIL import Image
 from pydantic import Field
 
-from resources.backends import Embeddings, fingerprint
+from resources.backends import Embeddings, ModelLoadError, fingerprint
 from resources.parallel import thread_map, worker_count
 from resources.settings import env_default
 from resources.torch_runtime import load_once, local_model_dir, resolve_device, resolve_dtype
@@ -56,6 +57,18 @@ def _load(name: str, pretrained: str | None, device: str, dtype: torch.dtype) ->
         name, pretrained=pretrained, precision=_PRECISION[dtype], device=device
     )
     return model.eval(), preprocess
+
+
+def _load_tokenizer(name: str, model: torch.nn.Module) -> Callable:
+    tokenizer = open_clip.get_tokenizer(name)
+    vocab = getattr(model, "vocab_size", None)
+    known = getattr(tokenizer, "vocab_size", None)
+    # A token id past the model's embedding table would fail deep inside torch with an index error.
+    if vocab is not None and known is not None and known > vocab:
+        raise ModelLoadError(f"open_clip model {name}: its text tower knows {vocab} tokens but its tokenizer "
+                             f"{known}; text search needs a matching pair (an old tiny model: delete its folder "
+                             "and it is built again)")
+    return tokenizer
 
 
 class ClipEmbedderResource(ConfigurableResource):
@@ -125,3 +138,17 @@ class ClipEmbedderResource(ConfigurableResource):
         # Normalise in float32 so rows are unit length to float32 precision whatever the model dtype.
         features = F.normalize(model.encode_image(pixels).float(), dim=-1)
         return features.cpu().numpy()
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim) float32 unit vectors for ``texts`` from the same model (and weights, device, dtype)
+        as ``embed``: cosine against the stored image vectors ranks images for a text query."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        model, _ = self._loaded()
+        device, dtype = self._resolved()
+        name, pretrained = _open_clip_name(self.model, self.pretrained)
+        tokenizer = load_once(("open_clip-tokenizer", name, pretrained, device, dtype),
+                              lambda: _load_tokenizer(name, model))
+        with torch.inference_mode():
+            tokens = tokenizer(list(texts)).to(device)
+            return F.normalize(model.encode_text(tokens).float(), dim=-1).cpu().numpy()

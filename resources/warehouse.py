@@ -38,6 +38,8 @@ from dagster import (
 )
 
 from resources.batch_keys import validate_batch_key
+from resources.search import TextEmbedder
+from resources.search import install as install_search
 
 DATA_FILE = "data.parquet"
 PARTIAL_DIR = Path(".cache") / "partial"
@@ -326,10 +328,12 @@ def _views(root: Path, problems: list[Problem]) -> dict[str, ds.Dataset]:
 
 
 def connect(root: str | Path, problems: list[Problem] | None = None, *,
-            memory_limit: str = QUERY_MEMORY_LIMIT, threads: int = QUERY_THREADS) -> duckdb.DuckDBPyConnection:
+            memory_limit: str = QUERY_MEMORY_LIMIT, threads: int = QUERY_THREADS,
+            text_embedder: TextEmbedder | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with one view per asset over all its readable batches (``batch`` is a
-    column) that can reach nothing else. Files left out (damaged, or links out of the warehouse)
-    are appended to ``problems`` when it is given, else logged as warnings."""
+    column) that can reach nothing else, and the search macros (``resources.search``; text search
+    with ``text_embedder``). Files left out (damaged, or links out of the warehouse) are appended to
+    ``problems`` when it is given, else logged as warnings."""
     skipped: list[Problem] = []
     views = _views(Path(root), skipped)
     if problems is not None:
@@ -342,6 +346,7 @@ def connect(root: str | Path, problems: list[Problem] | None = None, *,
     con.execute("SET lock_configuration = true")
     for name, dataset in views.items():
         con.register(name, dataset)
+    install_search(con, views, text_embedder)
     return con
 
 
@@ -377,11 +382,12 @@ def _explained(sql: str) -> str:
     raise ReadOnlyQueryError("EXPLAIN needs a query to explain")
 
 
-def query(root: str | Path, sql: str, problems: list[Problem] | None = None) -> duckdb.DuckDBPyRelation:
+def query(root: str | Path, sql: str, problems: list[Problem] | None = None, *,
+          text_embedder: TextEmbedder | None = None) -> duckdb.DuckDBPyRelation:
     """Run one read-only statement (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN...) against the views.
 
     The statement-type check gives a plain refusal; the sandboxed connection is what guarantees it."""
-    con = connect(root, problems)
+    con = connect(root, problems, text_embedder=text_embedder)
     kind = _statement_kind(con, sql)
     if kind != duckdb.StatementType.SELECT:
         raise ReadOnlyQueryError(f"only read-only queries are allowed here, not {kind.name}")

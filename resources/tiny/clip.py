@@ -21,9 +21,9 @@ EMBED_DIM = 32
 MODEL_CFG = {
     "embed_dim": EMBED_DIM,
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "head_width": 32, "layers": 2},
-    # CLIP always has a text tower; this one is minimal and never used for image embeddings
-    # (its vocabulary does not match open_clip's default tokenizer).
-    "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+    # Text search embeds queries with open_clip's default tokenizer (49408 tokens, 77 positions), so
+    # the text tower takes all of them. The vision tower is built first: its weights are unchanged.
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 
 

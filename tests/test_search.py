@@ -1,0 +1,103 @@
+"""Text and similar-image search over the warehouse, through the real CLIP text tower (tiny, random
+weights) and real Parquet read by DuckDB. The ranking of a random model means nothing, so the image
+vectors are planted at known cosines from the query's own vector: the expected order is exact."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resources.clip_embedder import ClipEmbedderResource
+from resources.search import Filters, SearchError, search_text, similar_to_image, similar_to_vector
+from resources.tiny.clip import EMBED_DIM, build_tiny_clip
+from resources.warehouse import connect
+from tests.search_warehouse import Planted, image_id, write_planted
+
+QUERY = "dog on a beach at sunset"
+# By cosine with the query: the four best are animals of batch "trip"; the other categories trail.
+ITEMS = [
+    Planted("trip", "dog.jpg", 0.95, category="animal", tags=("dog", "beach"), caption="a dog <b>"),
+    Planted("trip", "dog2.jpg", 0.90, category="animal", tags=("dog",), taken_at=datetime(2024, 6, 1)),
+    Planted("trip", "cat.jpg", 0.85, category="animal", tags=("cat",), scene="indoor", taken_at=datetime(2023, 1, 1)),
+    Planted("trip", "horse.jpg", 0.80, category="animal", tags=("horse",), taken_at=datetime(2024, 8, 1)),
+    Planted("home", "sofa.jpg", 0.30, category="object", tags=("sofa",), scene="indoor"),
+    Planted("home", "lamp.jpg", 0.20, category="object", tags=("lamp",), scene="indoor"),
+    Planted("home", "tree.jpg", 0.10, category="nature"),
+    Planted("home", "rock.jpg", -0.20, category="nature"),
+]
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory) -> ClipEmbedderResource:
+    return ClipEmbedderResource(model=str(build_tiny_clip(tmp_path_factory.mktemp("clip"))), device="cpu",
+                                dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory, embedder) -> Path:
+    root = tmp_path_factory.mktemp("warehouse")
+    write_planted(root, embedder.embed_text([QUERY])[0], ITEMS, embedder.model_id)
+    return root
+
+
+@pytest.fixture(scope="module")
+def con(warehouse, embedder):
+    return connect(warehouse, text_embedder=embedder)
+
+
+def paths(hits) -> list[str]:
+    return [h.path for h in hits]
+
+
+def test_text_embeddings_are_unit_vectors_of_the_image_space(embedder):
+    vectors = embedder.embed_text([QUERY, "<script>alert(1)</script>", ""])
+    assert vectors.shape == (3, EMBED_DIM) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(embedder.embed_text([QUERY]), vectors[:1], atol=1e-6)  # deterministic
+    assert not np.allclose(vectors[0], vectors[1])
+
+
+def test_ranked_by_cosine_with_the_planted_scores(con, embedder):
+    hits = search_text(con, QUERY, embedder.model_id, k=5)
+    assert paths(hits) == ["dog.jpg", "dog2.jpg", "cat.jpg", "horse.jpg", "sofa.jpg"]
+    assert [round(h.score, 4) for h in hits] == [0.95, 0.90, 0.85, 0.80, 0.30]
+    assert hits[0].caption == "a dog <b>" and hits[0].category == "animal" and hits[0].batch == "trip"
+
+
+def test_a_filter_narrows_before_the_limit_so_k_results_come_back(con, embedder):
+    # The top 4 are all animals: filtering after taking the top 3 would return none of these.
+    objects_and_nature = search_text(con, QUERY, embedder.model_id, k=3, filters=Filters(category="nature"))
+    assert paths(objects_and_nature) == ["tree.jpg", "rock.jpg"]  # all that match, fewer than k
+    assert paths(search_text(con, QUERY, embedder.model_id, k=2, filters=Filters(scene="indoor"))) == [
+        "cat.jpg", "sofa.jpg"]
+    assert paths(search_text(con, QUERY, embedder.model_id, k=3, filters=Filters(batch_key="home"))) == [
+        "sofa.jpg", "lamp.jpg", "tree.jpg"]
+    assert paths(search_text(con, QUERY, embedder.model_id, filters=Filters(tag="DOG"))) == ["dog.jpg", "dog2.jpg"]
+    dated = Filters(taken_after=datetime(2024, 1, 1), taken_before=datetime(2024, 7, 1))
+    assert paths(search_text(con, QUERY, embedder.model_id, filters=dated)) == ["dog2.jpg"]
+
+
+def test_similar_images_leave_the_query_image_out(con):
+    hits = similar_to_image(con, image_id(ITEMS[0]), k=3)
+    assert "dog.jpg" not in paths(hits) and len(hits) == 3
+    assert paths(similar_to_image(con, image_id(ITEMS[0]), k=2, filters=Filters(category="object"))) == [
+        "sofa.jpg", "lamp.jpg"]
+
+
+def test_similar_to_a_vector_ranks_by_it(con, embedder):
+    query = embedder.embed_text([QUERY])[0]
+    assert paths(similar_to_vector(con, query, embedder.model_id, k=2)) == ["dog.jpg", "dog2.jpg"]
+
+
+def test_clear_errors_for_searches_that_cannot_run(con, embedder, tmp_path):
+    with pytest.raises(SearchError, match="not by the query's model"):
+        search_text(con, QUERY, "another/model", k=3)
+    with pytest.raises(SearchError, match="no embedded image with sha256"):
+        similar_to_image(con, "0" * 64)
+    with pytest.raises(SearchError, match="give some text"):
+        search_text(con, "  ", embedder.model_id)
+    with pytest.raises(SearchError, match="no clip_embeddings yet"):
+        search_text(connect(tmp_path, text_embedder=embedder), QUERY, embedder.model_id)
