@@ -155,3 +155,30 @@ CLUSTER_LABELS = pa.schema(
         REUSED,
     ]
 )
+
+# The whole collection, not one batch: ``batch`` here is the copy's batch.
+NEAR_DUPLICATES = pa.schema([
+    column("group_id", pa.int32(), "one group of copies of a photo, numbered largest group first", nullable=False),
+    column("batch", pa.string(), "the batch holding this copy", nullable=False),
+    column("path", pa.string(), "the copy, relative to its batch folder", nullable=False),
+    bookkeeping("image_id", pa.string(), "sha256 of the copy's bytes", nullable=False),
+    column("match", pa.string(), "'best' (the copy to keep), 'exact' (same bytes as it) or 'near' (resized, "
+           "re-encoded or cropped)", nullable=False),
+    column("is_best", pa.bool_(), "the suggested copy to keep: most pixels, then sharpest, then taken earliest",
+           nullable=False),
+    column("width", pa.int32(), "width in pixels"),
+    column("height", pa.int32(), "height in pixels"),
+    column("bytes", pa.int64(), "file size"),
+    column("taken_at", pa.timestamp("us"), "when the photo was taken (EXIF)"),
+    bookkeeping("sharpness", pa.float64(), "variance of the Laplacian at 256x256 grey: higher is sharper"),
+    bookkeeping("phash", pa.string(), "64-bit perceptual hash (DCT), hex"),
+    column("hash_distance", pa.int32(), "perceptual-hash bits that differ from the best copy's (0-64)"),
+    column("cosine", pa.float32(), "CLIP cosine similarity with the best copy"),
+])
+
+# A cache of the near-duplicate step (under the warehouse's hidden .cache/), by file content.
+PERCEPTUAL_HASHES = pa.schema([
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("phash", pa.string(), nullable=False),
+    pa.field("sharpness", pa.float64(), nullable=False),
+])

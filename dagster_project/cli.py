@@ -97,10 +97,26 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None) -> None
         except Exception as exc:
             click.secho(f"error: batch {key!r}: {type(exc).__name__}: {exc}", fg="red", err=True)
             failed.append(f"{key} ({type(exc).__name__}: {exc})")
+    if len(failed) < len(keys):
+        _refresh_collection(defs, instance, failed)
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(keys)} batches failed: {', '.join(failed)}; "
                                    "see the log above or the Dagster UI")
     click.echo("\nQuery them with SQL, for example:\n  pixelsift query \"" + EXAMPLE_QUERY.format(batch=keys[-1]) + '"')
+
+
+def _refresh_collection(defs, instance, failed: list[str]) -> None:
+    """The assets over every batch (near_duplicates), once the batches are written."""
+    from dagster_project.run_history import process_tags
+
+    try:
+        result = defs.resolve_job_def("refresh_collection").execute_in_process(
+            instance=instance, raise_on_error=False, tags=process_tags())
+        if not result.success:
+            failed.append(f"near_duplicates (run {result.run_id})")
+    except Exception as exc:
+        click.secho(f"error: near_duplicates: {type(exc).__name__}: {exc}", fg="red", err=True)
+        failed.append(f"near_duplicates ({type(exc).__name__}: {exc})")
 
 
 class _WarningsToStderr:
@@ -155,17 +171,19 @@ def query(sql: str, fmt: str, max_rows: int) -> None:
     """Run one read-only SQL query over the warehouse; each asset is a view with a batch column.
 
     The query sees only those views: it cannot read, write or list other files, load extensions
-    or change settings. A damaged file is left out of its view and named on stderr.
+    or change settings. A damaged file is left out of its view and named on stderr. Search from SQL
+    with search_images('text', k := 10, category := ...), similar_images('<sha256>') (docs/search.md).
 
     Example: pixelsift query "select primary_category, count(*) from image_metadata group by 1"
     """
+    from dagster_project.search_cli import text_embedder_for
     from resources.settings import PixelsiftSettings
     from resources.warehouse import ReadOnlyQueryError
     from resources.warehouse import query as run_query
 
     skipped = []  # files left out of the views, named once the query is done
     try:
-        rel = run_query(PixelsiftSettings().warehouse_dir, sql, skipped)
+        rel = run_query(PixelsiftSettings().warehouse_dir, sql, skipped, text_embedder=text_embedder_for(sql))
         if fmt == "table":
             rel.show(max_rows=max_rows, max_width=shutil.get_terminal_size((160, 20)).columns)
         elif fmt == "csv":
@@ -284,9 +302,10 @@ def ui_argv(host: str, port: int) -> list[str]:
 
 def _register_subcommands() -> None:
     from benchmarks.cli import bench
+    from dagster_project.search_cli import search, similar
     from evals.cli import baseline, eval_group
 
-    for command in (baseline, eval_group, bench):
+    for command in (baseline, eval_group, bench, search, similar):
         main.add_command(command)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dagster import Definitions
 
-from assets import pipeline_assets
+from assets import collection_assets, pipeline_assets
 from evals.definitions import eval_asset_checks, eval_assets, eval_resources
 from dagster_project.execution import executor
-from dagster_project.jobs import process_batch_job
+from dagster_project.jobs import process_batch_job, refresh_collection_job
 from dagster_project.profiles import model_resources
 from dagster_project.sensors import batch_folder_sensor
 from resources.settings import PixelsiftSettings
@@ -22,9 +22,9 @@ def build_definitions(settings: PixelsiftSettings | None = None, models: dict | 
     backfills run that one, and must keep to the same limits as ``process_batch``."""
     settings = settings or PixelsiftSettings()
     return Definitions(
-        assets=[*pipeline_assets, *eval_assets],
+        assets=[*pipeline_assets, *collection_assets, *eval_assets],
         asset_checks=eval_asset_checks,
-        jobs=[process_batch_job],
+        jobs=[process_batch_job, refresh_collection_job],
         sensors=[batch_folder_sensor],
         executor=executor,
         resources={

@@ -1,14 +1,23 @@
-"""The one job: every asset of a batch, pipeline and evaluation."""
+"""The jobs: every asset of a batch (pipeline and evaluation), and the assets of the whole collection."""
 
 from dagster import AssetSelection, define_asset_job
 
 from dagster_project.execution import executor
 from resources.partitions import batch_partitions
 
+COLLECTION = "collection"  # the group of assets over every batch (near_duplicates)
+
 process_batch_job = define_asset_job(
     "process_batch",
-    selection=AssetSelection.all(),
+    selection=AssetSelection.all() - AssetSelection.groups(COLLECTION),
     partitions_def=batch_partitions,
     executor_def=executor,
     description="Materialize every pipeline and evaluation asset for one batch of images.",
+)
+
+refresh_collection_job = define_asset_job(
+    "refresh_collection",
+    selection=AssetSelection.groups(COLLECTION),
+    executor_def=executor,
+    description="Materialize the assets over every batch (near_duplicates), after batches changed.",
 )

@@ -204,7 +204,7 @@ def similar_to_image(con: duckdb.DuckDBPyConnection, image_id: str, k: int = 20,
     """The k images nearest an image of the warehouse (its copies with the same sha256 left out)."""
     _models(con)
     known = con.execute(f"SELECT count(*) FROM {EMBEDDINGS} WHERE image_id = ? AND status = 'ok'",
-                        [image_id]).fetchone()[0]
+                        [image_id]).fetchall()[0][0]
     if not known:
         raise SearchError(f"no embedded image with sha256 {image_id} in the warehouse")
     args, values = _filter_args(filters)

@@ -62,6 +62,11 @@ def partition_file(root: str | Path, asset: str, batch: str) -> Path:
     return partition_dir(root, asset, batch) / DATA_FILE
 
 
+def collection_file(root: str | Path, asset: str) -> Path:
+    """Where an asset of the whole collection (not partitioned by batch) is stored."""
+    return Path(root) / asset / DATA_FILE
+
+
 def partial_dir(root: str | Path, asset: str, batch: str) -> Path:
     """Where a running step of ``asset`` saves finished chunks of ``batch`` until its partition is written."""
     return Path(root) / PARTIAL_DIR / asset / f"batch={validate_batch_key(batch)}"
@@ -162,9 +167,9 @@ class ParquetWarehouse(ConfigurableIOManager):
     root: str
 
     def _path(self, context: InputContext | OutputContext) -> Path:
-        if not context.has_asset_partitions:
-            raise ValueError(f"{context.asset_key.to_user_string()} is not partitioned; the warehouse stores batches")
         asset = "/".join(context.asset_key.path)
+        if not context.has_asset_partitions:  # an asset of the whole collection (near_duplicates)
+            return collection_file(self.root, asset)
         return partition_file(self.root, asset, context.asset_partition_key)
 
     def handle_output(self, context: OutputContext, obj: pa.Table) -> None:
@@ -173,8 +178,9 @@ class ParquetWarehouse(ConfigurableIOManager):
         path = self._path(context)
         write_table(obj, path)
         # The partition now holds everything the step's saved chunks did.
-        shutil.rmtree(partial_dir(self.root, "/".join(context.asset_key.path), context.asset_partition_key),
-                      ignore_errors=True)
+        if context.has_asset_partitions:
+            shutil.rmtree(partial_dir(self.root, "/".join(context.asset_key.path), context.asset_partition_key),
+                          ignore_errors=True)
         context.add_output_metadata({**table_metadata(obj), "path": MetadataValue.path(str(path))})
 
     def load_input(self, context: InputContext) -> pa.Table:
@@ -213,6 +219,9 @@ def _damaged(path: Path, root: Path, reason: str) -> Problem:
     if relative.parts[:len(PARTIAL_DIR.parts)] == PARTIAL_DIR.parts:
         return Problem(path, f"damaged saved chunk: {reason}",
                        "delete it; re-running its batch computes those rows again")
+    if relative.parent.name and relative == Path(relative.parent.name) / DATA_FILE:
+        return Problem(path, f"damaged {relative.parent.name} (whole collection): {reason}",
+                       f"delete it and materialize it again: pixelsift run (or the {relative.parent.name} asset in the UI)")
     if not path.parent.name.startswith("batch="):
         return Problem(path, f"damaged Parquet file: {reason}", "delete it; pixelsift writes no file there")
     batch = path.parent.name.removeprefix("batch=")
@@ -317,6 +326,14 @@ def _views(root: Path, problems: list[Problem]) -> dict[str, ds.Dataset]:
             else:
                 files.append(path)
                 schemas.append(checked)
+        whole = asset_dir / DATA_FILE  # an asset of the whole collection: its own batch column, if any
+        if not files and whole.is_file():
+            checked = _usable_schema(whole, root)
+            if isinstance(checked, Problem):
+                problems.append(checked)
+            else:
+                views[asset_dir.name] = ds.dataset(str(whole), schema=checked, format="parquet")
+            continue
         if not files:
             continue
         try:

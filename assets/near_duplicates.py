@@ -1,0 +1,188 @@
+"""``near_duplicates``: groups of copies of one photo across the whole collection, best copy first.
+
+Not partitioned: a copy in one batch of a photo in another is what users want found, so the asset
+reads every batch's ``images`` and ``clip_embeddings`` from the warehouse and is written whole
+(``<warehouse>/near_duplicates/data.parquet``). The ``refresh_collection`` job materializes it;
+``pixelsift run`` does after its batches, and Dagster's automation does when a batch changes.
+
+Two images are copies when they have the same sha256 (exact), or when their perceptual hashes
+(``assets.perceptual_hash``) are within ``max_hash_distance`` bits, or within ``max_hash_distance_with_clip``
+bits while their CLIP vectors are at least ``min_cosine`` alike (near: resized, re-encoded, slightly
+cropped). The hash alone misses crops of textured photos; CLIP alone joins different photos of
+one scene (and a random-weight test model joins everything). Copies group transitively.
+
+The best copy of a group: most pixels, then sharpest (Laplacian variance), then taken earliest,
+then its batch and path (so the choice is stable). Hashes are kept by sha256 in
+``<warehouse>/.cache/perceptual_hashes.parquet``, so only new images are decoded again.
+"""
+
+
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster import AssetExecutionContext, AutomationCondition, Config, asset
+from pydantic import Field
+
+from assets.clip_embeddings import clip_embeddings
+from assets.image_files import ImageDecodeError, open_image
+from assets.images import images
+from assets.parquet_schemas import NEAR_DUPLICATES, PERCEPTUAL_HASHES
+from assets.perceptual_hash import hamming, phash, sharpness
+from resources.parallel import thread_map, worker_count
+from resources.settings import PixelsiftSettings
+from resources.warehouse import PARTIAL_DIR, connect, read_table, write_table
+
+HASH_CACHE = PARTIAL_DIR.parent / "perceptual_hashes.parquet"
+BLOCK = 2048  # rows of the pairwise comparison held at once: BLOCK x N floats
+
+
+class NearDuplicatesConfig(Config):
+    """When two different files count as copies of one photo."""
+
+    max_hash_distance: int = Field(
+        default=12, ge=0, le=64,
+        description="Perceptual-hash bits (of 64) two copies may differ by on their own. Resized and re-encoded "
+        "copies differ by 0-2, 4% crops by 8-26, different photos of the samples by 24 or more.")
+    max_hash_distance_with_clip: int = Field(
+        default=20, ge=0, le=64, description="Bits two copies may differ by when their CLIP vectors also agree.")
+    min_cosine: float = Field(
+        default=0.95, ge=-1, le=1, description="CLIP cosine similarity at which vectors agree (with the bits above).")
+
+
+def _hashes(settings: PixelsiftSettings, members: list[dict], log) -> dict[str, tuple[int, float] | None]:
+    """image_id -> (pHash, sharpness), or None when the file cannot be read as hashed now."""
+    cache_path = Path(settings.warehouse_dir) / HASH_CACHE
+    known: dict[str, tuple[int, float]] = {}
+    if cache_path.exists():
+        try:
+            for row in read_table(cache_path).to_pylist():
+                known[row["image_id"]] = (int(row["phash"], 16), row["sharpness"])
+        except (OSError, pa.ArrowException) as exc:  # a cache: rebuilt, never fatal
+            log.warning(f"perceptual hash cache {cache_path} unreadable ({exc}); hashing again")
+    first = {}
+    for m in members:
+        first.setdefault(m["image_id"], m)
+    todo = [m for image_id, m in first.items() if image_id not in known]
+
+    def measure(m: dict) -> tuple[int, float] | None:
+        try:
+            image = open_image(Path(settings.images_root) / m["batch"], m["path"], settings.max_image_pixels,
+                               sha256=m["image_id"], max_bytes=settings.max_file_bytes)
+        except ImageDecodeError as exc:
+            log.warning(f"{m['batch']}/{m['path']}: left out of near-duplicate groups: {exc}")
+            return None
+        return phash(image), sharpness(image)
+
+    for m, measured in zip(todo, thread_map(measure, todo, worker_count(settings.cpu_workers))):
+        if measured is not None:
+            known[m["image_id"]] = measured
+    if todo:
+        write_table(pa.Table.from_pylist(
+            [{"image_id": i, "phash": f"{h:016x}", "sharpness": s}
+             for i, (h, s) in sorted(known.items())], schema=PERCEPTUAL_HASHES), cache_path)
+    return {image_id: known.get(image_id) for image_id in first}
+
+
+def _collection(settings: PixelsiftSettings) -> list[dict]:
+    """Every decodable, embedded image of every batch, with its size, date and vector."""
+    con = connect(settings.warehouse_dir)
+    tables = {name for (name,) in con.sql("show tables").fetchall()}
+    if not {"images", "clip_embeddings"} <= tables:
+        return []
+    return [dict(zip(["batch", "path", "image_id", "width", "height", "bytes", "taken_at", "model_id",
+                      "embedding"], row)) for row in con.sql("""
+        SELECT i.batch, i.path, i.image_id, i.width, i.height, i.bytes, i.taken_at, e.model_id, e.embedding
+        FROM images i JOIN clip_embeddings e ON e.batch = i.batch AND e.path = i.path AND e.image_id = i.image_id
+        WHERE i.status = 'ok' AND e.status = 'ok'
+        ORDER BY i.batch, i.path""").fetchall()]
+
+
+class _Groups:
+    """Union-find over image indices."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def join(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def find_groups(hashes: np.ndarray, vectors: np.ndarray, models: list[str], config: NearDuplicatesConfig) -> list[list[int]]:
+    """Groups (of 2 or more indices) of distinct images that are copies: ``hashes`` uint64 pHashes,
+    ``vectors`` unit CLIP vectors (one row per image), compared only within one CLIP model."""
+    n = len(hashes)
+    groups = _Groups(n)
+    model_index = np.unique(np.array(models, dtype=object), return_inverse=True)[1] if n else np.zeros(0, int)
+    for start in range(0, n, BLOCK):
+        stop = min(start + BLOCK, n)
+        bits = hamming(hashes[start:stop, None], hashes[None, :])
+        cosine = vectors[start:stop] @ vectors.T
+        same_model = model_index[start:stop, None] == model_index[None, :]
+        copies = (bits <= config.max_hash_distance) | (
+            (bits <= config.max_hash_distance_with_clip) & (cosine >= config.min_cosine) & same_model)
+        for a, b in zip(*np.nonzero(copies)):
+            if start + a < b:  # each pair once, never an image with itself
+                groups.join(start + int(a), int(b))
+    members: dict[int, list[int]] = {}
+    for i in range(n):
+        members.setdefault(groups.find(i), []).append(i)
+    return [m for m in members.values() if len(m) > 1]
+
+
+def _best_first(rows: list[dict]) -> list[dict]:
+    latest = datetime.max
+    return sorted(rows, key=lambda r: (-(r["width"] or 0) * (r["height"] or 0), -r["sharpness"],
+                                       r["taken_at"] or latest, r["batch"], r["path"]))
+
+
+@asset(group_name="collection", kinds={"parquet"}, deps=[images, clip_embeddings],
+       io_manager_key="io_manager", automation_condition=AutomationCondition.eager())
+def near_duplicates(context: AssetExecutionContext, config: NearDuplicatesConfig,
+                    settings: PixelsiftSettings) -> pa.Table:
+    """Copies of one photo across all batches (same sha256, or resized/re-encoded/cropped), one row
+    per copy, groups numbered largest first, the suggested copy to keep first in each group."""
+    members = _collection(settings)
+    measured = _hashes(settings, members, context.log)
+    members = [m | {"phash": measured[m["image_id"]][0], "sharpness": measured[m["image_id"]][1]}
+               for m in members if measured[m["image_id"]] is not None]
+    # One entry per distinct file content: exact copies share everything but their path.
+    distinct = list({m["image_id"]: m for m in reversed(members)}.values())[::-1]
+    dim = len(distinct[0]["embedding"]) if distinct else 0
+    found = find_groups(np.array([m["phash"] for m in distinct], dtype=np.uint64),
+                        np.array([m["embedding"] for m in distinct], dtype=np.float32).reshape(len(distinct), dim),
+                        [m["model_id"] for m in distinct], config)
+    group_of = {distinct[i]["image_id"]: g for g, group in enumerate(found) for i in group}
+    exact = {}
+    for m in members:
+        exact.setdefault(m["image_id"], []).append(m)
+    groups = [[m for i in group for m in exact[distinct[i]["image_id"]]] for group in found]
+    groups += [rows for image_id, rows in exact.items() if len(rows) > 1 and image_id not in group_of]
+    groups = sorted((_best_first(g) for g in groups), key=lambda g: (-len(g), g[0]["batch"], g[0]["path"]))
+    rows = []
+    for group_id, group in enumerate(groups):
+        best = group[0]
+        best_vector = np.asarray(best["embedding"], dtype=np.float32)
+        for rank, m in enumerate(group):
+            rows.append({
+                "group_id": group_id, "batch": m["batch"], "path": m["path"], "image_id": m["image_id"],
+                "match": "best" if rank == 0 else "exact" if m["image_id"] == best["image_id"] else "near",
+                "is_best": rank == 0, "width": m["width"], "height": m["height"], "bytes": m["bytes"],
+                "taken_at": m["taken_at"], "sharpness": m["sharpness"],
+                "phash": f"{m['phash']:016x}",
+                "hash_distance": int(hamming(np.uint64(m["phash"]), np.uint64(best["phash"]))),
+                "cosine": float(np.asarray(m["embedding"], dtype=np.float32) @ best_vector),
+            })
+    context.add_output_metadata({"groups": len(groups), "images_compared": len(members),
+                                 "copies_beyond_best": len(rows) - len(groups)})
+    return pa.Table.from_pylist(rows, schema=NEAR_DUPLICATES)

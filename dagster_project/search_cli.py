@@ -1,0 +1,161 @@
+"""``pixelsift search``, ``pixelsift similar`` and ``pixelsift browse``: find photos in the warehouse.
+
+The ranking and the filters are ``resources.search``'s (SQL macros); this module only reads the
+command line, embeds the query and prints the hits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+_TEXT_SEARCH_SQL = re.compile(r"\b(search_images|clip_text|clip_model_id)\s*\(", re.IGNORECASE)
+
+
+def filter_options(command):
+    """The metadata filters every search command takes; each narrows the candidates before the top k."""
+    for option in reversed([
+        click.option("--batch", "batch_key", default=None, help="Only this batch."),
+        click.option("--category", default=None, help="Only this primary category (image_metadata)."),
+        click.option("--tag", default=None, help="Only images with this tag."),
+        click.option("--scene", default=None, help="Only this scene type (indoor, outdoor, ...)."),
+        click.option("--taken-after", type=click.DateTime(), default=None, help="Taken at or after (EXIF time)."),
+        click.option("--taken-before", type=click.DateTime(), default=None, help="Taken before (EXIF time)."),
+        click.option("-k", "k", default=20, show_default=True, type=click.IntRange(1, 10_000),
+                     help="How many results."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _filters(batch_key, category, tag, scene, taken_after, taken_before):
+    from resources.search import Filters
+
+    return Filters(batch_key=batch_key, category=category, tag=tag, scene=scene, taken_after=taken_after,
+                   taken_before=taken_before)
+
+
+def clip_embedder():
+    """The CLIP model of the current profile: the one that made the warehouse's image vectors."""
+    from dagster_project.profiles import current_profile, TINY_WARNING, model_resources
+
+    if current_profile() == "tiny":
+        click.secho(f"warning: {TINY_WARNING}", fg="yellow", err=True)
+    return model_resources()["clip_embedder"]
+
+
+def text_embedder_for(sql: str):
+    """The CLIP model when ``sql`` searches by text, else None (loading torch costs every other query seconds)."""
+    return clip_embedder() if _TEXT_SEARCH_SQL.search(sql) else None
+
+
+def printable(text: object) -> str:
+    """File names and model output with control characters escaped: a name or a caption must not be
+    able to move the cursor or recolour the terminal (ANSI escapes)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _print_hits(hits, images_root: Path) -> None:
+    if not hits:
+        click.echo("No images match.")
+    for hit in hits:
+        click.echo(f"{hit.score:6.3f}  {printable(images_root / hit.batch / hit.path)}  "
+                   f"[{printable(hit.category or '-')}]  {printable(hit.caption or '')}")
+
+
+def read_query_image(path: Path, max_pixels: int, max_bytes: int):
+    """(sha256, image as the models see it) of a file given on the command line, read and decoded
+    through the pipeline's own hostile-input checks (regular file, size and pixel limits)."""
+    from assets.batch_files import FileRefused, read_batch_file
+    from assets.image_files import ImageDecodeError, decode, to_rgb
+
+    path = path.absolute()
+    try:
+        data = read_batch_file(path, path.parent, max_bytes)
+        return hashlib.sha256(data).hexdigest(), to_rgb(decode(data, max_pixels).image)
+    except (FileRefused, ImageDecodeError) as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(f"{path}: cannot read file: {exc.strerror or exc}") from None
+
+
+@click.command()
+@click.argument("text")
+@filter_options
+@click.option("--models", type=click.Choice(["hub", "tiny"]), default=None,
+              help="The profile whose CLIP model made the embeddings (default: PIXELSIFT_MODELS, else hub).")
+def search(text: str, models: str | None, k: int, **filters) -> None:
+    """Find photos by a text description, best match first: score, file, category, caption.
+
+    Filters narrow the candidates before the k best are taken, so they never cut the list short
+    while more images match.
+
+    Example: pixelsift search "dog on a beach at sunset" --category animal -k 10
+    """
+    import os
+
+    from resources.search import SearchError, search_text
+    from resources.settings import PixelsiftSettings
+    from resources.warehouse import connect
+
+    if models:
+        os.environ["PIXELSIFT_MODELS"] = models
+    settings = PixelsiftSettings()
+    embedder = clip_embedder()
+    try:
+        hits = search_text(connect(settings.warehouse_dir, text_embedder=embedder), text, embedder.model_id, k,
+                           _filters(**filters))
+    except SearchError as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_hits(hits, Path(settings.images_root))
+
+
+@click.command()
+@click.argument("image")
+@filter_options
+@click.option("--models", type=click.Choice(["hub", "tiny"]), default=None,
+              help="For a file not in the warehouse: the profile whose CLIP model embeds it.")
+def similar(image: str, models: str | None, k: int, **filters) -> None:
+    """Find photos that look like IMAGE: a file (embedded now unless the warehouse has it) or a sha256.
+
+    Copies of the image itself (same sha256) are left out.
+
+    Example: pixelsift similar data/images/sample/chelsea.png -k 5
+    """
+    import os
+
+    from resources.search import SearchError, similar_to_image, similar_to_vector
+    from resources.settings import PixelsiftSettings
+    from resources.warehouse import connect
+
+    if models:
+        os.environ["PIXELSIFT_MODELS"] = models
+    settings = PixelsiftSettings()
+    con = connect(settings.warehouse_dir)
+    try:
+        if Path(image).exists():
+            sha, picture = read_query_image(Path(image), settings.max_image_pixels, settings.max_file_bytes)
+            known = con.execute("SELECT count(*) FROM clip_embeddings WHERE image_id = ? AND status = 'ok'",
+                                [sha]).fetchall()[0][0] if _has_embeddings(con) else 0
+            if known:
+                hits = similar_to_image(con, sha, k, _filters(**filters))
+            else:
+                embedder = clip_embedder()
+                vector = embedder.embed([picture]).vectors[0]
+                hits = similar_to_vector(con, vector, embedder.model_id, k, _filters(**filters))
+        elif SHA256.fullmatch(image.lower()):
+            hits = similar_to_image(con, image.lower(), k, _filters(**filters))
+        else:
+            raise click.ClickException(f"{image}: no such file, and not a sha256 (64 hex digits)")
+    except SearchError as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_hits(hits, Path(settings.images_root))
+
+
+def _has_embeddings(con) -> bool:
+    return "clip_embeddings" in {name for (name,) in con.sql("show tables").fetchall()}
