@@ -302,10 +302,10 @@ def ui_argv(host: str, port: int) -> list[str]:
 
 def _register_subcommands() -> None:
     from benchmarks.cli import bench
-    from dagster_project.search_cli import search, similar
+    from dagster_project.search_cli import browse, search, similar
     from evals.cli import baseline, eval_group
 
-    for command in (baseline, eval_group, bench, search, similar):
+    for command in (baseline, eval_group, bench, search, similar, browse):
         main.add_command(command)
 
 

@@ -159,3 +159,32 @@ def similar(image: str, models: str | None, k: int, **filters) -> None:
 
 def _has_embeddings(con) -> bool:
     return "clip_embeddings" in {name for (name,) in con.sql("show tables").fetchall()}
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; the page has no login, so keep it on this machine unless you mean otherwise.")
+@click.option("--port", default=8765, show_default=True)
+@click.option("--models", type=click.Choice(["hub", "tiny"]), default=None,
+              help="The profile whose CLIP model embeds text searches (loaded on the first one).")
+def browse(host: str, port: int, models: str | None) -> None:
+    """Open a local web page to search and browse the photos: text search with filters, similar
+    images, clusters, near-duplicate groups, and each image's metadata. Reads only; Ctrl-C stops it.
+
+    Example: pixelsift browse --port 8765   (then open http://127.0.0.1:8765/)
+    """
+    import os
+
+    from dagster_project.browse import Browser, make_server
+    from resources.settings import PixelsiftSettings
+
+    if models:
+        os.environ["PIXELSIFT_MODELS"] = models
+    server = make_server(Browser(PixelsiftSettings(), text_embedder=clip_embedder), host, port)
+    click.echo(f"pixelsift browse: http://{host}:{server.server_port}/  (Ctrl-C stops it)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
