@@ -101,3 +101,42 @@ def test_clear_errors_for_searches_that_cannot_run(con, embedder, tmp_path):
         search_text(con, "  ", embedder.model_id)
     with pytest.raises(SearchError, match="no clip_embeddings yet"):
         search_text(connect(tmp_path, text_embedder=embedder), QUERY, embedder.model_id)
+
+
+def test_the_same_search_from_sql_with_filters_as_named_arguments(warehouse, embedder):
+    from resources.warehouse import query
+
+    sql = f"select path, round(score::DOUBLE, 2) from search_images('{QUERY}', k := 2, category := 'object')"
+    assert query(warehouse, sql, text_embedder=embedder).fetchall() == [("sofa.jpg", 0.3), ("lamp.jpg", 0.2)]
+    # Ordinary SQL around it: the macro is a table like any other.
+    sql = (f"select s.path from similar_images('{image_id(ITEMS[0])}', k := 8) s "
+           "join image_metadata m using (batch, path) where m.scene_type = 'indoor' order by s.score desc")
+    assert [p for (p,) in query(warehouse, sql).fetchall()] == ["cat.jpg", "sofa.jpg", "lamp.jpg"]
+
+
+def test_sql_search_stays_read_only(warehouse, embedder):
+    from resources.warehouse import ReadOnlyQueryError, query
+
+    for statement in ["create or replace macro search_images(q) as table select 1",
+                      "drop macro table search_vector", f"copy (select * from search_images('{QUERY}')) to 'x.csv'"]:
+        with pytest.raises(ReadOnlyQueryError):
+            query(warehouse, statement, text_embedder=embedder)
+    with pytest.raises(Exception, match="search_images does not exist"):  # without the model, text search is not there at all
+        query(warehouse, f"select * from search_images('{QUERY}')").fetchall()
+
+
+def test_the_commands_search_by_sha256_and_by_sql(warehouse, monkeypatch):
+    from click.testing import CliRunner
+
+    from dagster_project.cli import main
+
+    monkeypatch.setenv("PIXELSIFT_WAREHOUSE_DIR", str(warehouse))
+    monkeypatch.setenv("PIXELSIFT_IMAGES_ROOT", "/photos")
+    result = CliRunner().invoke(main, ["similar", image_id(ITEMS[0]), "-k", "2", "--category", "object"])
+    assert result.exit_code == 0, result.output
+    assert [line.split()[1] for line in result.output.splitlines()] == ["/photos/home/sofa.jpg", "/photos/home/lamp.jpg"]
+    result = CliRunner().invoke(main, ["similar", "f" * 64])
+    assert result.exit_code == 1 and "no embedded image with sha256" in result.output
+    result = CliRunner().invoke(main, ["query", "--format", "csv",
+                                       f"select path from similar_images('{image_id(ITEMS[0])}', k := 1)"])
+    assert result.exit_code == 0 and result.output.splitlines() == ["path", "dog2.jpg"]
