@@ -16,6 +16,7 @@ from pydantic_core import PydanticUndefined
 from assets.cluster_labels import ClusterLabelConfig
 from assets.clusters import ClusteringConfig
 from assets.image_metadata import MetadataConfig
+from assets.near_duplicates import NearDuplicatesConfig
 from evals.semantic import SentenceEncoder
 from evals.settings import EvalSettings
 from resources.captioner import CaptionerResource
@@ -35,6 +36,7 @@ ASSET_CONFIGS: list[tuple[str, type[BaseModel]]] = [
     ("image_metadata", MetadataConfig),
     ("clusters", ClusteringConfig),
     ("cluster_labels", ClusterLabelConfig),
+    ("near_duplicates", NearDuplicatesConfig),
 ]
 
 HEADER = """# Configuration reference
