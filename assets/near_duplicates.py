@@ -3,7 +3,8 @@
 Not partitioned: a copy in one batch of a photo in another is what users want found, so the asset
 reads every batch's ``images`` and ``clip_embeddings`` from the warehouse and is written whole
 (``<warehouse>/near_duplicates/data.parquet``). The ``refresh_collection`` job materializes it;
-``pixelsift run`` does after its batches, and Dagster's automation does when a batch changes.
+``pixelsift run`` does after its batches, and the ``collection_automation`` sensor (on by
+default, with ``pixelsift ui``) does when any batch's images or embeddings change.
 
 Two images are copies when they have the same sha256 (exact), or when their perceptual hashes
 (``assets.perceptual_hash``) are within ``max_hash_distance`` bits, or within ``max_hash_distance_with_clip``
@@ -146,8 +147,17 @@ def _best_first(rows: list[dict]) -> list[dict]:
                                        r["taken_at"] or latest, r["batch"], r["path"]))
 
 
+# Dagster's eager() waits until no dependency partition is missing, and batches the folder sensor
+# registered without running them stay missing: this one refreshes after any batch updates.
+AFTER_ANY_BATCH = (
+    (AutomationCondition.newly_missing() | AutomationCondition.any_deps_updated()).since_last_handled()
+    & ~AutomationCondition.any_deps_in_progress()
+    & ~AutomationCondition.in_progress()
+).with_label("after any batch's images or embeddings update")
+
+
 @asset(group_name="collection", kinds={"parquet"}, deps=[images, clip_embeddings],
-       io_manager_key="io_manager", automation_condition=AutomationCondition.eager())
+       io_manager_key="io_manager", automation_condition=AFTER_ANY_BATCH)
 def near_duplicates(context: AssetExecutionContext, config: NearDuplicatesConfig,
                     settings: PixelsiftSettings) -> pa.Table:
     """Copies of one photo across all batches (same sha256, or resized/re-encoded/cropped), one row

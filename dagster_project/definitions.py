@@ -8,7 +8,7 @@ from dagster import Definitions
 from assets import collection_assets, pipeline_assets
 from evals.definitions import eval_asset_checks, eval_assets, eval_resources
 from dagster_project.execution import executor
-from dagster_project.jobs import process_batch_job, refresh_collection_job
+from dagster_project.jobs import collection_automation, process_batch_job, refresh_collection_job
 from dagster_project.profiles import model_resources
 from dagster_project.sensors import batch_folder_sensor
 from resources.settings import PixelsiftSettings
@@ -25,7 +25,7 @@ def build_definitions(settings: PixelsiftSettings | None = None, models: dict | 
         assets=[*pipeline_assets, *collection_assets, *eval_assets],
         asset_checks=eval_asset_checks,
         jobs=[process_batch_job, refresh_collection_job],
-        sensors=[batch_folder_sensor],
+        sensors=[batch_folder_sensor, collection_automation],
         executor=executor,
         resources={
             "settings": settings,

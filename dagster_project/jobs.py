@@ -1,6 +1,6 @@
 """The jobs: every asset of a batch (pipeline and evaluation), and the assets of the whole collection."""
 
-from dagster import AssetSelection, define_asset_job
+from dagster import AssetSelection, AutomationConditionSensorDefinition, DefaultSensorStatus, define_asset_job
 
 from dagster_project.execution import executor
 from resources.partitions import batch_partitions
@@ -20,4 +20,12 @@ refresh_collection_job = define_asset_job(
     selection=AssetSelection.groups(COLLECTION),
     executor_def=executor,
     description="Materialize the assets over every batch (near_duplicates), after batches changed.",
+)
+
+# Evaluates near_duplicates' automation condition; on by default, unlike Dagster's own default sensor.
+collection_automation = AutomationConditionSensorDefinition(
+    "collection_automation",
+    target=AssetSelection.groups(COLLECTION),
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Refreshes near_duplicates after a batch's images or embeddings change.",
 )

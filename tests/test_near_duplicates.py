@@ -120,6 +120,20 @@ def test_best_first_prefers_pixels_then_sharpness_then_earliest():
     assert [r["path"] for r in _best_first(rows)] == ["big", "sharp", "early", "late"]
 
 
+def test_a_batch_update_refreshes_the_collection_even_with_batches_never_run(groups):
+    # Runs before the cache test below. A registered batch that never ran stays "missing" for good
+    # (the folder sensor registers existing folders without running them): eager() would wait forever.
+    from dagster import Definitions, evaluate_automation_conditions
+
+    _, _, resources, instance = groups
+    instance.add_dynamic_partitions("batch", ["never_run"])
+    defs = Definitions(assets=[images, clip_embeddings, near_duplicates], resources=resources)
+    first = evaluate_automation_conditions(defs=defs, instance=instance)
+    assert materialize([images], partition_key="home", instance=instance, resources=resources).success
+    second = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    assert first.total_requested == 0 and second.total_requested == 1  # near_duplicates, the one target
+
+
 def test_hashes_are_read_back_from_the_cache_by_content(groups):
     # Runs last (it changes the fixture's warehouse): a planted far hash in the cache splits a group,
     # which shows that the cached hash, not the file, was used.
