@@ -91,10 +91,15 @@ HIT_COLUMNS = [f.name for f in fields(Hit)]
 
 
 def _source(views: dict[str, ds.Dataset], name: str) -> str:
-    if name in views:
+    """The view, or a stand-in with the columns a hit needs (nulls) for a view or column not there."""
+    if name not in views:
+        columns = ", ".join(f"NULL::{_STAND_IN_TYPES[c]} AS {c}" for c in _DESCRIBED_BY[name])
+        return f"(SELECT NULL::VARCHAR AS batch, NULL::VARCHAR AS path, {columns} WHERE false)"
+    present = set(views[name].schema.names)
+    if set(_DESCRIBED_BY[name]) <= present:
         return name
-    columns = ", ".join(f"NULL::{_STAND_IN_TYPES[c]} AS {c}" for c in _DESCRIBED_BY[name])
-    return f"(SELECT NULL::VARCHAR AS batch, NULL::VARCHAR AS path, {columns} WHERE false)"
+    columns = ", ".join(c if c in present else f"NULL::{_STAND_IN_TYPES[c]} AS {c}" for c in _DESCRIBED_BY[name])
+    return f"(SELECT batch, path, {columns} FROM {name})"
 
 
 def install(con: duckdb.DuckDBPyConnection, views: dict[str, ds.Dataset],

@@ -140,3 +140,17 @@ def test_the_commands_search_by_sha256_and_by_sql(warehouse, monkeypatch):
     result = CliRunner().invoke(main, ["query", "--format", "csv",
                                        f"select path from similar_images('{image_id(ITEMS[0])}', k := 1)"])
     assert result.exit_code == 0 and result.output.splitlines() == ["path", "dog2.jpg"]
+
+
+def test_search_works_when_a_description_table_lacks_columns(tmp_path, embedder):
+    # A warehouse from an older pipeline: image_metadata without scene_type or tags.
+    import pyarrow as pa
+
+    from resources.warehouse import partition_file, write_table
+
+    write_planted(tmp_path, embedder.embed_text([QUERY])[0], ITEMS[:3], embedder.model_id)
+    write_table(pa.table({"path": ["dog.jpg", "dog2.jpg"], "primary_category": ["animal", "animal"]}),
+                partition_file(tmp_path, "image_metadata", "trip"))
+    hits = search_text(connect(tmp_path, text_embedder=embedder), QUERY, embedder.model_id, k=2,
+                       filters=Filters(category="animal"))
+    assert paths(hits) == ["dog.jpg", "dog2.jpg"] and hits[0].scene is None
