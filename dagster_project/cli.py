@@ -97,26 +97,31 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None) -> None
         except Exception as exc:
             click.secho(f"error: batch {key!r}: {type(exc).__name__}: {exc}", fg="red", err=True)
             failed.append(f"{key} ({type(exc).__name__}: {exc})")
-    if len(failed) < len(keys):
-        _refresh_collection(defs, instance, failed)
+    collection_failed = _refresh_collection(defs, instance, settings) if len(failed) < len(keys) else None
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(keys)} batches failed: {', '.join(failed)}; "
                                    "see the log above or the Dagster UI")
+    if collection_failed:
+        raise click.ClickException(f"near_duplicates failed: {collection_failed}; see the log above or the Dagster UI")
     click.echo("\nQuery them with SQL, for example:\n  pixelsift query \"" + EXAMPLE_QUERY.format(batch=keys[-1]) + '"')
 
 
-def _refresh_collection(defs, instance, failed: list[str]) -> None:
-    """The assets over every batch (near_duplicates), once the batches are written."""
+def _refresh_collection(defs, instance, settings) -> str | None:
+    """The assets over every batch (near_duplicates), once the batches are written; why not, if not."""
     from dagster_project.run_history import process_tags
+    from resources.warehouse import collection_file
 
     try:
         result = defs.resolve_job_def("refresh_collection").execute_in_process(
             instance=instance, raise_on_error=False, tags=process_tags())
-        if not result.success:
-            failed.append(f"near_duplicates (run {result.run_id})")
     except Exception as exc:
-        click.secho(f"error: near_duplicates: {type(exc).__name__}: {exc}", fg="red", err=True)
-        failed.append(f"near_duplicates ({type(exc).__name__}: {exc})")
+        return f"{type(exc).__name__}: {exc}"
+    if not result.success:
+        return f"run {result.run_id}"
+    groups = result.asset_materializations_for_node("near_duplicates")[0].metadata["groups"].value
+    click.echo(f"\nCopies across all batches: {groups} group(s) in "
+               f"{collection_file(settings.warehouse_dir, 'near_duplicates')}")
+    return None
 
 
 class _WarningsToStderr:
@@ -151,11 +156,13 @@ def _prepare_instance(instance) -> None:
 
 
 def _say_where(settings, key: str, run_id: str) -> None:
-    from resources.warehouse import connect
+    from resources.warehouse import collection_file, connect
 
     click.echo(f"\nBatch {key!r} done (run {run_id}). Results, one Parquet file per asset:")
     con = connect(settings.warehouse_dir)
     for (name,) in con.sql("show tables").fetchall():
+        if collection_file(settings.warehouse_dir, name).is_file():  # not one batch's: said after the batches
+            continue
         rows = con.execute(f'select count(*) from "{name}" where batch = ?', [key]).fetchall()[0][0]
         click.echo(f"  {name:<18} {rows:>6} rows  {Path(settings.warehouse_dir) / name / f'batch={key}'}")
     report = Path(settings.reports_dir) / key / "report.html"

@@ -134,6 +134,18 @@ def test_a_batch_update_refreshes_the_collection_even_with_batches_never_run(gro
     assert first.total_requested == 0 and second.total_requested == 1  # near_duplicates, the one target
 
 
+
+def test_pixelsift_run_refreshes_the_collection_after_its_batches(groups, capsys):
+    # The step `pixelsift run` takes after its batches, on the real definitions (the model resources
+    # are placeholders: the collection job calls no model).
+    from dagster_project.cli import _refresh_collection
+    from dagster_project.definitions import build_definitions
+
+    _, rows, resources, instance = groups
+    defs = build_definitions(resources["settings"], {"captioner": None, "metadata_llm": None, "clip_embedder": None})
+    assert _refresh_collection(defs, instance, resources["settings"]) is None
+    assert "Copies across all batches: 3 group(s) in" in capsys.readouterr().out
+
 def test_hashes_are_read_back_from_the_cache_by_content(groups):
     # Runs last (it changes the fixture's warehouse): a planted far hash in the cache splits a group,
     # which shows that the cached hash, not the file, was used.
