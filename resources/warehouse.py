@@ -1,6 +1,7 @@
 """The Parquet warehouse: one IO manager for every asset, and read-only DuckDB views over it.
 
-Layout (hive): ``<root>/<asset>/batch=<key>/data.parquet``. A write goes to a temporary
+Layout (hive): ``<root>/<asset>/batch=<key>/data.parquet``; an asset of the whole collection (not
+partitioned: ``near_duplicates``) is ``<root>/<asset>/data.parquet``. A write goes to a temporary
 file in the same folder and is renamed into place, so a reader never sees half a file
 and a crashed run leaves the previous partition intact.
 

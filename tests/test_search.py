@@ -154,3 +154,17 @@ def test_search_works_when_a_description_table_lacks_columns(tmp_path, embedder)
     hits = search_text(connect(tmp_path, text_embedder=embedder), QUERY, embedder.model_id, k=2,
                        filters=Filters(category="animal"))
     assert paths(hits) == ["dog.jpg", "dog2.jpg"] and hits[0].scene is None
+
+
+def test_the_query_command_loads_clip_only_for_text_search(monkeypatch):
+    import dagster_project.search_cli as search_cli
+
+    monkeypatch.setattr(search_cli, "clip_embedder", lambda: "the model")
+    assert search_cli.text_embedder_for("select * from similar_images('abc')") is None
+    assert search_cli.text_embedder_for("select * from SEARCH_IMAGES ('dog', k := 3)") == "the model"
+
+
+def test_printed_names_and_captions_cannot_drive_the_terminal():
+    from dagster_project.search_cli import printable
+
+    assert printable("cat\x1b[2J\x1b]0;owned\x07.jpg\n") == "cat\\x1b[2J\\x1b]0;owned\\x07.jpg\\n"
