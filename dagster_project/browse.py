@@ -99,7 +99,7 @@ class Browser:
         q, similar = params.get("q", "").strip(), params.get("similar", "").strip()
         filters = Filters(**{name: params.get(name) or None for name in FILTERS})
         k = int(params["k"]) if params.get("k", "").isdigit() and 0 < int(params["k"]) <= 500 else 40
-        form = self._search_form(q, similar, filters, k)
+        form = self._search_form(q, similar, filters, k, _choices(self._connect()[0]))
         if not q and not similar:
             return _page("Search", form + '<p class="note">Type what you are looking for, e.g. '
                          '“dog on a beach at sunset”. Filters narrow the images before the best k are taken.</p>')
@@ -121,9 +121,11 @@ class Browser:
         return _page("Search", f"{form}<h2>{heading}</h2>"
                      + (f'<div class="grid">{cards}</div>' if hits else '<p class="note">No images match.</p>'))
 
-    def _search_form(self, q: str, similar: str, filters: Filters, k: int) -> str:
+    def _search_form(self, q: str, similar: str, filters: Filters, k: int, choices: dict[str, list[str]]) -> str:
         def box(name: str, label: str, value: object, kind: str = "text") -> str:
-            return f'<label>{label}<input type="{kind}" name="{name}" value="{_e(value or "")}"></label>'
+            options = "".join(f'<option value="{_e(v)}">' for v in choices.get(name, []))
+            listed = f' list="{name}-choices"><datalist id="{name}-choices">{options}</datalist' if options else ""
+            return f'<label>{label}<input type="{kind}" name="{name}" value="{_e(value or "")}"{listed}></label>'
 
         hidden = f'<input type="hidden" name="similar" value="{_e(similar)}">' if similar and not q else ""
         return ("<form method=get action=/>" + box("q", "Search", q) + box("batch_key", "Batch", filters.batch_key)
@@ -230,6 +232,23 @@ class Browser:
             while len(self._thumbs) > THUMB_CACHE:
                 self._thumbs.popitem(last=False)
         return out.getvalue()
+
+
+def _choices(con) -> dict[str, list[str]]:
+    """The values each filter can take, offered as the user types (the most common first)."""
+    tables = _tables(con)
+    sources = {"batch_key": ("clip_embeddings", "batch"), "category": ("image_metadata", "primary_category"),
+               "scene": ("image_metadata", "scene_type"), "tag": ("image_metadata", "unnest(tags)")}
+    found = {}
+    for name, (table, column) in sources.items():
+        if table in tables:
+            try:
+                found[name] = [v for (v,) in con.sql(
+                    f"SELECT value FROM (SELECT {column} AS value FROM {table}) WHERE value IS NOT NULL "
+                    "GROUP BY value ORDER BY count(*) DESC, value LIMIT 200").fetchall()]
+            except Exception:  # an older table without the column: no suggestions, the box still works
+                found[name] = []
+    return found
 
 
 def _tables(con) -> set[str]:

@@ -161,3 +161,11 @@ def test_pages_forbid_scripts_and_answer_unknown_routes_with_404(site):
     assert "default-src 'none'" in policy and "script-src" not in policy  # no script source is allowed
     assert fetch(site + "/nowhere")[0] == 404
     assert fetch(site + "/image?batch=trip&path=../../outside/secret.png")[0] == 404
+
+
+def test_the_filters_offer_the_values_the_warehouse_has(site):
+    with browser_page() as page:
+        page.goto(site + "/")
+        offered = page.evaluate("[...document.querySelectorAll('#category-choices option')].map(o => o.value)")
+        assert sorted(offered) == ["animal", "food", "object", "people"]
+        assert page.evaluate("document.querySelector('#batch_key-choices option').value") == "trip"
