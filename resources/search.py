@@ -123,7 +123,7 @@ def install(con: duckdb.DuckDBPyConnection, views: dict[str, ds.Dataset],
         LEFT JOIN {captions} c ON c.batch = e.batch AND c.path = e.path
         LEFT JOIN {metadata} m ON m.batch = e.batch AND m.path = e.path
         LEFT JOIN {images} i ON i.batch = e.batch AND i.path = e.path
-        WHERE e.status = 'ok'
+        WHERE e.status = 'ok' AND query_vector IS NOT NULL
           AND (query_model IS NULL OR e.model_id = query_model)
           AND (exclude_image IS NULL OR e.image_id <> exclude_image)
           AND (batch_key IS NULL OR e.batch = batch_key)

@@ -168,3 +168,32 @@ def test_printed_names_and_captions_cannot_drive_the_terminal():
     from dagster_project.search_cli import printable
 
     assert printable("cat\x1b[2J\x1b]0;owned\x07.jpg\n") == "cat\\x1b[2J\\x1b]0;owned\\x07.jpg\\n"
+
+
+def test_similar_images_of_an_unknown_sha256_in_sql_is_empty(warehouse):
+    from resources.warehouse import query
+
+    assert query(warehouse, "select * from similar_images('nope')").fetchall() == []
+
+
+def test_a_tiny_clip_built_before_text_search_says_what_to_do(tmp_path, monkeypatch):
+    # Tiny models are built once and kept (data/models/tiny); one from before text search has a
+    # 64-token text tower. Its image tower is the same (built first from the same seed), so image
+    # vectors stored by it stay valid.
+    import copy
+
+    import resources.tiny.clip as tiny
+    from PIL import Image
+
+    from resources.backends import ModelLoadError
+
+    old_cfg = copy.deepcopy(tiny.MODEL_CFG)
+    old_cfg["text_cfg"] = {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
+    monkeypatch.setattr(tiny, "MODEL_CFG", old_cfg)
+    old = ClipEmbedderResource(model=str(tiny.build_tiny_clip(tmp_path / "old")), device="cpu", dtype="float32")
+    monkeypatch.undo()
+    new = ClipEmbedderResource(model=str(tiny.build_tiny_clip(tmp_path / "new")), device="cpu", dtype="float32")
+    with pytest.raises(ModelLoadError, match="delete its folder"):
+        old.embed_text([QUERY])
+    image = Image.open(Path(__file__).parents[1] / "data/images/sample/coffee.png")
+    np.testing.assert_array_equal(old.embed([image]).vectors, new.embed([image]).vectors)
