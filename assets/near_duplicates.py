@@ -119,7 +119,8 @@ class _Groups:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def find_groups(hashes: np.ndarray, vectors: np.ndarray, models: list[str], config: NearDuplicatesConfig) -> list[list[int]]:
+def find_groups(hashes: np.ndarray, vectors: np.ndarray, models: list[str],
+                config: NearDuplicatesConfig) -> list[list[int]]:
     """Groups (of 2 or more indices) of distinct images that are copies: ``hashes`` uint64 pHashes,
     ``vectors`` unit CLIP vectors (one row per image), compared only within one CLIP model."""
     n = len(hashes)

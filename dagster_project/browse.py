@@ -171,8 +171,8 @@ class Browser:
                      .fetchall()}
         args = [batch] if batch else []
         rows = con.execute("SELECT batch, cluster_id, path FROM clusters WHERE status = 'ok' "
-                           f"{'AND batch = ?' if batch else ''} ORDER BY batch, cluster_id = -1, cluster_id, NOT is_representative, path",
-                           args).fetchall()
+                           f"{'AND batch = ?' if batch else ''} "
+                           "ORDER BY batch, cluster_id = -1, cluster_id, NOT is_representative, path", args).fetchall()
         groups: dict[tuple, list[str]] = {}
         for b, cluster, path in rows:
             groups.setdefault((b, cluster), []).append(path)
