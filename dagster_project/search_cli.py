@@ -121,7 +121,8 @@ def search(text: str, models: str | None, k: int, **filters) -> None:
 @click.option("--models", type=click.Choice(["hub", "tiny"]), default=None,
               help="For a file not in the warehouse: the profile whose CLIP model embeds it.")
 def similar(image: str, models: str | None, k: int, **filters) -> None:
-    """Find photos that look like IMAGE: a file (embedded now unless the warehouse has it) or a sha256.
+    """Find photos that look like IMAGE: a file (embedded now unless the warehouse has it), a path
+    relative to the images root (sample/chelsea.png) or a sha256.
 
     Copies of the image itself (same sha256) are left out.
 
@@ -137,9 +138,10 @@ def similar(image: str, models: str | None, k: int, **filters) -> None:
         os.environ["PIXELSIFT_MODELS"] = models
     settings = PixelsiftSettings()
     con = connect(settings.warehouse_dir)
+    file = next((f for f in (Path(image), Path(settings.images_root) / image) if f.exists()), None)
     try:
-        if Path(image).exists():
-            sha, picture = read_query_image(Path(image), settings.max_image_pixels, settings.max_file_bytes)
+        if file is not None:
+            sha, picture = read_query_image(file, settings.max_image_pixels, settings.max_file_bytes)
             known = con.execute("SELECT count(*) FROM clip_embeddings WHERE image_id = ? AND status = 'ok'",
                                 [sha]).fetchall()[0][0] if _has_embeddings(con) else 0
             if known:

@@ -197,3 +197,22 @@ def test_a_tiny_clip_built_before_text_search_says_what_to_do(tmp_path, monkeypa
         old.embed_text([QUERY])
     image = Image.open(Path(__file__).parents[1] / "data/images/sample/coffee.png")
     np.testing.assert_array_equal(old.embed([image]).vectors, new.embed([image]).vectors)
+
+
+def test_similar_to_a_new_file_embeds_it_through_the_pipelines_checks(warehouse, embedder, monkeypatch, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    import dagster_project.search_cli as search_cli
+    from dagster_project.cli import main
+
+    monkeypatch.setattr(search_cli, "clip_embedder", lambda: embedder)
+    monkeypatch.setenv("PIXELSIFT_WAREHOUSE_DIR", str(warehouse))
+    monkeypatch.setenv("PIXELSIFT_IMAGES_ROOT", str(tmp_path))
+    Image.open(Path(__file__).parents[1] / "data/images/sample/coffee.png").save(tmp_path / "new.png")
+    result = CliRunner().invoke(main, ["similar", str(tmp_path / "new.png"), "-k", "3", "--batch", "home"])
+    assert result.exit_code == 0, result.output
+    assert len(result.output.splitlines()) == 3 and all("/home/" in line for line in result.output.splitlines())
+    (tmp_path / "notes.png").write_text("not an image")
+    result = CliRunner().invoke(main, ["similar", "notes.png"])  # relative to the images root
+    assert result.exit_code == 1 and "not an image Pillow can read" in result.output
