@@ -22,6 +22,7 @@ import html
 import io
 import re
 import threading
+import time
 from collections import OrderedDict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,6 +40,7 @@ from resources.warehouse import connect
 THUMB_SIDE = 192
 LARGE_SIDE = 640
 THUMB_CACHE = 512  # thumbnails kept in memory
+LISTING_TTL_S = 10.0  # how long the list of servable images is reused before it is read again
 _COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 _CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'"
 _STYLE = """
@@ -83,6 +85,7 @@ class Browser:
         self._embedder = None
         self._lock = threading.Lock()
         self._thumbs: OrderedDict[tuple, bytes] = OrderedDict()
+        self._listing: tuple[float, dict | None] = (0.0, None)
 
     def _connect(self, with_text: bool = False):
         """A fresh sandboxed connection per request: it sees batches written since the page started."""
@@ -205,23 +208,33 @@ class Browser:
 
     # --- images ----------------------------------------------------------------------------------
 
+    def _listed(self, batch: str, path: str) -> str | None:
+        """The sha256 the warehouse recorded for a decodable image, or None when it lists no such image.
+        One query serves a page's thumbnails; it is refreshed every LISTING_TTL_S seconds."""
+        with self._lock:
+            stamp, listed = self._listing
+        if listed is None or time.monotonic() - stamp > LISTING_TTL_S:
+            con, _ = self._connect()
+            rows = con.sql("SELECT batch, path, image_id FROM images WHERE status = 'ok'").fetchall() \
+                if "images" in _tables(con) else []
+            listed = {(b, p): i for b, p, i in rows}
+            with self._lock:
+                self._listing = (time.monotonic(), listed)
+        return listed.get((batch, path))
+
     def thumbnail(self, batch: str, path: str, side: int) -> bytes:
         """A JPEG of an image the warehouse lists, read and checked as the pipeline reads it."""
-        key = (batch, path, side)
+        image_id = self._listed(batch, path)
+        if image_id is None:
+            raise NotFound(path)
+        key = (image_id, side)  # by content: a changed file is a new key, copies share one
         with self._lock:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
                 return self._thumbs[key]
-        con, _ = self._connect()
-        if "images" not in _tables(con):
-            raise NotFound(path)
-        rows = con.execute("SELECT image_id FROM images WHERE batch = ? AND path = ? AND status = 'ok'",
-                           [batch, path]).fetchall()
-        if not rows:
-            raise NotFound(path)
         try:
             image = open_image(Path(self.settings.images_root) / batch, path, self.settings.max_image_pixels,
-                               sha256=rows[0][0], max_bytes=self.settings.max_file_bytes)
+                               sha256=image_id, max_bytes=self.settings.max_file_bytes)
         except ImageDecodeError as exc:
             raise NotFound(str(exc)) from None
         image.thumbnail((side, side), Image.Resampling.LANCZOS)
