@@ -182,6 +182,9 @@ def browse(host: str, port: int, models: str | None) -> None:
 
     if models:
         os.environ["PIXELSIFT_MODELS"] = models
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.secho(f"warning: listening on {host}: the page has no login, so anyone who can reach this "
+                    "machine can see your photos and their metadata", fg="yellow", err=True)
     server = make_server(Browser(PixelsiftSettings(), text_embedder=clip_embedder), host, port)
     click.echo(f"pixelsift browse: http://{host}:{server.server_port}/  (Ctrl-C stops it)")
     try:
