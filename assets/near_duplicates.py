@@ -37,16 +37,18 @@ from resources.settings import PixelsiftSettings
 from resources.warehouse import PARTIAL_DIR, connect, read_table, write_table
 
 HASH_CACHE = PARTIAL_DIR.parent / "perceptual_hashes.parquet"
-BLOCK = 2048  # rows of the pairwise comparison held at once: BLOCK x N floats
+BLOCK = 256  # rows of the pairwise comparison held at once: a few BLOCK x N arrays (100 MB each at 100k)
 
 
 class NearDuplicatesConfig(Config):
     """When two different files count as copies of one photo."""
 
     max_hash_distance: int = Field(
-        default=12, ge=0, le=64,
+        default=6, ge=0, le=64,
         description="Perceptual-hash bits (of 64) two copies may differ by on their own. Resized and re-encoded "
-        "copies differ by 0-2, 4% crops by 8-26, different photos of the samples by 24 or more.")
+        "copies differ by 0-2, 4% crops by 8-26, different photos of the samples by 24 or more. Unrelated "
+        "hashes come this close by chance once in 2e11 pairs (at 12 bits: once in 4e6, 100,000 false pairs "
+        "among a million photos).")
     max_hash_distance_with_clip: int = Field(
         default=20, ge=0, le=64, description="Bits two copies may differ by when their CLIP vectors also agree.")
     min_cosine: float = Field(
@@ -87,18 +89,25 @@ def _hashes(settings: PixelsiftSettings, members: list[dict], log) -> dict[str, 
     return {image_id: known.get(image_id) for image_id in first}
 
 
-def _collection(settings: PixelsiftSettings) -> list[dict]:
-    """Every decodable, embedded image of every batch, with its size, date and vector."""
+def _collection(settings: PixelsiftSettings) -> tuple[list[dict], np.ndarray]:
+    """Every decodable, embedded image of every batch (size, date, model; ``row``: its vector's row),
+    and the vectors as one float32 matrix (read through Arrow: no Python float per number)."""
     con = connect(settings.warehouse_dir)
     tables = {name for (name,) in con.sql("show tables").fetchall()}
     if not {"images", "clip_embeddings"} <= tables:
-        return []
-    return [dict(zip(["batch", "path", "image_id", "width", "height", "bytes", "taken_at", "model_id",
-                      "embedding"], row)) for row in con.sql("""
+        return [], np.zeros((0, 0), dtype=np.float32)
+    table = con.sql("""
         SELECT i.batch, i.path, i.image_id, i.width, i.height, i.bytes, i.taken_at, e.model_id, e.embedding
         FROM images i JOIN clip_embeddings e ON e.batch = i.batch AND e.path = i.path AND e.image_id = i.image_id
         WHERE i.status = 'ok' AND e.status = 'ok'
-        ORDER BY i.batch, i.path""").fetchall()]
+        ORDER BY i.batch, i.path""").arrow()
+    if hasattr(table, "read_all"):  # newer DuckDB hands back a record batch reader
+        table = table.read_all()
+    embedding = table.column("embedding").combine_chunks()
+    dim = embedding.type.list_size
+    vectors = embedding.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(table), dim)
+    members = [row | {"row": n} for n, row in enumerate(table.drop_columns(["embedding"]).to_pylist())]
+    return members, vectors
 
 
 class _Groups:
@@ -163,15 +172,14 @@ def near_duplicates(context: AssetExecutionContext, config: NearDuplicatesConfig
                     settings: PixelsiftSettings) -> pa.Table:
     """Copies of one photo across all batches (same sha256, or resized/re-encoded/cropped), one row
     per copy, groups numbered largest first, the suggested copy to keep first in each group."""
-    members = _collection(settings)
+    members, vectors = _collection(settings)
     measured = _hashes(settings, members, context.log)
     members = [m | {"phash": measured[m["image_id"]][0], "sharpness": measured[m["image_id"]][1]}
                for m in members if measured[m["image_id"]] is not None]
     # One entry per distinct file content: exact copies share everything but their path.
     distinct = list({m["image_id"]: m for m in reversed(members)}.values())[::-1]
-    dim = len(distinct[0]["embedding"]) if distinct else 0
     found = find_groups(np.array([m["phash"] for m in distinct], dtype=np.uint64),
-                        np.array([m["embedding"] for m in distinct], dtype=np.float32).reshape(len(distinct), dim),
+                        vectors[[m["row"] for m in distinct]].reshape(len(distinct), vectors.shape[1]),
                         [m["model_id"] for m in distinct], config)
     group_of = {distinct[i]["image_id"]: g for g, group in enumerate(found) for i in group}
     exact = {}
@@ -183,7 +191,7 @@ def near_duplicates(context: AssetExecutionContext, config: NearDuplicatesConfig
     rows = []
     for group_id, group in enumerate(groups):
         best = group[0]
-        best_vector = np.asarray(best["embedding"], dtype=np.float32)
+        best_vector = vectors[best["row"]]
         for rank, m in enumerate(group):
             rows.append({
                 "group_id": group_id, "batch": m["batch"], "path": m["path"], "image_id": m["image_id"],
@@ -192,7 +200,7 @@ def near_duplicates(context: AssetExecutionContext, config: NearDuplicatesConfig
                 "taken_at": m["taken_at"], "sharpness": m["sharpness"],
                 "phash": f"{m['phash']:016x}",
                 "hash_distance": int(hamming(np.uint64(m["phash"]), np.uint64(best["phash"]))),
-                "cosine": float(np.asarray(m["embedding"], dtype=np.float32) @ best_vector),
+                "cosine": float(vectors[m["row"]] @ best_vector),
             })
     context.add_output_metadata({"groups": len(groups), "images_compared": len(members),
                                  "copies_beyond_best": len(rows) - len(groups)})
