@@ -188,13 +188,66 @@ def measure(n: int, n_queries: int, nprobes: list[int], only: set[str] | None) -
     return rows
 
 
+def measure_warehouse(n: int, n_queries: int) -> dict:
+    """What ``pixelsift search`` runs: the search macro over a real warehouse (Parquet on disk, read
+    by DuckDB through the sandboxed views), with a filter, after the connection is made."""
+    import tempfile
+
+    import pyarrow as pa
+
+    from assets.parquet_schemas import IMAGE_METADATA, clip_embeddings_schema
+    from resources.search import Filters, similar_to_vector
+    from resources.warehouse import connect, partition_file, write_table
+
+    vectors, queries = synthetic(n), synthetic(n_queries, seed=1)
+    with tempfile.TemporaryDirectory() as root:
+        per_batch = 100_000  # batches of a realistic size
+        for b, start in enumerate(range(0, n, per_batch)):
+            block = vectors[start:start + per_batch]
+            keys = {"image_id": [f"{i:064x}" for i in range(start, start + len(block))],
+                    "path": [f"{i}.jpg" for i in range(start, start + len(block))],
+                    "status": ["ok"] * len(block), "error": [None] * len(block)}
+            write_table(pa.table({**keys, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)),
+                                                                                        DIM),
+                                  "model_id": ["m"] * len(block), "ms": [1.0] * len(block),
+                                  "fingerprint": ["f"] * len(block), "reused": [False] * len(block)},
+                                 schema=clip_embeddings_schema(DIM)), partition_file(root, "clip_embeddings", f"b{b}"))
+            write_table(pa.table({**keys, "primary_category": ["animal" if i % 10 == 0 else "nature"
+                                                               for i in range(start, start + len(block))]},
+                                 schema=pa.schema([IMAGE_METADATA.field(c) for c in
+                                                   ["image_id", "path", "status", "error", "primary_category"]])),
+                        partition_file(root, "image_metadata", f"b{b}"))
+        started = time.perf_counter()
+        con = connect(root)
+        connect_ms = (time.perf_counter() - started) * 1000
+        times = []
+        for q in queries:
+            started = time.perf_counter()
+            hits = similar_to_vector(con, q, "m", K, Filters(category="animal"))
+            times.append((time.perf_counter() - started) * 1000)
+            assert len(hits) == K
+    row = {"n": n, "connect_ms": connect_ms, "p50_ms": float(np.percentile(times, 50)),
+           "p95_ms": float(np.percentile(times, 95))}
+    print(f"| {n:,} | search macro over Parquet, category filter (1 in 10) | connect {connect_ms:.0f} ms | "
+          f"{row['p50_ms']:.1f} | {row['p95_ms']:.1f} |", flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000", help="collection sizes, comma-separated")
     parser.add_argument("--queries", type=int, default=100, help="queries per method (latency percentiles, recall)")
     parser.add_argument("--nprobe", default="16,64,256", help="faiss IVF lists searched per query, comma-separated")
     parser.add_argument("--only", default="", help="comma-separated words: run only methods whose name has one")
+    parser.add_argument("--warehouse-sizes", default="",
+                        help="instead: time the search macro over a Parquet warehouse of these sizes")
     args = parser.parse_args()
+    if args.warehouse_sizes:
+        print("| vectors | what | setup | p50 ms | p95 ms |\n|---|---|---|---|---|")
+        for n in [int(v) for v in args.warehouse_sizes.split(",")]:
+            measure_warehouse(n, args.queries)
+        print(f"# load average {os.getloadavg()[0]:.2f} at end")
+        return
     print(f"# {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start, dim {DIM}, k {K}")
     print("| vectors | method | build s | vectors MB | p50 ms | p95 ms | recall@10 |\n|---|---|---|---|---|---|---|")
     for n in [int(s) for s in args.sizes.split(",")]:
