@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import io
+import os
 import re
 import threading
 import time
@@ -40,7 +41,7 @@ from resources.warehouse import connect
 THUMB_SIDE = 192
 LARGE_SIDE = 640
 THUMB_CACHE = 512  # thumbnails kept in memory
-LISTING_TTL_S = 10.0  # how long the list of servable images is reused before it is read again
+REFRESH_S = 5.0  # how often the page checks whether the warehouse changed
 _COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 _CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'"
 _STYLE = """
@@ -79,22 +80,33 @@ class NotFound(Exception):
 class Browser:
     """What the page shows, as HTML strings; the HTTP handler only routes to it."""
 
-    def __init__(self, settings: PixelsiftSettings, text_embedder: Callable[[], object] | None = None) -> None:
+    def __init__(self, settings: PixelsiftSettings, text_embedder: Callable[[], object] | None = None,
+                 refresh_s: float = REFRESH_S) -> None:
         self.settings = settings
         self._text_embedder = text_embedder  # called on the first text search: loading CLIP takes seconds
         self._embedder = None
-        self._lock = threading.Lock()
+        self._refresh_s = refresh_s
+        self.db_lock = threading.RLock()  # held while the shared connection is used: DuckDB's is not thread-safe
+        self._lock = threading.Lock()  # the thumbnail cache
+        self._con, self._con_has_text, self._signature, self._checked = None, False, None, 0.0
         self._thumbs: OrderedDict[tuple, bytes] = OrderedDict()
-        self._listing: tuple[float, dict | None] = (0.0, None)
+        self._listing: tuple[object, dict] = (None, {})
 
     def _connect(self, with_text: bool = False):
-        """A fresh sandboxed connection per request: it sees batches written since the page started."""
-        embedder = None
-        if with_text and self._text_embedder is not None:
-            with self._lock:
-                self._embedder = self._embedder or self._text_embedder()
-            embedder = self._embedder
-        return connect(self.settings.warehouse_dir, [], text_embedder=embedder), embedder
+        """The page's sandboxed connection, with the warehouse's tables in memory (a search decodes no
+        Parquet). Read again when a warehouse file changed (checked every ``refresh_s`` seconds), so
+        batches written while the page runs show up. Callers hold ``db_lock``."""
+        if with_text and self._embedder is None and self._text_embedder is not None:
+            self._embedder = self._text_embedder()
+        if time.monotonic() - self._checked > self._refresh_s:
+            self._checked = time.monotonic()
+            signature = _signature(Path(self.settings.warehouse_dir))
+            if signature != self._signature:
+                self._con, self._signature = None, signature
+        if self._con is None or (self._embedder is not None and not self._con_has_text):
+            self._con = connect(self.settings.warehouse_dir, [], text_embedder=self._embedder, resident=True)
+            self._con_has_text = self._embedder is not None
+        return self._con, self._embedder
 
     # --- pages ---------------------------------------------------------------------------------
 
@@ -210,17 +222,14 @@ class Browser:
 
     def _listed(self, batch: str, path: str) -> str | None:
         """The sha256 the warehouse recorded for a decodable image, or None when it lists no such image.
-        One query serves a page's thumbnails; it is refreshed every LISTING_TTL_S seconds."""
-        with self._lock:
-            stamp, listed = self._listing
-        if listed is None or time.monotonic() - stamp > LISTING_TTL_S:
+        One query serves a page's thumbnails, until the warehouse changes."""
+        with self.db_lock:
             con, _ = self._connect()
-            rows = con.sql("SELECT batch, path, image_id FROM images WHERE status = 'ok'").fetchall() \
-                if "images" in _tables(con) else []
-            listed = {(b, p): i for b, p, i in rows}
-            with self._lock:
-                self._listing = (time.monotonic(), listed)
-        return listed.get((batch, path))
+            if self._listing[0] is not con:
+                rows = con.sql("SELECT batch, path, image_id FROM images WHERE status = 'ok'").fetchall() \
+                    if "images" in _tables(con) else []
+                self._listing = (con, {(b, p): i for b, p, i in rows})
+            return self._listing[1].get((batch, path))
 
     def thumbnail(self, batch: str, path: str, side: int) -> bytes:
         """A JPEG of an image the warehouse lists, read and checked as the pipeline reads it."""
@@ -245,6 +254,18 @@ class Browser:
             while len(self._thumbs) > THUMB_CACHE:
                 self._thumbs.popitem(last=False)
         return out.getvalue()
+
+
+def _signature(root: Path) -> tuple:
+    """Changes when a Parquet file of the warehouse is written, replaced or removed."""
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.endswith(".parquet"):
+                info = os.stat(os.path.join(folder, name))
+                found.append((folder, name, info.st_mtime_ns, info.st_size))
+    return tuple(found)
 
 
 def _choices(con) -> dict[str, list[str]]:
@@ -308,6 +329,14 @@ def _page(title: str, body: str) -> str:
             f"<a href=/duplicates>Duplicates</a></nav>{body}</body></html>")
 
 
+PAGES = {
+    "/": lambda browser, params: browser.search_page(params),
+    "/image": lambda browser, params: browser.image_page(params.get("batch", ""), params.get("path", "")),
+    "/clusters": lambda browser, params: browser.clusters_page(params.get("batch") or None),
+    "/duplicates": lambda browser, params: browser.duplicates_page(),
+}
+
+
 def make_handler(browser: Browser) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "pixelsift-browse"
@@ -329,14 +358,9 @@ def make_handler(browser: Browser) -> type[BaseHTTPRequestHandler]:
             url = urlsplit(self.path)
             params = {k: v[0] for k, v in parse_qs(url.query).items()}
             try:
-                if url.path == "/":
-                    page = browser.search_page(params)
-                elif url.path == "/image":
-                    page = browser.image_page(params.get("batch", ""), params.get("path", ""))
-                elif url.path == "/clusters":
-                    page = browser.clusters_page(params.get("batch") or None)
-                elif url.path == "/duplicates":
-                    page = browser.duplicates_page()
+                if url.path in PAGES:
+                    with browser.db_lock:
+                        page = PAGES[url.path](browser, params)
                 elif url.path == "/thumb":
                     side = int(params["size"]) if params.get("size", "").isdigit() else THUMB_SIDE
                     body = browser.thumbnail(params.get("batch", ""), params.get("path", ""),

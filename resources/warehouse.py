@@ -347,11 +347,12 @@ def _views(root: Path, problems: list[Problem]) -> dict[str, ds.Dataset]:
 
 def connect(root: str | Path, problems: list[Problem] | None = None, *,
             memory_limit: str = QUERY_MEMORY_LIMIT, threads: int = QUERY_THREADS,
-            text_embedder: TextEmbedder | None = None) -> duckdb.DuckDBPyConnection:
+            text_embedder: TextEmbedder | None = None, resident: bool = False) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with one view per asset over all its readable batches (``batch`` is a
     column) that can reach nothing else, and the search macros (``resources.search``; text search
     with ``text_embedder``). Files left out (damaged, or links out of the warehouse) are appended to
-    ``problems`` when it is given, else logged as warnings."""
+    ``problems`` when it is given, else logged as warnings. ``resident``: the tables are read into
+    memory once (for a long-lived process: a query then decodes no Parquet), else on every query."""
     skipped: list[Problem] = []
     views = _views(Path(root), skipped)
     if problems is not None:
@@ -363,7 +364,7 @@ def connect(root: str | Path, problems: list[Problem] | None = None, *,
     con.execute("SET disabled_filesystems = 'LocalFileSystem'")  # only settable once started
     con.execute("SET lock_configuration = true")
     for name, dataset in views.items():
-        con.register(name, dataset)
+        con.register(name, dataset.to_table() if resident else dataset)
     try:
         install_search(con, views, text_embedder)
     except duckdb.Error as exc:  # the views still answer plain SQL; only search is missing

@@ -169,3 +169,17 @@ def test_the_filters_offer_the_values_the_warehouse_has(site):
         offered = page.evaluate("[...document.querySelectorAll('#category-choices option')].map(o => o.value)")
         assert sorted(offered) == ["animal", "food", "object", "people"]
         assert page.evaluate("document.querySelector('#batch_key-choices option').value") == "trip"
+
+
+def test_the_page_sees_batches_written_while_it_runs(tmp_path):
+    # The page keeps the warehouse's tables in memory; a new or rewritten Parquet file is read again.
+    import numpy as np
+
+    direction = np.eye(8, dtype=np.float32)[0]
+    write_planted(tmp_path, direction, [Planted("one", "a.jpg", 0.5, image_id="a" * 64)], "m")
+    browser = Browser(PixelsiftSettings(images_root=str(tmp_path / "images"), warehouse_dir=str(tmp_path)),
+                      refresh_s=0)
+    assert browser._listed("one", "a.jpg") == "a" * 64 and browser._listed("two", "b.jpg") is None
+    write_planted(tmp_path, direction, [Planted("two", "b.jpg", 0.5, image_id="b" * 64)], "m")
+    assert browser._listed("two", "b.jpg") == "b" * 64
+    assert "two/b.jpg" in browser.search_page({"similar": "a" * 64})
