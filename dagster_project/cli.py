@@ -142,9 +142,11 @@ def _say_where(settings, key: str, run_id: str) -> None:
     for (name,) in con.sql("show tables").fetchall():
         rows = con.execute(f'select count(*) from "{name}" where batch = ?', [key]).fetchall()[0][0]
         click.echo(f"  {name:<18} {rows:>6} rows  {Path(settings.warehouse_dir) / name / f'batch={key}'}")
-    report = Path(settings.reports_dir) / key / "report.html"
+    from evals.report import report_path, report_url
+
+    report = report_path(Path(settings.reports_dir), key)
     if report.exists():
-        click.echo(f"Quality report: {report}")
+        click.echo(f"Quality report: {report}\n  (or {report_url(settings.reports_url, key)} while pixelsift ui runs)")
 
 
 @main.command()
@@ -259,17 +261,46 @@ def prune(dry_run: bool) -> None:
 @click.option("--port", default=3000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 def ui(models: str | None, port: int, host: str) -> None:
-    """Start the Dagster UI (and daemon, for the folder sensor) on pixelsift's definitions.
+    """Start the Dagster UI (and daemon, for the folder sensor) on pixelsift's definitions, and serve
+    the quality reports read-only at the reports_url setting (default http://127.0.0.1:3001), where
+    the `eval_report` asset's link points.
 
     Example: pixelsift ui --models tiny
     """
     _use_profile(models)
+    import signal
+    import subprocess
+
     from dagster import DagsterInstance
 
+    from dagster_project.report_server import ReportsURLError, serve_reports
+    from resources.settings import PixelsiftSettings
+
+    settings = PixelsiftSettings()
     with DagsterInstance.get() as instance:
         _prepare_instance(instance)
-    argv = ui_argv(host, port)
-    os.execv(argv[0], argv)
+    try:
+        reports = serve_reports(Path(settings.reports_dir), settings.reports_url)
+    except ReportsURLError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve the reports at {settings.reports_url}: {exc}; is another "
+                                   "pixelsift ui running? Set PIXELSIFT_REPORTS_URL to another port") from None
+    click.echo(f"Quality reports: {settings.reports_url} (the folder {settings.reports_dir}, read-only)", err=True)
+    dagster_dev = subprocess.Popen(ui_argv(host, port))
+    # Ctrl-C reaches dagster dev as well (same process group) and it shuts down its daemon and code
+    # server; a SIGTERM sent to this process alone is passed on so nothing is left running.
+    signal.signal(signal.SIGTERM, lambda *_: dagster_dev.terminate())
+    try:
+        while True:
+            try:
+                returncode = dagster_dev.wait()
+                break
+            except KeyboardInterrupt:
+                continue  # wait for dagster dev to finish shutting down
+    finally:
+        reports.shutdown()
+    sys.exit(returncode)
 
 
 WORKSPACE = Path(__file__).with_name("workspace.yaml")
