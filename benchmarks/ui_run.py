@@ -195,7 +195,7 @@ def run_timings(dagster_home: str, run_id: str) -> RunTimings:
         else:
             os.environ["DAGSTER_HOME"] = old
     marks: dict[tuple[str, str], float] = {}
-    run_marks: dict[str, float] = {}
+    run_marks: dict = {}
     for record in records:
         event = record.dagster_event
         if event is None:
@@ -203,14 +203,14 @@ def run_timings(dagster_home: str, run_id: str) -> RunTimings:
         kind = event.event_type
         if kind in (DagsterEventType.RUN_ENQUEUED, DagsterEventType.RUN_STARTING, DagsterEventType.RUN_START,
                     DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE):
-            run_marks.setdefault(kind.value, record.timestamp)
+            run_marks.setdefault(kind, record.timestamp)
         elif event.step_key and kind in (DagsterEventType.STEP_WORKER_STARTING, DagsterEventType.STEP_START,
                                          DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
             marks[(event.step_key, "end" if kind in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE)
                    else kind.value)] = record.timestamp
-    first = run_marks.get("RUN_ENQUEUED", run_marks.get("RUN_STARTING"))
-    start = run_marks["RUN_START"]
-    end = run_marks.get("RUN_SUCCESS", run_marks.get("RUN_FAILURE"))
+    first = run_marks.get(DagsterEventType.RUN_ENQUEUED, run_marks.get(DagsterEventType.RUN_STARTING))
+    start = run_marks[DagsterEventType.RUN_START]
+    end = run_marks.get(DagsterEventType.RUN_SUCCESS, run_marks.get(DagsterEventType.RUN_FAILURE))
     timings = RunTimings(queued_to_start=start - first, run=end - start)
     intervals = []
     for step in sorted({key for key, _ in marks}):
