@@ -188,15 +188,16 @@ def doctor() -> None:
     """Check the warehouse and the run history, and say what to do about each problem.
 
     Lists Parquet files that cannot be read (partitions and the chunks a stopped step saved),
-    links that lead out of the warehouse, temporary files an interrupted write left behind, and
-    runs the history still shows as running although their process is gone. Changes nothing.
+    links that lead out of the warehouse, temporary files an interrupted write left behind, runs
+    the history still shows as running although their process is gone, and ended runs still
+    holding the large-model slot. Changes nothing.
     Exits with status 1 when it finds any.
 
     Example: pixelsift doctor
     """
     from dagster import DagsterInstance
 
-    from dagster_project.run_history import stale_runs
+    from dagster_project.run_history import ended_runs_holding_slots, stale_runs
     from resources.settings import PixelsiftSettings
     from resources.warehouse import warehouse_problems
 
@@ -207,12 +208,20 @@ def doctor() -> None:
     _use_profile(None)
     with DagsterInstance.get() as instance:
         stale = stale_runs(instance)
+        holding = ended_runs_holding_slots(instance)
     for run in stale:
         click.echo(f"run {run.run_id} ({run.job_name}, batch {run.partition!r})\n  problem: still {run.status.value} "
                    f"in the run history, but {run.reason}\n  fix: the next pixelsift run or pixelsift ui marks it "
                    f"{run.marked_as}")
-    if problems or stale:
-        raise click.ClickException(f"{len(problems)} problem(s) in {root}, {len(stale)} stale run(s) in the history")
+    for run in holding:
+        batch = run.tags.get("dagster/partition")
+        click.echo(f"run {run.run_id} ({run.job_name}, batch {batch!r})\n  problem: ended {run.status.value} but still "
+                   "holds a large-model slot, so other runs' model steps wait for it\n  fix: the next pixelsift run "
+                   "or pixelsift ui frees it at start (the UI's daemon a minute after the run ended), or free it "
+                   "on the UI's Deployment > Concurrency page")
+    if problems or stale or holding:
+        raise click.ClickException(f"{len(problems)} problem(s) in {root}, {len(stale)} stale run(s) and "
+                                   f"{len(holding)} ended run(s) holding a slot in the history")
     click.echo(f"No problems found in {root} or the run history.")
 
 

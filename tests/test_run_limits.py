@@ -158,6 +158,25 @@ def test_a_slot_left_by_an_ended_run_is_freed_and_a_running_runs_slot_kept(shipp
     assert storage.get_concurrency_info(LARGE_MODEL_POOL).active_run_ids == {running.run_id}
 
 
+def test_doctor_names_an_ended_run_holding_the_slot_and_frees_nothing(shipped_instance, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dagster_project.cli import main
+
+    storage = shipped_instance.event_log_storage
+    killed = shipped_instance.create_run_for_job(quick, tags={"dagster/partition": "holiday"})
+    assert storage.claim_concurrency_slot(LARGE_MODEL_POOL, killed.run_id, "captions").is_claimed
+    shipped_instance.report_run_failed(killed, "its process was killed mid-step")
+    monkeypatch.setenv("PIXELSIFT_WAREHOUSE_DIR", str(tmp_path / "warehouse"))  # nothing wrong there
+
+    result = CliRunner().invoke(main, ["doctor"])
+    assert result.exit_code == 1
+    assert f"run {killed.run_id} (quick, batch 'holiday')" in result.output
+    assert "ended FAILURE but still holds a large-model slot" in result.output
+    assert "1 ended run(s) holding a slot" in result.output
+    assert storage.get_concurrency_info(LARGE_MODEL_POOL).active_run_ids == {killed.run_id}  # left as it was
+
+
 # --- Two real runs at once -------------------------------------------------------------------
 
 
