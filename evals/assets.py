@@ -33,7 +33,8 @@ def _md_list(rows: list[tuple], header: tuple[str, ...], limit: int = 50) -> str
 
 
 def _number(value: float | None) -> MetadataValue:
-    return MetadataValue.text("not measured") if value is None else MetadataValue.float(float(value))
+    # Three decimals, as the headline shows it: the UI prints every digit of a float (0.08943890227003708).
+    return MetadataValue.text("not measured") if value is None else MetadataValue.float(round(float(value), 3))
 
 
 def _images(table: pa.Table) -> list[tuple[str, str]]:

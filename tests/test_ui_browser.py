@@ -6,6 +6,7 @@ test-artifacts/ (tests/browser.py) for a person to look at.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 import urllib.request
@@ -86,12 +87,21 @@ def test_materialize_a_batch_from_the_catalog_and_read_its_pages(ui, page):
     page.get_by_text("Success").first.wait_for()
     screenshot(page, "ui-3-run")
 
+    # Each page once loaded: its description and its columns' (from assets/parquet_schemas.py).
     page.goto(f"{ui.url}/assets/image_metadata")
-    page.get_by_text("primary_category").first.wait_for()
+    page.get_by_text("one of the schema's categories").first.wait_for()
     screenshot(page, "ui-4-image_metadata")
     page.goto(f"{ui.url}/assets/eval_summary")
-    page.get_by_text("metadata_accuracy").first.wait_for()
+    page.get_by_text("the batch evaluated").first.wait_for()
+    page.get_by_text("per_field_scores", exact=True).scroll_into_view_if_needed()  # the headline's plot
     screenshot(page, "ui-5-eval_summary")
+    assert page.get_by_text(re.compile(r"^\d+\.\d{4,}$")).count() == 0  # figures as the headline rounds them
+    page.get_by_text("[Show Markdown]").first.click()  # the headline table, one click away
+    page.get_by_role("dialog").get_by_text("95% CI").first.wait_for()
+    page.wait_for_timeout(500)  # the dialog's fade-in, so the screenshot shows it whole
+    assert page.get_by_role("dialog").get_by_text(str(ROOT)).count() == 0  # model paths shown portably
+    screenshot(page, "ui-5b-eval_summary-headline")
+    page.keyboard.press("Escape")
 
     # The report is one click from its asset page, and the link opens it.
     page.goto(f"{ui.url}/assets/eval_report")
