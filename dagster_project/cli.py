@@ -282,13 +282,16 @@ def ui(models: str | None, port: int, host: str) -> None:
 
     from dagster import DagsterInstance
 
-    from dagster_project.report_server import ReportsURLError, serve_reports
+    from dagster_project.report_server import ReportsURLError, bind_address, serve_reports
     from resources.settings import PixelsiftSettings
 
     settings = PixelsiftSettings()
     with DagsterInstance.get() as instance:
         _prepare_instance(instance)
     try:
+        if bind_address(settings.reports_url)[1] == port:
+            raise ReportsURLError(f"--port {port} is where the reports are served ({settings.reports_url}): "
+                                  "choose another --port or set PIXELSIFT_REPORTS_URL")
         reports = serve_reports(Path(settings.reports_dir), settings.reports_url)
     except ReportsURLError as exc:
         raise click.ClickException(str(exc)) from None

@@ -64,3 +64,15 @@ def test_an_address_that_cannot_be_served_is_a_clear_error(tmp_path):
         taken.listen()
         with pytest.raises(OSError):
             serve_reports(tmp_path, f"http://127.0.0.1:{taken.getsockname()[1]}")
+
+
+def test_pixelsift_ui_refuses_a_port_the_reports_use(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dagster_project.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PIXELSIFT_REPORTS_URL", "http://127.0.0.1:3001")
+    result = CliRunner().invoke(main, ["ui", "--port", "3001"])
+    assert result.exit_code == 1
+    assert "--port 3001 is where the reports are served" in result.output
