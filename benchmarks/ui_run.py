@@ -87,13 +87,14 @@ def ui_server(workdir: Path, models: str = "tiny", images_root: Path | None = No
               extra_env: dict[str, str] | None = None, timeout: float = 600) -> Iterator[UIServer]:
     """`pixelsift ui` on a free 127.0.0.1 port, with everything it writes under ``workdir``."""
     port = free_port()
+    tiny_models = Path(os.environ.get("PIXELSIFT_TINY_MODELS_DIR", ROOT / "data/models/tiny")).resolve()
     env = {
         **os.environ,
         "DAGSTER_HOME": str(workdir / "dagster_home"),
         "PIXELSIFT_WAREHOUSE_DIR": str(workdir / "warehouse"),
         "PIXELSIFT_REPORTS_DIR": str(workdir / "reports"),
         "PIXELSIFT_IMAGES_ROOT": str((images_root or ROOT / "data/images").resolve()),
-        "PIXELSIFT_TINY_MODELS_DIR": str(Path(os.environ.get("PIXELSIFT_TINY_MODELS_DIR", ROOT / "data/models/tiny")).resolve()),
+        "PIXELSIFT_TINY_MODELS_DIR": str(tiny_models),  # built once, shared with the tests
         **(extra_env or {}),
     }
     log = workdir / "ui.log"
