@@ -165,9 +165,11 @@ def _say_where(settings, key: str, run_id: str) -> None:
             continue
         rows = con.execute(f'select count(*) from "{name}" where batch = ?', [key]).fetchall()[0][0]
         click.echo(f"  {name:<18} {rows:>6} rows  {Path(settings.warehouse_dir) / name / f'batch={key}'}")
-    report = Path(settings.reports_dir) / key / "report.html"
+    from evals.report import report_path, report_url
+
+    report = report_path(Path(settings.reports_dir), key)
     if report.exists():
-        click.echo(f"Quality report: {report}")
+        click.echo(f"Quality report: {report}\n  (or {report_url(settings.reports_url, key)} while pixelsift ui runs)")
 
 
 @main.command()
@@ -211,15 +213,16 @@ def doctor() -> None:
     """Check the warehouse and the run history, and say what to do about each problem.
 
     Lists Parquet files that cannot be read (partitions and the chunks a stopped step saved),
-    links that lead out of the warehouse, temporary files an interrupted write left behind, and
-    runs the history still shows as running although their process is gone. Changes nothing.
+    links that lead out of the warehouse, temporary files an interrupted write left behind, runs
+    the history still shows as running although their process is gone, and ended runs still
+    holding the large-model slot. Changes nothing.
     Exits with status 1 when it finds any.
 
     Example: pixelsift doctor
     """
     from dagster import DagsterInstance
 
-    from dagster_project.run_history import stale_runs
+    from dagster_project.run_history import ended_runs_holding_slots, stale_runs
     from resources.settings import PixelsiftSettings
     from resources.warehouse import warehouse_problems
 
@@ -230,12 +233,20 @@ def doctor() -> None:
     _use_profile(None)
     with DagsterInstance.get() as instance:
         stale = stale_runs(instance)
+        holding = ended_runs_holding_slots(instance)
     for run in stale:
         click.echo(f"run {run.run_id} ({run.job_name}, batch {run.partition!r})\n  problem: still {run.status.value} "
                    f"in the run history, but {run.reason}\n  fix: the next pixelsift run or pixelsift ui marks it "
                    f"{run.marked_as}")
-    if problems or stale:
-        raise click.ClickException(f"{len(problems)} problem(s) in {root}, {len(stale)} stale run(s) in the history")
+    for run in holding:
+        batch = run.tags.get("dagster/partition")
+        click.echo(f"run {run.run_id} ({run.job_name}, batch {batch!r})\n  problem: ended {run.status.value} but still "
+                   "holds a large-model slot, so other runs' model steps wait for it\n  fix: the next pixelsift run "
+                   "or pixelsift ui frees it at start (the UI's daemon a minute after the run ended), or free it "
+                   "on the UI's Deployment > Concurrency page")
+    if problems or stale or holding:
+        raise click.ClickException(f"{len(problems)} problem(s) in {root}, {len(stale)} stale run(s) and "
+                                   f"{len(holding)} ended run(s) holding a slot in the history")
     click.echo(f"No problems found in {root} or the run history.")
 
 
@@ -284,17 +295,49 @@ def prune(dry_run: bool) -> None:
 @click.option("--port", default=3000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 def ui(models: str | None, port: int, host: str) -> None:
-    """Start the Dagster UI (and daemon, for the folder sensor) on pixelsift's definitions.
+    """Start the Dagster UI (and daemon, for the folder sensor) on pixelsift's definitions, and serve
+    the quality reports read-only at the reports_url setting (default http://127.0.0.1:3001), where
+    the `eval_report` asset's link points.
 
     Example: pixelsift ui --models tiny
     """
     _use_profile(models)
+    import signal
+    import subprocess
+
     from dagster import DagsterInstance
 
+    from dagster_project.report_server import ReportsURLError, bind_address, serve_reports
+    from resources.settings import PixelsiftSettings
+
+    settings = PixelsiftSettings()
     with DagsterInstance.get() as instance:
         _prepare_instance(instance)
-    argv = ui_argv(host, port)
-    os.execv(argv[0], argv)
+    try:
+        if bind_address(settings.reports_url)[1] == port:
+            raise ReportsURLError(f"--port {port} is where the reports are served ({settings.reports_url}): "
+                                  "choose another --port or set PIXELSIFT_REPORTS_URL")
+        reports = serve_reports(Path(settings.reports_dir), settings.reports_url)
+    except ReportsURLError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve the reports at {settings.reports_url}: {exc}; is another "
+                                   "pixelsift ui running? Set PIXELSIFT_REPORTS_URL to another port") from None
+    click.echo(f"Quality reports: {settings.reports_url} (the folder {settings.reports_dir}, read-only)", err=True)
+    dagster_dev = subprocess.Popen(ui_argv(host, port))
+    # Ctrl-C reaches dagster dev as well (same process group) and it shuts down its daemon and code
+    # server; a SIGTERM sent to this process alone is passed on so nothing is left running.
+    signal.signal(signal.SIGTERM, lambda *_: dagster_dev.terminate())
+    try:
+        while True:
+            try:
+                returncode = dagster_dev.wait()
+                break
+            except KeyboardInterrupt:
+                continue  # wait for dagster dev to finish shutting down
+    finally:
+        reports.shutdown()
+    sys.exit(returncode)
 
 
 WORKSPACE = Path(__file__).with_name("workspace.yaml")

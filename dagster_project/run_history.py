@@ -100,16 +100,22 @@ def free_slots_of_ended_runs(instance: DagsterInstance) -> list[str]:
     of ``pixelsift ui`` frees such slots a minute after the run is marked ended
     (``free_slots_after_run_end_seconds`` in dagster.yaml); ``pixelsift run`` has no daemon, and
     without this its next large-model step would wait for ever for a slot nobody holds."""
+    ended = ended_runs_holding_slots(instance)
+    for run in ended:
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+    return [run.run_id for run in ended]
+
+
+def ended_runs_holding_slots(instance: DagsterInstance) -> list:
+    """The runs (DagsterRun) that have ended but still hold a concurrency-pool slot; changes nothing."""
     storage = instance.event_log_storage
     if not storage.supports_global_concurrency_limits:
         return []
     holders = storage.get_concurrency_run_ids()
     if not holders:
         return []
-    ended = instance.get_run_records(filters=RunsFilter(run_ids=list(holders), statuses=ENDED))
-    for record in ended:
-        storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
-    return [record.dagster_run.run_id for record in ended]
+    records = instance.get_run_records(filters=RunsFilter(run_ids=list(holders), statuses=ENDED))
+    return [record.dagster_run for record in records]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from evals.baseline import (
 )
 from evals.cluster_scoring import ClusteredImage, score_clusters
 from evals.metadata_scoring import Answer, ImageToScore, score_images
-from evals.report import SECTIONS, ReportInputs, field_bars, png_base64, write_report
+from evals.report import SECTIONS, ReportInputs, field_bars, png_base64, report_url, write_report
 from evals.semantic import SentenceEncoder
 from evals.settings import EvalSettings
 from evals.summary import fresh_rows, headline_markdown, ok_rows, summarize
@@ -33,7 +33,8 @@ def _md_list(rows: list[tuple], header: tuple[str, ...], limit: int = 50) -> str
 
 
 def _number(value: float | None) -> MetadataValue:
-    return MetadataValue.text("not measured") if value is None else MetadataValue.float(float(value))
+    # Three decimals, as the headline shows it: the UI prints every digit of a float (0.08943890227003708).
+    return MetadataValue.text("not measured") if value is None else MetadataValue.float(round(float(value), 3))
 
 
 def _images(table: pa.Table) -> list[tuple[str, str]]:
@@ -187,7 +188,8 @@ def eval_report(
     settings: PixelsiftSettings,
     eval_settings: EvalSettings,
 ) -> pa.Table:
-    """The quality-eval HTML report: `<reports_dir>/<batch>/report.html`, self-contained."""
+    """The quality-eval HTML report: `<reports_dir>/<batch>/report.html`, self-contained; its link
+    (`report_url`) opens it from the page `pixelsift ui` serves the reports on."""
     batch = context.partition_key
     coverage, _ = match_images(_images(metadata_eval), baseline_from_table(gemini_baseline))
     reference = {path: c.reference.model_dump() for path, c in coverage.items() if c.reference is not None}
@@ -206,7 +208,12 @@ def eval_report(
         max_image_pixels=settings.max_image_pixels,
     )
     path = write_report(inputs, eval_settings, Path(settings.reports_dir))
-    context.add_output_metadata({"report": MetadataValue.path(str(path))})
+    context.add_output_metadata({
+        # One click from the asset page: `pixelsift ui` serves reports_dir at reports_url, so the link
+        # also works for a report written by `pixelsift run` once the UI is started.
+        "report_url": MetadataValue.url(report_url(settings.reports_url, batch)),
+        "report": MetadataValue.path(str(path)),
+    })
     return pa.Table.from_pylist(
         [{"batch": batch, "path": str(path), "sections": list(SECTIONS),
           "generated_at": inputs.summary["evaluated_at"]}],

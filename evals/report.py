@@ -8,6 +8,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -265,8 +266,17 @@ def render_report(inputs: ReportInputs, settings: EvalSettings) -> str:
     )
 
 
+def report_path(reports_dir: Path, batch: str) -> Path:
+    return reports_dir / batch / REPORT_FILE
+
+
+def report_url(reports_url: str, batch: str) -> str:
+    """The report's address where `pixelsift ui` serves ``reports_dir``: the same relative path."""
+    return f"{reports_url.rstrip('/')}/{quote(batch)}/{REPORT_FILE}"
+
+
 def write_report(inputs: ReportInputs, settings: EvalSettings, reports_dir: Path) -> Path:
-    path = reports_dir / inputs.batch / REPORT_FILE
+    path = report_path(reports_dir, inputs.batch)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(render_report(inputs, settings), encoding="utf-8")

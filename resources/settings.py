@@ -40,6 +40,12 @@ class PixelsiftSettings(ConfigurableResource):
         default_factory=lambda: env_default("REPORTS_DIR", "data/reports"),
         description="Quality-eval HTML reports go to <reports_dir>/<batch>/ (PIXELSIFT_REPORTS_DIR).",
     )
+    reports_url: str = Field(
+        default_factory=lambda: env_default("REPORTS_URL", "http://127.0.0.1:3001"),
+        description="Where `pixelsift ui` serves reports_dir (read-only) and what the `eval_report` asset links to, "
+        "so a report written by `pixelsift run` opens in one click once the UI is up (PIXELSIFT_REPORTS_URL; its "
+        "host and port are the ones the server binds).",
+    )
     run_existing_batches: bool = Field(
         default_factory=lambda: env_flag("RUN_EXISTING_BATCHES"),
         description="Whether the folder sensor's first tick runs the batch folders already there; off, it only "

@@ -1,4 +1,4 @@
-"""A job whose two steps stand in for large-model steps (same pool, tag and executor as pixelsift's),
+"""A job whose two steps stand in for large-model steps (same pool, tag and executor settings as pixelsift's),
 for tests/test_run_limits.py to run in child processes. It imports no models, so a child starts fast.
 
 Run as ``python -m tests.large_model_probe ui|cli``: the child first waits until every other child
@@ -12,12 +12,20 @@ import sys
 import time
 from pathlib import Path
 
-from dagster import DagsterInstance, execute_job, job, op, reconstructable
+from dagster import DagsterInstance, execute_job, job, multiprocess_executor, op, reconstructable
 
-from dagster_project.execution import executor
+from dagster_project.execution import executor as pixelsift_executor
 from resources.concurrency import LARGE_MODEL, LARGE_MODEL_POOL
 
 HOLD_SECONDS = 2.0
+
+# pixelsift's executor as it is (steps, tag limit, forkserver), except that the fork server preloads
+# this module rather than the code location: importing torch there would cost a child tens of seconds.
+_config = pixelsift_executor.apply_config_mapping({}).value["config"]
+executor = multiprocess_executor.configured(
+    {**_config, "start_method": {"forkserver": {"preload_modules": ["tests.large_model_probe"]}}},
+    name="pixelsift_executor_without_models",
+)
 
 
 def _hold_the_model(context) -> None:

@@ -10,17 +10,21 @@ import io
 import json
 import re
 import shutil
+import socket
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
-from dagster import AssetCheckSeverity, AssetSpec, DagsterInstance, materialize
+from dagster import AssetCheckSeverity, AssetSpec, DagsterInstance, UrlMetadataValue, materialize
 from PIL import Image
 
 from assets import parquet_schemas as tables
 from assets.parquet_schemas import DETECTED_OBJECT
+from dagster_project.report_server import serve_reports
 from resources.partitions import batch_partitions
 from evals.baseline import load_baseline
 from evals.checks import THRESHOLDS, evaluate
@@ -306,6 +310,27 @@ def test_the_report_renders_every_section(default_run, workspace):
     assert worst.count("data:image/jpeg;base64,") == 2  # rocket.jpg is not in the batch folder: no thumbnail
     assert "our pipeline failed: cannot decode" in worst
     assert "no baseline record" in html and "invalid JSON" in html
+
+
+def test_the_report_is_one_click_from_its_asset_page(default_run, workspace):
+    # The link points where `pixelsift ui` serves reports_dir; here the same folder is served at a
+    # free port (the default one may be taken by a UI on this machine) and the link's path fetched.
+    result = default_run[2]
+    (event,) = [m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == "eval_report"]
+    link = event.materialization.metadata["report_url"]
+    assert isinstance(link, UrlMetadataValue)
+    assert link.value == f"{PixelsiftSettings().reports_url}/{BATCH}/{REPORT_FILE}"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = serve_reports(workspace / "reports" / "warehouse", url)
+    try:
+        with urllib.request.urlopen(url + urlsplit(link.value).path, timeout=10) as response:
+            assert response.status == 200
+            assert '<section id="headline">' in response.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_report_thumbnails_show_the_image_as_the_models_saw_it(tmp_path):

@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, job, op
 from dagster._core.instance.config import PoolGranularity
 
 from dagster_project.dagster_home import initialize_pools, install_instance_settings
 from dagster_project.definitions import defs
-from dagster_project.execution import executor
+from dagster_project.execution import CODE_LOCATION_MODULE, executor
 from dagster_project.run_history import free_slots_of_ended_runs
 from dagster_project.sensors import batch_folder_sensor
 from resources.concurrency import LARGE_MODEL, LARGE_MODEL_POOL, LARGE_MODEL_TAG
@@ -52,6 +53,14 @@ def test_the_executor_runs_two_steps_and_one_large_model_at_a_time():
     assert executor.name == "pixelsift_executor"
     assert config["max_concurrent"] == 2
     assert config["tag_concurrency_limits"] == [{"key": LARGE_MODEL_TAG, "limit": 1}]
+
+
+def test_steps_fork_from_a_server_that_imported_the_code_location_once():
+    # Not Dagster's default (spawn: every step imports the code location, torch included, again).
+    config = executor.apply_config_mapping({}).value["config"]
+    assert config["start_method"] == {"forkserver": {"preload_modules": [CODE_LOCATION_MODULE]}}
+    workspace = yaml.safe_load((ROOT / "dagster_project" / "workspace.yaml").read_text())
+    assert [entry["python_module"]["module_name"] for entry in workspace["load_from"]] == [CODE_LOCATION_MODULE]
 
 
 def test_process_batch_and_the_ui_materialize_job_share_the_executor():
@@ -147,6 +156,25 @@ def test_a_slot_left_by_an_ended_run_is_freed_and_a_running_runs_slot_kept(shipp
 
     assert free_slots_of_ended_runs(instance) == [killed.run_id]
     assert storage.get_concurrency_info(LARGE_MODEL_POOL).active_run_ids == {running.run_id}
+
+
+def test_doctor_names_an_ended_run_holding_the_slot_and_frees_nothing(shipped_instance, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dagster_project.cli import main
+
+    storage = shipped_instance.event_log_storage
+    killed = shipped_instance.create_run_for_job(quick, tags={"dagster/partition": "holiday"})
+    assert storage.claim_concurrency_slot(LARGE_MODEL_POOL, killed.run_id, "captions").is_claimed
+    shipped_instance.report_run_failed(killed, "its process was killed mid-step")
+    monkeypatch.setenv("PIXELSIFT_WAREHOUSE_DIR", str(tmp_path / "warehouse"))  # nothing wrong there
+
+    result = CliRunner().invoke(main, ["doctor"])
+    assert result.exit_code == 1
+    assert f"run {killed.run_id} (quick, batch 'holiday')" in result.output
+    assert "ended FAILURE but still holds a large-model slot" in result.output
+    assert "1 ended run(s) holding a slot" in result.output
+    assert storage.get_concurrency_info(LARGE_MODEL_POOL).active_run_ids == {killed.run_id}  # left as it was
 
 
 # --- Two real runs at once -------------------------------------------------------------------
