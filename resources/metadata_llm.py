@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from dagster import ConfigurableResource
 from pydantic import BaseModel, Field, PrivateAttr
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from resources import torch_runtime
-from resources.backends import Chat, Generation, fingerprint
+from resources.backends import Chat, Generation, ModelLoadError, fingerprint
 from resources.constrained_decoding import DecodeStats, Decoded, generate_constrained
 from resources.json_grammar import SchemaGrammars
 from resources.prefix_cache import PrefixCache
@@ -53,7 +54,8 @@ class MetadataLLMResource(ConfigurableResource):
 
     model: str = Field(
         default_factory=lambda: env_default("METADATA_LLM_MODEL", "microsoft/Phi-3.5-mini-instruct"),
-        description="Hugging Face hub id, or a local directory holding a saved model and tokenizer "
+        description="Hugging Face hub id, a local directory holding a saved model and tokenizer, or a GGUF "
+        "checkpoint (a .gguf file, or a directory holding one), unpacked to dense weights on load "
         "(PIXELSIFT_METADATA_LLM_MODEL).",
     )
     device: str = Field(default="auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'...")
@@ -136,18 +138,50 @@ class MetadataLLMResource(ConfigurableResource):
 
 
 def load_chat_model(model_ref: str, device: str, dtype: torch.dtype) -> ChatModel:
-    """Load model and tokenizer from a hub id or local directory (safetensors only, no remote code).
+    """Load model and tokenizer from a hub id, a local directory (safetensors only, no remote code)
+    or a GGUF file.
 
     The one place a model is built. Int8 weight-only quantisation is not offered:
     on CPUs with AMX it is slower than bf16 at the batch sizes used (see BENCHMARKS.md).
     """
-    source = _resolve_source(model_ref)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True).to(device).eval()
+    gguf = gguf_checkpoint(model_ref)
+    if gguf is not None:
+        tokenizer, model = _load_gguf(gguf, dtype)
+    else:
+        source = _resolve_source(model_ref)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
+    model = model.to(device).eval()
     stop_ids = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} - {None}
     grammars = SchemaGrammars(tokenizer, model.config.vocab_size, {t for t in stop_ids if t < model.config.vocab_size})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return ChatModel(model, tokenizer, grammars, PrefixCache(), pad)
+
+
+def gguf_checkpoint(model_ref: str) -> Path | None:
+    """The GGUF file ``model_ref`` names: a ``.gguf`` file, or a directory holding exactly one
+    and no saved model (a directory with ``config.json`` loads as saved). None for anything else."""
+    path = Path(model_ref).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {model_ref!r} does not exist")
+        return path
+    if not path.is_dir() or (path / "config.json").is_file():
+        return None
+    found = sorted(path.glob("*.gguf"))
+    if len(found) > 1:
+        names = ", ".join(f.name for f in found)
+        raise ModelLoadError(f"{model_ref!r} holds several GGUF files ({names}); give the path of the one to load")
+    return found[0] if found else None
+
+
+def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    # Unpacked to a plain dense model: the decoder's packed batches need the model's own attention
+    # and linear layers, and transformers' packed-GGUF matmul kernels come from the Hub.
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    return tokenizer, model
 
 
 def _resolve_source(model_ref: str) -> str:
