@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 from dagster import ConfigurableResource
+from jinja2 import TemplateError
 from pydantic import BaseModel, Field, PrivateAttr
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -213,5 +214,24 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat]) -> tup
     return prefix_ids, prompts
 
 
+class ChatTemplateError(ModelLoadError):
+    """The model's chat template renders no prompt at all: every row would fail, so the step does."""
+
+
 def _render(tokenizer: PreTrainedTokenizerBase, chat: Chat) -> str:
-    return tokenizer.apply_chat_template(chat.messages(), tokenize=False, add_generation_prompt=True)
+    try:
+        return _apply_template(tokenizer, chat.messages())
+    except TemplateError as refused:
+        # Templates without a system role (Gemma's) raise on one: its text opens the user turn instead.
+        merged = [{"role": "user", "content": f"{chat.system}\n\n{chat.user}"}]
+        try:
+            return _apply_template(tokenizer, merged)
+        except (TemplateError, ValueError) as exc:
+            raise ChatTemplateError(f"the model's chat template renders no prompt: with a system message "
+                                    f"{refused}; with it merged into the user message {exc}") from exc
+    except ValueError as exc:  # transformers: the tokenizer has no chat template
+        raise ChatTemplateError(f"the model's chat template renders no prompt: {exc}") from exc
+
+
+def _apply_template(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
