@@ -6,6 +6,7 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, Config, ResourceParam, asset
 from pydantic import Field
 
+from assets.caption_checks import unusable_caption
 from assets.fallbacks import cluster_label_fallback
 from assets.llm_schemas import ClusterLabelOutput
 from assets.parquet_schemas import CLUSTER_LABELS, OK
@@ -45,7 +46,7 @@ def cluster_labels(
     cluster_ids = sorted(members)
     reps = {
         c: [caption_of[m["path"]] for m in sorted(members[c], key=lambda m: (m["distance"], m["path"]))
-            if m["is_representative"] and m["path"] in caption_of]
+            if m["is_representative"] and m["path"] in caption_of and not unusable_caption(caption_of[m["path"]])]
         for c in cluster_ids
     }
     budgets = [config.max_new_tokens, config.retry_max_new_tokens]
@@ -61,6 +62,7 @@ def cluster_labels(
         metadata_llm, ModelStep.of(context, settings, CLUSTER_LABELS), {c: cluster_chat(reps[c]) for c in cluster_ids},
         fingerprints=fps, key_column=None, schema=ClusterLabelOutput, budgets=budgets,
         fallback=lambda c: cluster_label_fallback(reps[c]), saved_row=row,
+        unusable={c: "no usable caption among the representatives" for c in cluster_ids if not reps[c]},
     )
     rows = [row(c, fields[c]) for c in cluster_ids]
     context.add_output_metadata({"clusters": len(rows), "reused": reused})

@@ -134,13 +134,19 @@ def run_structured_stage(
     budgets: Sequence[int],
     fallback: Callable[[K], M],
     saved_row: Callable[[K, dict], dict],
+    unusable: Mapping[K, str] | None = None,
 ) -> tuple[dict[K, dict], int]:
     """The LLM's fields for every item, reused where the warehouse has them; (fields, reused count).
 
-    ``saved_row`` turns an item's fields into the row its finished chunk is saved as.
+    ``saved_row`` turns an item's fields into the row its finished chunk is saved as. Items in
+    ``unusable`` (input the model cannot describe, with the reason) are not sent to the model:
+    they get the fallback, with that reason recorded.
     """
-    earlier, todo = step.split_reusable(fingerprints, key_column=key_column)
-    fields = {item: stored_fields(row, schema) for item, row in earlier.items()}
+    unusable = unusable or {}
+    fields = {item: Structured(fallback(item), 0, False, reason, 0.0, 0).row() for item, reason in unusable.items()}
+    earlier, todo = step.split_reusable({k: v for k, v in fingerprints.items() if k not in unusable},
+                                        key_column=key_column)
+    fields |= {item: stored_fields(row, schema) for item, row in earlier.items()}
     progress = step.progress(total=len(todo))
     structured = generate_structured(
         llm, [chats[item] for item in todo], schema=schema, budgets=budgets,

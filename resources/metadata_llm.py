@@ -102,6 +102,7 @@ class MetadataLLMResource(ConfigurableResource):
             return []
         loaded = self._load()
         prefix_ids, prompts = self.preprocess(loaded, chats)
+        check_context_window(prompts, max_new_tokens, loaded.model.config)
         decoded = self._forward(loaded, prefix_ids, prompts, schema, max_new_tokens)
         return self.postprocess(decoded)
 
@@ -212,6 +213,19 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat]) -> tup
     prefix_ids = tokenizer(before, add_special_tokens=False)["input_ids"]
     prompts = tokenizer([_render(tokenizer, chat) for chat in chats], add_special_tokens=False)["input_ids"]
     return prefix_ids, prompts
+
+
+class PromptTooLong(ValueError):
+    """A prompt and its token budget do not fit the model's context window (that input falls back)."""
+
+
+def check_context_window(prompts: Sequence[Sequence[int]], max_new_tokens: int, config) -> None:
+    """Raise before decoding when a prompt plus its budget would run past the positions the model knows."""
+    window = getattr(config, "max_position_embeddings", None)
+    longest = max(len(p) for p in prompts)
+    if window and longest + max_new_tokens > window:
+        raise PromptTooLong(f"prompt of {longest} tokens + budget of {max_new_tokens} exceeds the model's "
+                            f"context window of {window} tokens")
 
 
 class ChatTemplateError(ModelLoadError):
