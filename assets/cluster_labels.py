@@ -15,6 +15,7 @@ from assets.reuse import ModelStep
 from assets.structured_output import run_structured_stage
 from resources.backends import StructuredGenerator, fingerprint
 from resources.concurrency import LARGE_MODEL, LARGE_MODEL_POOL
+from resources.model_names import portable_model_name
 from resources.partitions import batch_partitions
 from resources.settings import PixelsiftSettings
 
@@ -54,7 +55,7 @@ def cluster_labels(
     fps = {c: fingerprint(base=base_fp, captions=reps[c]) for c in cluster_ids}
 
     def row(c: int, llm_fields: dict) -> dict:
-        return {"cluster_id": c, **llm_fields, "vlm_model": metadata_llm.model_id, "images_analyzed": len(reps[c]),
+        return {"cluster_id": c, **llm_fields, "vlm_model": portable_model_name(metadata_llm.model_id), "images_analyzed": len(reps[c]),
                 "total_images": len(members[c]), "fingerprint": fps[c]}
 
     # A label is identified by its fingerprint alone: same model, prompt and captions, same label.

@@ -74,7 +74,7 @@ def image_metadata(
         results[image_id] = fields | {
             "description": cap["caption"],
             "color_palette": palette["colors"] if palette else [],
-            "vlm_model": f"{cap['model_id']} + {metadata_llm.model_id}",
+            "vlm_model": f"{portable_model_name(cap['model_id'])} + {portable_model_name(metadata_llm.model_id)}",
             "processing_time_ms": decode_ms[image_id] + cap["ms"] + (palette["ms"] if palette else 0.0)
             + fields["llm_ms"],
             "fingerprint": fp,

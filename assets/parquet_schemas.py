@@ -33,7 +33,7 @@ ERROR = "error"
 
 
 def _model_id(what: str) -> pa.Field:
-    return bookkeeping("model_id", pa.string(), f"the {what} (hub id or local directory)")
+    return bookkeeping("model_id", pa.string(), f"the {what} (hub id, or a local model's portable name: never a machine path)")
 
 
 def _stage_ms(what: str) -> pa.Field:

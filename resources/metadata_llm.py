@@ -25,6 +25,7 @@ from resources import torch_runtime
 from resources.backends import Chat, Generation, ModelLoadError, fingerprint
 from resources.constrained_decoding import DecodeStats, Decoded, generate_constrained
 from resources.json_grammar import SchemaGrammars
+from resources.model_names import model_identity
 from resources.prefix_cache import PrefixCache
 from resources.settings import env_default
 
@@ -90,7 +91,7 @@ class MetadataLLMResource(ConfigurableResource):
         device = torch_runtime.resolve_device(self.device)
         return fingerprint(
             kind="metadata_llm",
-            model=self.model_id,
+            model=model_identity(self.model_id),  # a local model by its files' hashes, not its path
             device=torch.device(device).type,
             dtype=str(torch_runtime.resolve_dtype(self.dtype, device)),
             decoding="greedy",
