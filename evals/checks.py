@@ -124,11 +124,11 @@ def unmeasured(threshold: Threshold, summary: dict[str, Any], baselines_dir: str
             f"match no image of the batch, {summary.get('baseline_problems') or 0} lines did not load)",
             expected=False,
         )
-    if threshold in QUALITY_THRESHOLDS:
+    failed = round((summary.get("error_rate") or 0.0) * n)  # images without metadata
+    if threshold in QUALITY_THRESHOLDS and failed < n:
         own = summary.get("n_model_outputs") or 0
         return Unmeasured(f"the batch has {own} outputs written by the model itself (fallbacks are not judged; "
                           "category entropy needs 8)", expected=True)
-    failed = round((summary.get("error_rate") or 0.0) * n)  # images without metadata
     if threshold.column == "end_to_end_p95_ms":
         reused = summary.get("reused_images") or 0
         if reused and reused + failed == n:
