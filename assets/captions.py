@@ -24,7 +24,7 @@ def captions(
 ) -> pa.Table:
     """A caption per decodable image (BLIP-2, greedy), with the model id and time per image."""
     def to_fields(c: Caption) -> dict:
-        return {"caption": c.text, "model_id": captioner.model_id, "ms": c.ms, "new_tokens": c.new_tokens}
+        return {"caption": c.text, "model_id": portable_model_name(captioner.model_id), "ms": c.ms, "new_tokens": c.new_tokens}
 
     results, reused = run_image_model(
         images, ModelStep.of(context, settings, CAPTIONS),

@@ -81,6 +81,7 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None) -> None
     if current_profile() == "tiny":
         click.secho(f"warning: {TINY_WARNING}", fg="yellow", err=True)
     defs = build_definitions(settings)
+    os.environ.setdefault("PIXELSIFT_STEPS_AT_ONCE", "1")  # in process: one step at a time, each may use every core
     failed = []
     for key in keys:
         # One batch's crash, even outside its run, must not cost the batches after it.
