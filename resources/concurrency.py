@@ -17,3 +17,9 @@ LARGE_MODEL = {LARGE_MODEL_TAG: "true"}
 # starts and freed when it ends, so two runs (a backfill's, the sensor's, `pixelsift run`) never
 # hold large models at once. Same name as the tag, so the UI's pool page says what it limits.
 LARGE_MODEL_POOL = "pixelsift/large_model"
+
+
+def model_step_limits(in_process: bool) -> dict:
+    """The ``@asset`` arguments of a model step: the large-model tag and pool when its model runs in
+    this process; none when it runs on a model server (the server has its own memory and queue)."""
+    return {"op_tags": LARGE_MODEL, "pool": LARGE_MODEL_POOL} if in_process else {}
