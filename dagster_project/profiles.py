@@ -188,10 +188,14 @@ def task_resource(choice: TaskChoice):
         from resources.metadata_llm import MetadataLLMResource as cls
     else:
         from resources.clip_embedder import ClipEmbedderResource as cls
+    where = f"{choice.task} ({choice.backend}; set in {', '.join(choice.sources)})"
+    unknown = sorted(set(settings) - set(cls.model_fields))
+    if unknown:  # a resource would ignore them silently
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(cls.model_fields)}")
     try:
         return cls(**settings)
     except Exception as exc:  # pydantic's message names the field; say which task and where it was set
-        raise ConfigError(f"{choice.task} ({choice.backend}; set in {', '.join(choice.sources)}): {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def model_resources(choice: ModelChoice | str | None = None) -> dict:

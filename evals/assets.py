@@ -9,6 +9,7 @@ from dagster import AssetExecutionContext, MetadataValue, asset
 
 from assets.parquet_schemas import OK
 from resources.partitions import batch_partitions
+from resources.model_names import has_random_weights, portable_model_name
 from evals.baseline import (
     Baseline, Problem, baseline_from_table, baseline_table, find_baseline_file, load_baseline, match_images,
 )
@@ -176,6 +177,12 @@ def eval_summary(
     return table
 
 
+def random_weight_models(image_metadata: pa.Table) -> tuple[str, ...]:
+    """The models with random weights among those that wrote ``image_metadata`` (captioner + LLM), as shown."""
+    models = {m for value in image_metadata.column("vlm_model").to_pylist() if value for m in value.split(" + ")}
+    return tuple(sorted(portable_model_name(m) for m in models if has_random_weights(m)))
+
+
 @asset(partitions_def=batch_partitions, group_name=GROUP, kinds={"parquet"})
 def eval_report(
     context: AssetExecutionContext,
@@ -204,6 +211,7 @@ def eval_report(
         end_to_end_s=end_to_end,
         images_dir=Path(settings.images_root) / batch,
         max_image_pixels=settings.max_image_pixels,
+        random_weight_models=random_weight_models(image_metadata),
     )
     path = write_report(inputs, eval_settings, Path(settings.reports_dir))
     context.add_output_metadata({"report": MetadataValue.path(str(path))})
