@@ -26,6 +26,7 @@ from resources.openai_dialects import (
     answer_text,
     dialect_of,
     image_request,
+    request_schema,
     structured_request,
     unsupported_constructs,
 )
@@ -113,13 +114,14 @@ class OpenAIStructuredResource(OpenAIServerResource):
     """Schema-constrained JSON (metadata, cluster labels) from a chat model on a server."""
 
     def fingerprint(self) -> str:
+        # The dialect is part of it: it decides the grammar the server enforces (openai_dialects.py).
         return fingerprint(kind="metadata_llm", **self._server_settings())
 
     def generate_json(self, chats: Sequence[Chat], *, schema: type[BaseModel], max_new_tokens: int) -> list[Generation]:
         if not chats:
             return []
         connection = self._connect()
-        json_schema = schema.model_json_schema()
+        json_schema = request_schema(schema.model_json_schema(), connection.dialect)
         problems = unsupported_constructs(json_schema, connection.dialect)
         if problems:
             raise ModelLoadError(

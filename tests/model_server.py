@@ -69,7 +69,7 @@ class LlamaServer:
     def start(self, timeout_s: float = 120.0) -> "LlamaServer":
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--model_alias", SMOLLM2_ALIAS,
+            [sys.executable, "-m", "tests.llama_server", "--model", str(self.model), "--model_alias", SMOLLM2_ALIAS,
              "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--n_threads", "2",
              "--verbose", "False"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

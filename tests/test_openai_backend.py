@@ -52,15 +52,19 @@ def test_llama_cpp_and_ollama_dialects_are_detected():
     with ScriptedServer([(200, chat_answer(GOOD))], owned_by="llamacpp") as server:
         generate_structured(llm(server), [metadata_chat("a cat")], schema=ImageMetadataOutput, budgets=[64],
                             fallback=fallback)
-    assert server.requests[0]["response_format"] == {"type": "json_object",
-                                                     "schema": ImageMetadataOutput.model_json_schema()}
+    sent = server.requests[0]["response_format"]
+    assert sent["type"] == "json_object" and sent["schema"]["properties"] == ImageMetadataOutput.model_json_schema()[
+        "properties"]
+    # llama.cpp's grammar ignores a number's bounds: the confidence goes as the values it may take.
+    confidence = sent["schema"]["$defs"]["DetectedObject"]["properties"]["confidence"]
+    assert confidence["enum"][:3] == [0.0, 0.05, 0.1] and confidence["enum"][-1] == 1.0 and "type" not in confidence
     ollama_answer = json.dumps({"message": {"role": "assistant", "content": GOOD}, "done_reason": "stop",
                                 "eval_count": 9})
     with ScriptedServer([(200, ollama_answer)], owned_by="library", ollama=True) as server:
         out = generate_structured(llm(server), [metadata_chat("a cat")], schema=ImageMetadataOutput,
                                   budgets=[64], fallback=fallback)
     assert out[0].json_valid and out[0].new_tokens == 9
-    assert server.requests[0]["format"] == ImageMetadataOutput.model_json_schema()
+    assert server.requests[0]["format"]["required"] == ImageMetadataOutput.model_json_schema()["required"]
     assert server.requests[0]["options"]["num_predict"] == 64
 
 
