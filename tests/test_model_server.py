@@ -175,7 +175,7 @@ def test_answer_slower_than_the_timeout_is_retried_then_recorded(llama):
 
 
 def test_server_killed_mid_step_fails_it_and_the_next_run_resumes(tiny, tmp_path):
-    instance = prepare(tmp_path, tiny, ["cat_a.png", "car_a.png", "cat_b.png"])
+    instance = prepare(tmp_path, tiny, ["cat_a.png", "car_a.png"])
     server = LlamaServer(smollm2_gguf(), log_path=tmp_path / "server.log").start()
     llm = server_llm(server, chunk_size=1, concurrency=1, backoff_s=0.05, retries=1)
     saved = partial_dir(tmp_path / "warehouse", "image_metadata", BATCH)
@@ -202,6 +202,6 @@ def test_server_killed_mid_step_fails_it_and_the_next_run_resumes(tiny, tmp_path
         restarted.stop()
     assert second.success
     materialization = second.asset_materializations_for_node("image_metadata")[0]
-    assert 1 <= materialization.metadata["reused"].value < 3  # the chunks saved before the kill
+    assert materialization.metadata["reused"].value == 1  # the chunk saved before the kill
     rows = pq.read_table(partition_file(tmp_path / "warehouse", "image_metadata", BATCH)).to_pylist()
-    assert len(rows) == 3 and not any(r["fallback_used"] for r in rows)
+    assert len(rows) == 2 and not any(r["fallback_used"] for r in rows)
