@@ -25,7 +25,7 @@ def _captions(
     note_random_weights(context, "captioner", captioner.model_id)
 
     def to_fields(c: Caption) -> dict:
-        return {"caption": c.text, "model_id": captioner.model_id, "ms": c.ms, "new_tokens": c.new_tokens}
+        return {"caption": c.text, "model_id": portable_model_name(captioner.model_id), "ms": c.ms, "new_tokens": c.new_tokens}
 
     results, reused = run_image_model(
         images, ModelStep.of(context, settings, CAPTIONS),

@@ -30,7 +30,7 @@ def clip_embeddings(
 
     def to_fields(item: tuple[np.ndarray, float]) -> dict:
         vector, ms = item
-        return {"embedding": vector.astype(np.float32).tolist(), "model_id": clip_embedder.model_id, "ms": ms}
+        return {"embedding": vector.astype(np.float32).tolist(), "model_id": portable_model_name(clip_embedder.model_id), "ms": ms}
 
     schema = clip_embeddings_schema(clip_embedder.dim)
     results, reused = run_image_model(

@@ -6,6 +6,7 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, AssetsDefinition, Config, ResourceParam, asset
 from pydantic import Field
 
+from assets.caption_checks import unusable_caption
 from assets.fallbacks import cluster_label_fallback
 from assets.llm_schemas import ClusterLabelOutput
 from assets.parquet_schemas import CLUSTER_LABELS, OK
@@ -15,6 +16,7 @@ from assets.reuse import ModelStep
 from assets.structured_output import run_structured_stage
 from resources.backends import StructuredGenerator, fingerprint
 from resources.concurrency import model_step_limits
+from resources.model_names import portable_model_name
 from resources.partitions import batch_partitions
 from resources.settings import PixelsiftSettings
 
@@ -45,7 +47,7 @@ def _cluster_labels(
     cluster_ids = sorted(members)
     reps = {
         c: [caption_of[m["path"]] for m in sorted(members[c], key=lambda m: (m["distance"], m["path"]))
-            if m["is_representative"] and m["path"] in caption_of]
+            if m["is_representative"] and m["path"] in caption_of and not unusable_caption(caption_of[m["path"]])]
         for c in cluster_ids
     }
     budgets = [config.max_new_tokens, config.retry_max_new_tokens]
@@ -53,7 +55,7 @@ def _cluster_labels(
     fps = {c: fingerprint(base=base_fp, captions=reps[c]) for c in cluster_ids}
 
     def row(c: int, llm_fields: dict) -> dict:
-        return {"cluster_id": c, **llm_fields, "vlm_model": metadata_llm.model_id, "images_analyzed": len(reps[c]),
+        return {"cluster_id": c, **llm_fields, "vlm_model": portable_model_name(metadata_llm.model_id), "images_analyzed": len(reps[c]),
                 "total_images": len(members[c]), "fingerprint": fps[c]}
 
     # A label is identified by its fingerprint alone: same model, prompt and captions, same label.
@@ -61,6 +63,7 @@ def _cluster_labels(
         metadata_llm, ModelStep.of(context, settings, CLUSTER_LABELS), {c: cluster_chat(reps[c]) for c in cluster_ids},
         fingerprints=fps, key_column=None, schema=ClusterLabelOutput, budgets=budgets,
         fallback=lambda c: cluster_label_fallback(reps[c]), saved_row=row,
+        unusable={c: "no usable caption among the representatives" for c in cluster_ids if not reps[c]},
     )
     rows = [row(c, fields[c]) for c in cluster_ids]
     context.add_output_metadata({"clusters": len(rows), "reused": reused})

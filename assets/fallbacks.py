@@ -36,8 +36,8 @@ FILLER_TAGS = ("photo", "image", "picture", "scene", "subject")
 
 def caption_words(text: str) -> list[str]:
     """Lower-case content words of a caption, in order, without duplicates."""
-    words = re.findall(r"[a-z][a-z0-9]*", text.lower())
-    return list(dict.fromkeys(w[:16] for w in words if w not in STOPWORDS and len(w) > 1))
+    words = re.findall(r"[a-zß-öø-ÿ]+", text.lower())  # the letters a tag may hold (assets/llm_schemas.py)
+    return list(dict.fromkeys(w[:24] for w in words if w not in STOPWORDS and len(w) > 1))
 
 
 def category_for(words: list[str]) -> str:
@@ -63,7 +63,7 @@ def _tags(words: list[str], low: int, high: int) -> list[str]:
 
 
 def _name(words: list[str], category: str) -> str:
-    head = [w[:15].capitalize() for w in words[:2]] or [category.capitalize()]
+    head = [w.capitalize() for w in words[:2]] or [category.capitalize()]
     return " ".join(head + (["Images"] if len(head) < 2 else []))
 
 

@@ -8,6 +8,7 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, AssetsDefinition, Config, ResourceParam, asset
 from pydantic import Field
 
+from assets.caption_checks import unusable_caption
 from assets.fallbacks import image_metadata_fallback
 from assets.llm_schemas import ImageMetadataOutput
 from assets.parquet_schemas import IMAGE_METADATA, OK
@@ -64,6 +65,7 @@ def _image_metadata(
         {image_id: metadata_chat(cap["caption"]) for image_id, cap in caps.items()},
         fingerprints=dict.fromkeys(caps, fp), key_column="image_id", schema=ImageMetadataOutput, budgets=budgets,
         fallback=lambda image_id: image_metadata_fallback(caps[image_id]["caption"]), saved_row=saved_row,
+        unusable={i: reason for i, cap in caps.items() if (reason := unusable_caption(cap["caption"]))},
     )
 
     results: dict[str, dict | Failed] = {i: Failed(f"no caption: {reason}") for i, reason in caption_errors.items()}
@@ -72,7 +74,7 @@ def _image_metadata(
         results[image_id] = fields | {
             "description": cap["caption"],
             "color_palette": palette["colors"] if palette else [],
-            "vlm_model": f"{cap['model_id']} + {metadata_llm.model_id}",
+            "vlm_model": f"{portable_model_name(cap['model_id'])} + {portable_model_name(metadata_llm.model_id)}",
             "processing_time_ms": decode_ms[image_id] + cap["ms"] + (palette["ms"] if palette else 0.0)
             + fields["llm_ms"],
             "fingerprint": fp,

@@ -2,8 +2,8 @@
 
 The same classes give (1) the JSON schema that constrains decoding, (2) the field
 list quoted in the prompt (``assets/prompts.py``) and (3) validation of the
-output. Strings are limited to short plain words so the model cannot emit control
-characters, markup or runaway text even when decoding is unconstrained.
+output. Strings are limited to plain words so the model cannot emit control characters, markup,
+digit runs or runaway text even when decoding is unconstrained.
 """
 
 from __future__ import annotations
@@ -18,16 +18,29 @@ SceneType = Literal["portrait", "landscape", "still_life", "action", "abstract",
 CATEGORIES: tuple[str, ...] = get_args(Category)
 SCENE_TYPES: tuple[str, ...] = get_args(SceneType)
 
-# A tag or object name: one to three lower-case words.
+# Words are letters (Latin-1 accented ones too: "café", "piñata"), at most one inner hyphen or
+# apostrophe ("close-up", "children's"); a number is a word of its own, at most 4 digits ("1960",
+# never "animals321123456"). Limits are generous so a good answer never runs into them: a model
+# that hits a tight word or word-count limit glues words together ("theocean") instead of stopping.
+_LOWER = "a-zß-öø-ÿ"
+_LETTER = "A-Za-zÀ-ÖØ-öø-ÿ"
+_WORD = f"[{_LOWER}]{{1,24}}([-'][{_LOWER}]{{1,24}})?"
+_ANY_CASE_WORD = f"[{_LETTER}]{{1,24}}([-'][{_LETTER}]{{1,24}})?"
+_NUMBER = "[0-9]{1,4}"
+# A tag or object name: one to four lower-case words, starting with a letter.
 # Lengths are bounded inside the patterns because xgrammar ignores maxLength next to a pattern.
-Term = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9]{0,15}( [a-z0-9]{1,15}){0,2}$")]
-# A cluster name: two to four words.
-ClusterName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9]{0,15}( [A-Za-z0-9]{1,15}){1,3}$")]
-# One plain sentence: printable characters without quotes, backslashes or newlines, at most 129.
+Term = Annotated[str, StringConstraints(pattern=f"^{_WORD}( ({_WORD}|{_NUMBER})){{0,3}}$")]
+# A cluster name: one to six words, any case (the prompt asks for two to four).
+ClusterName = Annotated[str, StringConstraints(
+    pattern=f"^{_ANY_CASE_WORD}( ({_ANY_CASE_WORD}|{_NUMBER})){{0,5}}$")]
+# One plain sentence that ends with a full stop: words separated by a space or ", ", at most 40
+# words, so it ends where the model ends it, never cut mid-word by a character limit.
 # xgrammar unrolls a repetition bound up to 128 and falls off its fast path above it: with {0,199}
 # a token mask took 2.1 ms instead of 7 us (BENCHMARKS.md); tests keep every bound at 128 or less.
 MAX_PATTERN_REPEAT = 128
-Sentence = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ,.;:'()-]{0,128}$")]
+MAX_SENTENCE_WORDS = 40
+Sentence = Annotated[str, StringConstraints(
+    pattern=f"^{_ANY_CASE_WORD}(,? ({_ANY_CASE_WORD}|{_NUMBER})){{0,{MAX_SENTENCE_WORDS - 1}}}[.]$")]
 
 
 class _Strict(BaseModel):

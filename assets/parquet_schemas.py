@@ -33,7 +33,7 @@ ERROR = "error"
 
 
 def _model_id(what: str) -> pa.Field:
-    return bookkeeping("model_id", pa.string(), f"the {what} (hub id or local directory)")
+    return bookkeeping("model_id", pa.string(), f"the {what} (hub id, or a local model's portable name: never a machine path)")
 
 
 def _stage_ms(what: str) -> pa.Field:
@@ -57,6 +57,8 @@ def structured_output_columns(what: str) -> list[pa.Field]:
         bookkeeping("json_valid", pa.bool_(), "the language model's own output parsed and validated"),
         bookkeeping("llm_ms", pa.float64(), "milliseconds of language model time, all attempts"),
         bookkeeping("new_tokens", pa.int32(), "tokens the language model generated, all attempts"),
+        bookkeeping("duplicates_removed", pa.int32(),
+                    "repeated tags or objects the language model wrote, dropped after validation"),
     ]
 
 

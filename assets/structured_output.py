@@ -39,6 +39,7 @@ class Structured(Generic[M]):
     fallback_reason: str | None
     llm_ms: float  # model time spent on this input over all attempts
     new_tokens: int
+    duplicates_removed: int = 0  # repeated tags or objects the model wrote, dropped after validation
 
     @property
     def fallback_used(self) -> bool:
@@ -54,14 +55,42 @@ def stored_fields(row: dict, schema: type[BaseModel]) -> dict:
     return {name: row.get(name) for name in [*schema.model_fields, *PROVENANCE]} | {"reused": True}
 
 
-def parse(text: str, schema: type[M]) -> M | str:
-    """The validated value, or a short reason why not."""
+def parse(text: str, schema: type[M]) -> tuple[M, int] | str:
+    """(the validated value without repeated list items, how many were removed), or a short reason why not.
+
+    JSON-schema grammars cannot forbid repeats (xgrammar ignores ``uniqueItems``), so a tag or an
+    object written twice is dropped here; a list left shorter than the schema allows is invalid.
+    """
+    removed = 0
     try:
-        return schema.model_validate_json(text)
+        value = schema.model_validate_json(text)
+        distinct, removed = deduplicated(value.model_dump())
+        return (schema.model_validate(distinct) if removed else value), removed
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "output"
-        return f"invalid JSON output at {where}: {first.get('msg', 'validation failed')}"
+        after = f" after removing {removed} repeated items" if removed else ""
+        return f"invalid JSON output at {where}{after}: {first.get('msg', 'validation failed')}"
+
+
+def deduplicated(fields: dict) -> tuple[dict, int]:
+    """``fields`` with every list's repeats dropped (the first kept): strings compared case-folded,
+    objects by their ``name``; and how many were dropped."""
+    removed = 0
+    out = {}
+    for key, value in fields.items():
+        if isinstance(value, list):
+            seen, kept = set(), []
+            for item in value:
+                ident = str(item.get("name") if isinstance(item, dict) else item).casefold().strip()
+                if ident in seen:
+                    removed += 1
+                else:
+                    seen.add(ident)
+                    kept.append(item)
+            value = kept
+        out[key] = value
+    return out, removed
 
 
 def generate_structured(
@@ -111,7 +140,7 @@ def generate_structured(
                     reasons[i] = parsed if outcome.finished else cut_off
                     still_pending.append(i)
                 else:
-                    done[i] = Structured(parsed, attempts[i], True, None, ms[i], tokens[i])
+                    done[i] = Structured(parsed[0], attempts[i], True, None, ms[i], tokens[i], parsed[1])
                     valid.append((i, done[i]))
             if on_valid is not None and valid:
                 on_valid(valid)
@@ -134,13 +163,19 @@ def run_structured_stage(
     budgets: Sequence[int],
     fallback: Callable[[K], M],
     saved_row: Callable[[K, dict], dict],
+    unusable: Mapping[K, str] | None = None,
 ) -> tuple[dict[K, dict], int]:
     """The LLM's fields for every item, reused where the warehouse has them; (fields, reused count).
 
-    ``saved_row`` turns an item's fields into the row its finished chunk is saved as.
+    ``saved_row`` turns an item's fields into the row its finished chunk is saved as. Items in
+    ``unusable`` (input the model cannot describe, with the reason) are not sent to the model:
+    they get the fallback, with that reason recorded.
     """
-    earlier, todo = step.split_reusable(fingerprints, key_column=key_column)
-    fields = {item: stored_fields(row, schema) for item, row in earlier.items()}
+    unusable = unusable or {}
+    fields = {item: Structured(fallback(item), 0, False, reason, 0.0, 0).row() for item, reason in unusable.items()}
+    earlier, todo = step.split_reusable({k: v for k, v in fingerprints.items() if k not in unusable},
+                                        key_column=key_column)
+    fields |= {item: stored_fields(row, schema) for item, row in earlier.items()}
     progress = step.progress(total=len(todo))
     structured = generate_structured(
         llm, [chats[item] for item in todo], schema=schema, budgets=budgets,

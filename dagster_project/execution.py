@@ -8,9 +8,8 @@ Across runs, the large-model pool (``resources/concurrency.py``, limit in ``dags
 
 from dagster import multiprocess_executor
 
-from resources.concurrency import LARGE_MODEL_TAG
+from resources.concurrency import LARGE_MODEL_TAG, MAX_CONCURRENT_STEPS
 
-MAX_CONCURRENT_STEPS = 2
 LARGE_MODEL_STEPS_PER_RUN = 1
 
 executor = multiprocess_executor.configured(

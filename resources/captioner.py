@@ -17,6 +17,7 @@ from pydantic import Field
 from transformers import BatchFeature, Blip2ForConditionalGeneration, Blip2Processor
 
 from resources.backends import Caption, fingerprint
+from resources.model_names import model_identity
 from resources.settings import env_default
 from resources.torch_runtime import (
     batch_for_device,
@@ -91,7 +92,7 @@ class CaptionerResource(ConfigurableResource):
         device, dtype = self._resolved()
         return fingerprint(
             kind="blip2-caption",
-            model=self.model,
+            model=model_identity(self.model),  # a local model by its files' hashes, not its path
             device=torch.device(device).type,
             dtype=str(dtype),
             max_new_tokens=self.max_new_tokens,

@@ -16,6 +16,7 @@ from PIL import Image
 from pydantic import Field
 
 from resources.backends import Embeddings, fingerprint
+from resources.model_names import model_identity
 from resources.parallel import thread_map, worker_count
 from resources.settings import env_default
 from resources.torch_runtime import load_once, local_model_dir, resolve_device, resolve_dtype
@@ -97,7 +98,7 @@ class ClipEmbedderResource(ConfigurableResource):
         name, pretrained = _open_clip_name(self.model, self.pretrained)
         return fingerprint(
             kind="open_clip-image",
-            model=name,
+            model=model_identity(name),  # a local model by its files' hashes, not its path
             pretrained=pretrained,
             device=torch.device(device).type,
             dtype=str(dtype),

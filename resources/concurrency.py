@@ -18,6 +18,11 @@ LARGE_MODEL = {LARGE_MODEL_TAG: "true"}
 # hold large models at once. Same name as the tag, so the UI's pool page says what it limits.
 LARGE_MODEL_POOL = "pixelsift/large_model"
 
+# Steps of one run that execute at once under the multiprocess executor (``dagster_project/execution.py``),
+# each in its own process. Model steps share the machine's cores among them (resources/torch_runtime.py).
+MAX_CONCURRENT_STEPS = 2
+
+
 
 def model_step_limits(in_process: bool) -> dict:
     """The ``@asset`` arguments of a model step: the large-model tag and pool when its model runs in

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from dagster import ConfigurableResource
+from jinja2 import TemplateError
 from pydantic import BaseModel, Field, PrivateAttr
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from resources import torch_runtime
-from resources.backends import Chat, Generation, fingerprint
+from resources.backends import Chat, Generation, ModelLoadError, fingerprint
 from resources.constrained_decoding import DecodeStats, Decoded, generate_constrained
 from resources.json_grammar import SchemaGrammars
+from resources.model_names import model_identity
 from resources.prefix_cache import PrefixCache
 from resources.settings import env_default
 
@@ -53,7 +56,8 @@ class MetadataLLMResource(ConfigurableResource):
 
     model: str = Field(
         default_factory=lambda: env_default("METADATA_LLM_MODEL", "microsoft/Phi-3.5-mini-instruct"),
-        description="Hugging Face hub id, or a local directory holding a saved model and tokenizer "
+        description="Hugging Face hub id, a local directory holding a saved model and tokenizer, or a GGUF "
+        "checkpoint (a .gguf file, or a directory holding one), unpacked to dense weights on load "
         "(PIXELSIFT_METADATA_LLM_MODEL).",
     )
     device: str = Field(default="auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'...")
@@ -87,7 +91,7 @@ class MetadataLLMResource(ConfigurableResource):
         device = torch_runtime.resolve_device(self.device)
         return fingerprint(
             kind="metadata_llm",
-            model=self.model_id,
+            model=model_identity(self.model_id),  # a local model by its files' hashes, not its path
             device=torch.device(device).type,
             dtype=str(torch_runtime.resolve_dtype(self.dtype, device)),
             decoding="greedy",
@@ -99,6 +103,7 @@ class MetadataLLMResource(ConfigurableResource):
             return []
         loaded = self._load()
         prefix_ids, prompts = self.preprocess(loaded, chats)
+        check_context_window(prompts, max_new_tokens, loaded.model.config)
         decoded = self._forward(loaded, prefix_ids, prompts, schema, max_new_tokens)
         return self.postprocess(decoded)
 
@@ -136,18 +141,50 @@ class MetadataLLMResource(ConfigurableResource):
 
 
 def load_chat_model(model_ref: str, device: str, dtype: torch.dtype) -> ChatModel:
-    """Load model and tokenizer from a hub id or local directory (safetensors only, no remote code).
+    """Load model and tokenizer from a hub id, a local directory (safetensors only, no remote code)
+    or a GGUF file.
 
     The one place a model is built. Int8 weight-only quantisation is not offered:
     on CPUs with AMX it is slower than bf16 at the batch sizes used (see BENCHMARKS.md).
     """
-    source = _resolve_source(model_ref)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True).to(device).eval()
+    gguf = gguf_checkpoint(model_ref)
+    if gguf is not None:
+        tokenizer, model = _load_gguf(gguf, dtype)
+    else:
+        source = _resolve_source(model_ref)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
+    model = model.to(device).eval()
     stop_ids = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} - {None}
     grammars = SchemaGrammars(tokenizer, model.config.vocab_size, {t for t in stop_ids if t < model.config.vocab_size})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return ChatModel(model, tokenizer, grammars, PrefixCache(), pad)
+
+
+def gguf_checkpoint(model_ref: str) -> Path | None:
+    """The GGUF file ``model_ref`` names: a ``.gguf`` file, or a directory holding exactly one
+    and no saved model (a directory with ``config.json`` loads as saved). None for anything else."""
+    path = Path(model_ref).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {model_ref!r} does not exist")
+        return path
+    if not path.is_dir() or (path / "config.json").is_file():
+        return None
+    found = sorted(path.glob("*.gguf"))
+    if len(found) > 1:
+        names = ", ".join(f.name for f in found)
+        raise ModelLoadError(f"{model_ref!r} holds several GGUF files ({names}); give the path of the one to load")
+    return found[0] if found else None
+
+
+def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    # Unpacked to a plain dense model: the decoder's packed batches need the model's own attention
+    # and linear layers, and transformers' packed-GGUF matmul kernels come from the Hub.
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    return tokenizer, model
 
 
 def _resolve_source(model_ref: str) -> str:
@@ -179,5 +216,37 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat]) -> tup
     return prefix_ids, prompts
 
 
+class PromptTooLong(ValueError):
+    """A prompt and its token budget do not fit the model's context window (that input falls back)."""
+
+
+def check_context_window(prompts: Sequence[Sequence[int]], max_new_tokens: int, config) -> None:
+    """Raise before decoding when a prompt plus its budget would run past the positions the model knows."""
+    window = getattr(config, "max_position_embeddings", None)
+    longest = max(len(p) for p in prompts)
+    if window and longest + max_new_tokens > window:
+        raise PromptTooLong(f"prompt of {longest} tokens + budget of {max_new_tokens} exceeds the model's "
+                            f"context window of {window} tokens")
+
+
+class ChatTemplateError(ModelLoadError):
+    """The model's chat template renders no prompt at all: every row would fail, so the step does."""
+
+
 def _render(tokenizer: PreTrainedTokenizerBase, chat: Chat) -> str:
-    return tokenizer.apply_chat_template(chat.messages(), tokenize=False, add_generation_prompt=True)
+    try:
+        return _apply_template(tokenizer, chat.messages())
+    except TemplateError as refused:
+        # Templates without a system role (Gemma's) raise on one: its text opens the user turn instead.
+        merged = [{"role": "user", "content": f"{chat.system}\n\n{chat.user}"}]
+        try:
+            return _apply_template(tokenizer, merged)
+        except (TemplateError, ValueError) as exc:
+            raise ChatTemplateError(f"the model's chat template renders no prompt: with a system message "
+                                    f"{refused}; with it merged into the user message {exc}") from exc
+    except ValueError as exc:  # transformers: the tokenizer has no chat template
+        raise ChatTemplateError(f"the model's chat template renders no prompt: {exc}") from exc
+
+
+def _apply_template(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

