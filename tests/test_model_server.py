@@ -25,6 +25,7 @@ from assets.prompts import metadata_chat
 from assets.random_weights import RANDOM_WEIGHTS_TAG
 from assets.structured_output import generate_structured
 from dagster_project.profiles import model_resources
+from evals.assets import random_weight_models
 from resources.backends import ModelLoadError
 from resources.openai_backends import OpenAIStructuredResource
 from resources.settings import PixelsiftSettings
@@ -132,6 +133,8 @@ def test_every_metadata_row_is_valid_and_about_its_caption(served_batch):
     # The server is the LLM here: no random weights said for it (the tiny captioner ran in another run).
     tags = instance.get_run_by_id(result.run_id).tags
     assert "pixelsift/random_weights_metadata_llm" not in tags
+    # The eval report's warning reads the tags of the runs that made each output: the tiny captioner's.
+    assert random_weight_models(instance, BATCH) == ("blip2", "clip")
     print(f"4 documents and their cluster labels from the server in {seconds:.1f} s")
 
 
