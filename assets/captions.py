@@ -40,7 +40,8 @@ def _captions(
 def captions_asset(in_process: bool = True) -> AssetsDefinition:
     """The asset; ``in_process`` False (the captioner is on a model server) frees it of the large-model slot."""
     return asset(name="captions", partitions_def=batch_partitions, group_name="pipeline",
-                 kinds={"parquet", "pytorch" if in_process else "openai"}, **model_step_limits(in_process))(_captions)
+                 kinds={"parquet", "pytorch" if in_process else "openai"},
+                 **model_step_limits(in_process))(_captions)
 
 
 captions = captions_asset()

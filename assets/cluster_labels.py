@@ -73,7 +73,8 @@ def _cluster_labels(
 def cluster_labels_asset(in_process: bool = True) -> AssetsDefinition:
     """The asset; ``in_process`` False (the LLM is on a model server) frees it of the large-model slot."""
     return asset(name="cluster_labels", partitions_def=batch_partitions, group_name="pipeline",
-                 kinds={"parquet", "pytorch" if in_process else "openai"}, **model_step_limits(in_process))(_cluster_labels)
+                 kinds={"parquet", "pytorch" if in_process else "openai"},
+                 **model_step_limits(in_process))(_cluster_labels)
 
 
 cluster_labels = cluster_labels_asset()

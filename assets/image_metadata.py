@@ -89,7 +89,8 @@ def _image_metadata(
 def image_metadata_asset(in_process: bool = True) -> AssetsDefinition:
     """The asset; ``in_process`` False (the LLM is on a model server) frees it of the large-model slot."""
     return asset(name="image_metadata", partitions_def=batch_partitions, group_name="pipeline",
-                 kinds={"parquet", "pytorch" if in_process else "openai"}, **model_step_limits(in_process))(_image_metadata)
+                 kinds={"parquet", "pytorch" if in_process else "openai"},
+                 **model_step_limits(in_process))(_image_metadata)
 
 
 image_metadata = image_metadata_asset()

@@ -4,9 +4,9 @@
 package) as the metadata LLM on the captions of ``benchmarks/workload.py``: first in-process
 (``MetadataLLMResource`` on the GGUF, unpacked to dense weights), then through
 ``OpenAIStructuredResource`` against llama-cpp-python's server on 127.0.0.1 holding the same file.
-The server runs first, so that torch's
-threads do not compete with it. Both go through ``generate_structured`` (validation, retry, fallback) as the pipeline does. Loading
-and one warm-up document are left out of the timings. Agreement compares the two documents of
+The server runs first, so that torch's threads do not compete with it. Both go through
+``generate_structured`` (validation, retry, fallback) as the pipeline does. Loading and one
+warm-up document are left out of the timings. Agreement compares the two documents of
 each caption field by field.
 """
 

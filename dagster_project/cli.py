@@ -35,7 +35,7 @@ def _task_variables(config: str | None = None, captioner: str | None = None, met
                     clip: str | None = None, captioner_server: tuple[str, ...] = (),
                     metadata_llm_server: tuple[str, ...] = ()) -> dict[str, str]:
     """The PIXELSIFT_* variables (dagster_project/profiles.py) that the model options stand for."""
-    variables = {"PIXELSIFT_CONFIG": config, "PIXELSIFT_CAPTIONER_MODEL": captioner,
+    variables = {"PIXELSIFT_CONFIG": config and str(Path(config).resolve()), "PIXELSIFT_CAPTIONER_MODEL": captioner,
                  "PIXELSIFT_METADATA_LLM_MODEL": metadata_llm, "PIXELSIFT_CLIP_MODEL": clip,
                  "PIXELSIFT_CAPTIONER_BASE_URLS": ",".join(captioner_server),
                  "PIXELSIFT_METADATA_LLM_BASE_URLS": ",".join(metadata_llm_server)}

@@ -260,7 +260,8 @@ def render_report(inputs: ReportInputs, settings: EvalSettings) -> str:
     }
     warning = (f"<p class='warn'><b>Random weights:</b> {html.escape(', '.join(inputs.random_weight_models))} "
                "produced these results; they are meaningless.</p>" if inputs.random_weight_models else "")
-    sections = warning + "".join(f'<section id="{name}"><h2>{titles[name]}</h2>{body[name]}</section>' for name in SECTIONS)
+    sections = warning + "".join(f'<section id="{name}"><h2>{titles[name]}</h2>{body[name]}</section>'
+                                 for name in SECTIONS)
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>pixelsift quality eval: {html.escape(inputs.batch)}"
         f"</title><style>{_STYLE}</style></head><body><h1>Quality eval of batch {html.escape(inputs.batch)}</h1>"

@@ -125,7 +125,8 @@ class ServerPool:
             ids = [m.id for m in served]
             if model and model not in ids:
                 raise ModelLoadError(
-                    f"model server {root} does not serve model {model!r}; it serves {', '.join(map(repr, ids)) or 'none'}"
+                    f"model server {root} does not serve model {model!r}; it serves "
+                    f"{', '.join(map(repr, ids)) or 'none'}"
                     " (set the task's model to one of these)"
                 )
             if not model and len(ids) != 1:

@@ -54,7 +54,8 @@ def test_bad_configuration_says_where(tmp_path, text, environ, message):
 
 def test_unknown_setting_names_task_and_source(tmp_path):
     (tmp_path / "pixelsift.toml").write_text('[metadata_llm]\nbackend = "openai"\nconcurrancy = 3\n')
-    with pytest.raises(ConfigError, match=r"metadata_llm \(openai; set in pixelsift.toml \[metadata_llm\]\).*concurrancy"):
+    where = r"metadata_llm \(openai; set in pixelsift.toml \[metadata_llm\]\)"
+    with pytest.raises(ConfigError, match=where + ".*concurrancy"):
         model_resources(resolve_choice({}, tmp_path))
 
 
