@@ -105,9 +105,9 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None, **tasks
     Example: pixelsift run --batch sample --models tiny --metadata-llm-server http://127.0.0.1:8080/v1
     """
     _use_profile(models, **tasks)
+    random_tasks = _say_models()  # before the definitions load: a bad configuration is said plainly
     from dagster import DagsterInstance
 
-    from dagster_project.definitions import build_definitions
     from resources.partitions import batch_partitions
     from assets.random_weights import RANDOM_WEIGHTS_TAG
     from dagster_project.run_history import process_tags
@@ -126,9 +126,10 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None, **tasks
     missing = [str(root / key) for key in keys if not (root / key).is_dir()]
     if missing:
         raise click.ClickException(f"no batch folder {', '.join(missing)}")
-    random_tasks = _say_models()
     tags = process_tags() | ({RANDOM_WEIGHTS_TAG: "true"} if random_tasks else {})
     try:
+        from dagster_project.definitions import build_definitions
+
         defs = build_definitions(settings)
     except ConfigError as exc:
         raise click.ClickException(f"model configuration: {exc}") from None
