@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from pydantic import BaseModel
+
 from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput
 
 # First match wins, in this order; a caption matching nothing is 'objects'.
@@ -56,6 +58,13 @@ def scene_for(words: list[str], category: str) -> str:
     return "portrait" if category == "people" else "outdoor" if category == "nature" else "still_life"
 
 
+def list_bounds(schema: type[BaseModel], field: str) -> tuple[int, int]:
+    """(min, max) length of a list field, read from the schema so the fallback follows it."""
+    meta = schema.model_fields[field].metadata
+    return (next(m.min_length for m in meta if hasattr(m, "min_length")),
+            next(m.max_length for m in meta if hasattr(m, "max_length")))
+
+
 def _tags(words: list[str], low: int, high: int) -> list[str]:
     tags = words[:high]
     tags += [f for f in FILLER_TAGS if f not in tags][: max(0, low - len(tags))]
@@ -72,7 +81,7 @@ def image_metadata_fallback(caption: str) -> ImageMetadataOutput:
     category = category_for(words)
     return ImageMetadataOutput(
         primary_category=category,
-        tags=_tags(words, 5, 15),
+        tags=_tags(words, *list_bounds(ImageMetadataOutput, "tags")),
         detected_objects=[{"name": w, "confidence": 0.0} for w in words[:3]] or [{"name": category, "confidence": 0.0}],
         scene_type=scene_for(words, category),
         suggested_cluster_name=_name(words, category),
@@ -87,6 +96,6 @@ def cluster_label_fallback(captions: list[str]) -> ClusterLabelOutput:
     return ClusterLabelOutput(
         cluster_name=_name(words, category),
         description=f"Photos that share {', '.join(words[:3]) or category}.",
-        tags=_tags(words, 5, 10),
+        tags=_tags(words, *list_bounds(ClusterLabelOutput, "tags")),
         primary_category=category,
     )

@@ -24,10 +24,12 @@ SCENE_TYPES: tuple[str, ...] = get_args(SceneType)
 # that hits a tight word or word-count limit glues words together ("theocean") instead of stopping.
 _LOWER = "a-zß-öø-ÿ"
 _LETTER = "A-Za-zÀ-ÖØ-öø-ÿ"
-_WORD = f"[{_LOWER}]{{1,24}}([-'][{_LOWER}]{{1,24}})?"
-_ANY_CASE_WORD = f"[{_LETTER}]{{1,24}}([-'][{_LETTER}]{{1,24}})?"
+# Tags and names take words of two letters or more: a lone letter ("a", "b", ...) is not a tag.
+_WORD = f"[{_LOWER}]{{2,24}}([-'][{_LOWER}]{{1,24}})?"
+_ANY_CASE_WORD = f"[{_LETTER}]{{2,24}}([-'][{_LETTER}]{{1,24}})?"
+_SENTENCE_WORD = f"[{_LETTER}]{{1,24}}([-'][{_LETTER}]{{1,24}})?"
 _NUMBER = "[0-9]{1,4}"
-# A tag or object name: one to four lower-case words, starting with a letter.
+# A tag or object name: one to four lower-case words, the first not a number.
 # Lengths are bounded inside the patterns because xgrammar ignores maxLength next to a pattern.
 Term = Annotated[str, StringConstraints(pattern=f"^{_WORD}( ({_WORD}|{_NUMBER})){{0,3}}$")]
 # A cluster name: one to six words, any case (the prompt asks for two to four).
@@ -40,7 +42,7 @@ ClusterName = Annotated[str, StringConstraints(
 MAX_PATTERN_REPEAT = 128
 MAX_SENTENCE_WORDS = 40
 Sentence = Annotated[str, StringConstraints(
-    pattern=f"^{_ANY_CASE_WORD}(,? ({_ANY_CASE_WORD}|{_NUMBER})){{0,{MAX_SENTENCE_WORDS - 1}}}[.]$")]
+    pattern=f"^{_SENTENCE_WORD}(,? ({_SENTENCE_WORD}|{_NUMBER})){{0,{MAX_SENTENCE_WORDS - 1}}}[.]$")]
 
 
 class _Strict(BaseModel):
@@ -49,18 +51,22 @@ class _Strict(BaseModel):
 
 class DetectedObject(_Strict):
     name: Term = Field(description="what the object is, one to three lower-case words")
-    confidence: float = Field(ge=0.0, le=1.0, description="how sure you are, between 0 and 1")
+    confidence: float = Field(ge=0.0, le=1.0, description="how sure you are that it is in the photo, between 0 and 1")
 
 
+# The option lists of the categorical fields are not in their descriptions: the grammar offers
+# exactly these values when the model writes the field, and a small model copies option words it
+# read in the field list into its tags and names (issue 10).
 class ImageMetadataOutput(_Strict):
     """Structured metadata for one image, written by the LLM from the image's caption."""
 
-    primary_category: Category = Field(description="one of: " + ", ".join(CATEGORIES))
-    tags: list[Term] = Field(min_length=5, max_length=15, description="5 to 15 short lower-case tags")
+    primary_category: Category = Field(description="the main subject's category")
+    tags: list[Term] = Field(min_length=2, max_length=12,
+                             description="2 to 12 different short lower-case tags, words the caption supports")
     detected_objects: list[DetectedObject] = Field(
-        min_length=1, max_length=8, description="1 to 8 objects visible in the image, each with a confidence"
+        min_length=1, max_length=8, description="the things named in the caption, each once, with a confidence"
     )
-    scene_type: SceneType = Field(description="one of: " + ", ".join(SCENE_TYPES))
+    scene_type: SceneType = Field(description="the kind of scene")
     suggested_cluster_name: ClusterName = Field(description="a 2 to 4 word name for a group of similar images")
 
 
@@ -69,6 +75,6 @@ class ClusterLabelOutput(_Strict):
 
     cluster_name: ClusterName = Field(description="a 2 to 4 word name for the group")
     description: Sentence = Field(description="one plain sentence saying what the images have in common")
-    tags: list[Term] = Field(min_length=5, max_length=10, description="5 to 10 short lower-case tags")
-    primary_category: Category = Field(description="one of: " + ", ".join(CATEGORIES))
-
+    tags: list[Term] = Field(min_length=2, max_length=10,
+                             description="2 to 10 different short lower-case tags the captions support")
+    primary_category: Category = Field(description="the group's main subject category")

@@ -172,10 +172,11 @@ def run_structured_stage(
     they get the fallback, with that reason recorded.
     """
     unusable = unusable or {}
-    fields = {item: Structured(fallback(item), 0, False, reason, 0.0, 0).row() for item, reason in unusable.items()}
-    earlier, todo = step.split_reusable({k: v for k, v in fingerprints.items() if k not in unusable},
-                                        key_column=key_column)
-    fields |= {item: stored_fields(row, schema) for item, row in earlier.items()}
+    earlier, todo = step.split_reusable(fingerprints, key_column=key_column)
+    fields = {item: stored_fields(row, schema) for item, row in earlier.items()}
+    fields |= {item: Structured(fallback(item), 0, False, unusable[item], 0.0, 0).row() for item in todo
+               if item in unusable}
+    todo = [item for item in todo if item not in unusable]
     progress = step.progress(total=len(todo))
     structured = generate_structured(
         llm, [chats[item] for item in todo], schema=schema, budgets=budgets,

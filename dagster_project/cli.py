@@ -133,7 +133,7 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None, **tasks
         defs = build_definitions(settings)
     except ConfigError as exc:
         raise click.ClickException(f"model configuration: {exc}") from None
-    os.environ["PIXELSIFT_STEPS_AT_ONCE"] = "1"  # in process: one step at a time, each may use every core
+    os.environ.setdefault("PIXELSIFT_STEPS_AT_ONCE", "1")  # in process: one step at a time, each may use every core
     failed = []
     for key in keys:
         # One batch's crash, even outside its run, must not cost the batches after it.

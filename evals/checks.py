@@ -9,7 +9,8 @@ severity ERROR (red in the Dagster UI). A figure that could not be measured is n
 - when the reason is itself something to fix (a reference file that covers no image of the batch,
   a batch whose every image failed), it fails with severity WARN (yellow) and says why.
 
-Every unmeasured outcome has severity WARN, so ERROR always means a measured miss. (Dagster 1.13
+Every unmeasured outcome has severity WARN, so ERROR always means a measured miss (the category-entropy
+check warns even when measured: a batch may truly be of one subject). (Dagster 1.13
 shows severity only on failures; a check that emits no result shows as "skipped", with no room
 for the reason, hence a passing result that carries it.)
 """
@@ -47,6 +48,31 @@ class Threshold:
     minimum: bool  # True: the figure must reach the setting; False: must not exceed it
     scale: float  # multiplies the column into the setting's unit
     description: str
+    severity: AssetCheckSeverity = AssetCheckSeverity.ERROR  # of a measured miss
+
+
+def _quality(check: str, column: str, setting: str, minimum: bool, description: str,
+             severity: AssetCheckSeverity = AssetCheckSeverity.ERROR) -> Threshold:
+    return Threshold(check=check, figure=column, column=column, setting=setting, minimum=minimum, scale=1.0,
+                     description=description, severity=severity)
+
+
+# Reference-free (evals/output_quality.py): they judge every batch, with or without a reference file.
+QUALITY_THRESHOLDS = [
+    _quality("few_repeated_tags_or_objects", "duplicate_rate", "max_duplicate_rate", False,
+             "Few model outputs repeat a tag or an object."),
+    _quality("tags_grounded_in_captions", "tag_grounding", "min_tag_grounding", True,
+             "The model's tags mostly share a word with the caption they were written from."),
+    _quality("tags_do_not_echo_prompt_options", "option_echo_rate", "max_option_echo_rate", False,
+             "Tags are not the prompt's category and scene options copied without support in the caption."),
+    _quality("confidences_vary", "constant_confidence_rate", "max_constant_confidence_rate", False,
+             "Objects of one output do not all get the same confidence."),
+    _quality("categories_vary_across_the_batch", "category_entropy", "min_category_entropy", True,
+             "The batch's images are not all put in one category (a warning: a batch may truly be one subject).",
+             AssetCheckSeverity.WARN),
+    _quality("captions_not_degenerate", "degenerate_caption_rate", "max_degenerate_caption_rate", False,
+             "Few captions are empty, wordless, undecodable or loops of few words."),
+]
 
 
 THRESHOLDS = [
@@ -70,6 +96,7 @@ THRESHOLDS = [
         setting="max_p95_latency_s", minimum=False, scale=0.001,
         description="95th percentile of end-to-end seconds per image is within the limit.",
     ),
+    *QUALITY_THRESHOLDS,
 ]
 
 
@@ -98,6 +125,10 @@ def unmeasured(threshold: Threshold, summary: dict[str, Any], baselines_dir: str
             expected=False,
         )
     failed = round((summary.get("error_rate") or 0.0) * n)  # images without metadata
+    if threshold in QUALITY_THRESHOLDS and failed < n:
+        own = summary.get("n_model_outputs") or 0
+        return Unmeasured(f"the batch has {own} outputs written by the model itself (fallbacks are not judged; "
+                          "category entropy needs 8)", expected=True)
     if threshold.column == "end_to_end_p95_ms":
         reused = summary.get("reused_images") or 0
         if reused and reused + failed == n:
@@ -131,7 +162,7 @@ def evaluate(threshold: Threshold, summary: dict[str, Any], settings: EvalSettin
     value = raw * threshold.scale
     passed = value >= limit if threshold.minimum else value <= limit
     relation = ("≥" if passed else "<") if threshold.minimum else ("≤" if passed else ">")
-    return Outcome(passed, AssetCheckSeverity.ERROR, value, limit,
+    return Outcome(passed, threshold.severity, value, limit,
                    f"{threshold.figure} = {value:.4g} {relation} {threshold.setting} = {limit:g}")
 
 

@@ -222,6 +222,20 @@ EVAL_SUMMARY = pa.schema(
         column("n_llm_outputs", pa.int32(), "LLM outputs json_validity and fallback_rate are shares of"),
         column("fallback_rate", pa.float64(), "share of LLM outputs replaced by the rule-based fallback"),
         column("error_rate", pa.float64(), "share of images without metadata (status error)"),
+        column("n_model_outputs", pa.int32(),
+               "image metadata written by the model itself (json_valid): the quality figures below are shares of these"),
+        column("duplicate_rate", pa.float64(), "share of the model's outputs that repeated a tag or an object "
+               "(dropped after validation: image_metadata.duplicates_removed)"),
+        column("tag_grounding", pa.float64(), "share of the model's tags with a word (singular or plural) in the "
+               "image's caption"),
+        column("option_echo_rate", pa.float64(), "share of the model's tags made of the prompt's option words "
+               "(categories, scene types) that the caption does not contain"),
+        column("constant_confidence_rate", pa.float64(),
+               "share of outputs with two or more objects that gave them all the same confidence"),
+        column("category_entropy", pa.float64(), "Shannon entropy of primary_category over the model's outputs, "
+               "divided by its maximum: 0 = one category for every image (empty under 8 outputs)"),
+        column("degenerate_caption_rate", pa.float64(), "share of the batch's captions that are empty, have no words, "
+               "are mostly undecodable or loop over few words"),
         column("caption_model", pa.string(), "captioning model(s) of the batch's captions, most used first"),
         column("metadata_model", pa.string(), "vlm_model(s) of the batch's metadata, most used first"),
         column("clip_model", pa.string(), "CLIP model(s) of the embeddings the clusters rest on"),

@@ -35,6 +35,29 @@ class EvalSettings(ConfigurableResource):
         default=5.0,
         description="Check: 95th percentile of end-to-end seconds per image (decode, caption, palette, LLM).",
     )
+    # Reference-free output quality (evals/output_quality.py), checked on every batch.
+    max_duplicate_rate: float = Field(
+        default=0.2, description="Check: at most this share of the model's outputs may repeat a tag or an object."
+    )
+    min_tag_grounding: float = Field(
+        default=0.3, description="Check: at least this share of the model's tags must share a word with the caption."
+    )
+    max_option_echo_rate: float = Field(
+        default=0.2, description="Check: at most this share of tags may be the prompt's option words, absent from "
+        "the caption.",
+    )
+    max_constant_confidence_rate: float = Field(
+        default=0.5, description="Check: at most this share of outputs with several objects may give them all the "
+        "same confidence.",
+    )
+    min_category_entropy: float = Field(
+        default=0.1, description="Check (warning): normalised entropy of primary_category over a batch of 8 or more "
+        "outputs; 0 means every image got the same category.",
+    )
+    max_degenerate_caption_rate: float = Field(
+        default=0.1, description="Check: at most this share of captions may be empty, wordless, undecodable or a "
+        "loop of few words.",
+    )
     semantic_match_threshold: float = Field(
         default=0.68,
         description="Two tags or object names match when their sentence-embedding cosine is at least this "

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 
 from assets.parquet_schemas import OK
 from evals.metrics import bootstrap_mean_ci, cohen_kappa, percentiles
+from evals.output_quality import quality_figures
 from evals.settings import EvalSettings
 from evals.parquet_schemas import EVAL_SUMMARY, FIELD_MEANS, LATENCY_STAGES
 
@@ -129,6 +130,7 @@ def summarize(
         **{name: cluster_row.get(name) for name in CLUSTER_FIGURES},
         **latency_figures(stages, cluster_labels),
         **validity_figures(image_metadata, cluster_labels),
+        **quality_figures(image_metadata.to_pylist(), stages["captions"].to_pylist()),
         "caption_model": _models(stages["captions"], "model_id"),
         "metadata_model": _models(image_metadata, "vlm_model"),
         "clip_model": _models(stages["clip_embeddings"], "model_id"),
@@ -175,6 +177,14 @@ def headline_rows(s: dict[str, Any], settings: EvalSettings) -> list[tuple[str, 
         ("images per second", _fmt(s["images_per_second"], 2), ""),
         ("schema-valid LLM outputs", _fmt(s["json_validity"]), f"≥ {settings.min_json_validity:g}"),
         ("fallback rate", _fmt(s["fallback_rate"]), f"≤ {settings.max_fallback_rate:g}"),
+        ("repeated tags or objects (share of outputs)", _fmt(s["duplicate_rate"]),
+         f"≤ {settings.max_duplicate_rate:g}"),
+        ("tags grounded in the caption", _fmt(s["tag_grounding"]), f"≥ {settings.min_tag_grounding:g}"),
+        ("tags echoing the prompt's options", _fmt(s["option_echo_rate"]), f"≤ {settings.max_option_echo_rate:g}"),
+        ("outputs with one confidence for all objects", _fmt(s["constant_confidence_rate"]),
+         f"≤ {settings.max_constant_confidence_rate:g}"),
+        ("category entropy", _fmt(s["category_entropy"]), f"≥ {settings.min_category_entropy:g}"),
+        ("degenerate captions", _fmt(s["degenerate_caption_rate"]), f"≤ {settings.max_degenerate_caption_rate:g}"),
         ("models", f"captions {s['caption_model']}; metadata {s['metadata_model']}; clip {s['clip_model']}", ""),
         ("baseline", f"{s['baseline_source']} ({_fmt(s['baseline_records'])} records, "
                      f"{_fmt(s['baseline_problems'])} problems)", ""),

