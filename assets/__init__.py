@@ -12,6 +12,22 @@ needs only the pure helpers here (decoding, palettes) does not import Dagster an
 """
 
 
+def build_pipeline_assets(in_process: dict[str, bool]) -> list:
+    """The pipeline's assets, the model steps limited to one at a time only where their model runs in
+    process: ``in_process`` maps a model resource key (``captioner``, ``metadata_llm``) to whether it does."""
+    from assets.captions import captions_asset
+    from assets.cluster_labels import cluster_labels_asset
+    from assets.clip_embeddings import clip_embeddings
+    from assets.clusters import clusters
+    from assets.color_palettes import color_palettes
+    from assets.image_metadata import image_metadata_asset
+    from assets.images import images
+
+    captioner, llm = in_process.get("captioner", True), in_process.get("metadata_llm", True)
+    return [images, captions_asset(captioner), color_palettes, image_metadata_asset(llm), clip_embeddings, clusters,
+            cluster_labels_asset(llm)]
+
+
 def __getattr__(name: str):
     if name == "pipeline_assets":
         from assets.captions import captions
@@ -30,4 +46,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'assets' has no attribute {name!r}")
 
 
-__all__ = ["pipeline_assets", "collection_assets"]
+__all__ = ["build_pipeline_assets", "pipeline_assets", "collection_assets"]

@@ -1,28 +1,29 @@
 """Stage 2, ``captions``: one sentence per image from BLIP-2."""
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, ResourceParam, asset
+from dagster import AssetExecutionContext, AssetsDefinition, ResourceParam, asset
 
 from assets.per_image import assemble, run_image_model
 from assets.prompts import CAPTION_PROMPT
 from assets.reuse import ModelStep
 from assets.parquet_schemas import CAPTIONS
-from resources.concurrency import LARGE_MODEL, LARGE_MODEL_POOL
+from assets.random_weights import note_random_weights
+from resources.concurrency import model_step_limits
 from resources.partitions import batch_partitions
 from resources.backends import Caption, Captioner, fingerprint
 from resources.model_names import portable_model_name
 from resources.settings import PixelsiftSettings
 
 
-@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"},
-       op_tags=LARGE_MODEL, pool=LARGE_MODEL_POOL)
-def captions(
+def _captions(
     context: AssetExecutionContext,
     images: pa.Table,
     settings: PixelsiftSettings,
     captioner: ResourceParam[Captioner],
 ) -> pa.Table:
     """A caption per decodable image (BLIP-2, greedy), with the model id and time per image."""
+    note_random_weights(context, "captioner", captioner.model_id)
+
     def to_fields(c: Caption) -> dict:
         return {"caption": c.text, "model_id": portable_model_name(captioner.model_id), "ms": c.ms, "new_tokens": c.new_tokens}
 
@@ -34,3 +35,13 @@ def captions(
     )
     context.add_output_metadata({"model_id": portable_model_name(captioner.model_id), "reused": reused})
     return assemble(images, results, CAPTIONS)
+
+
+def captions_asset(in_process: bool = True) -> AssetsDefinition:
+    """The asset; ``in_process`` False (the captioner is on a model server) frees it of the large-model slot."""
+    return asset(name="captions", partitions_def=batch_partitions, group_name="pipeline",
+                 kinds={"parquet", "pytorch" if in_process else "openai"},
+                 **model_step_limits(in_process))(_captions)
+
+
+captions = captions_asset()

@@ -7,6 +7,7 @@ from dagster import AssetExecutionContext, ResourceParam, asset
 from assets.per_image import assemble, run_image_model
 from assets.reuse import ModelStep
 from assets.parquet_schemas import clip_embeddings_schema
+from assets.random_weights import note_random_weights
 from resources.partitions import batch_partitions
 from resources.backends import Embeddings, ImageEmbedder
 from resources.model_names import portable_model_name
@@ -25,6 +26,7 @@ def clip_embeddings(
     clip_embedder: ResourceParam[ImageEmbedder],
 ) -> pa.Table:
     """One float32 unit vector per decodable image (fixed-size list), with the model id."""
+    note_random_weights(context, "clip_embedder", clip_embedder.model_id)
 
     def to_fields(item: tuple[np.ndarray, float]) -> dict:
         vector, ms = item

@@ -3,7 +3,7 @@
 from collections import defaultdict
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, Config, ResourceParam, asset
+from dagster import AssetExecutionContext, AssetsDefinition, Config, ResourceParam, asset
 from pydantic import Field
 
 from assets.caption_checks import unusable_caption
@@ -11,10 +11,11 @@ from assets.fallbacks import cluster_label_fallback
 from assets.llm_schemas import ClusterLabelOutput
 from assets.parquet_schemas import CLUSTER_LABELS, OK
 from assets.prompts import PROMPT_VERSION, cluster_chat
+from assets.random_weights import note_random_weights
 from assets.reuse import ModelStep
 from assets.structured_output import run_structured_stage
 from resources.backends import StructuredGenerator, fingerprint
-from resources.concurrency import LARGE_MODEL, LARGE_MODEL_POOL
+from resources.concurrency import model_step_limits
 from resources.model_names import portable_model_name
 from resources.partitions import batch_partitions
 from resources.settings import PixelsiftSettings
@@ -27,9 +28,7 @@ class ClusterLabelConfig(Config):
     retry_max_new_tokens: int = Field(default=512, description="Budget of the single retry for invalid output.")
 
 
-@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"},
-       op_tags=LARGE_MODEL, pool=LARGE_MODEL_POOL)
-def cluster_labels(
+def _cluster_labels(
     context: AssetExecutionContext,
     config: ClusterLabelConfig,
     clusters: pa.Table,
@@ -38,6 +37,7 @@ def cluster_labels(
     metadata_llm: ResourceParam[StructuredGenerator],
 ) -> pa.Table:
     """A 2-4 word name, a description, tags and a category for every cluster (noise is not labelled)."""
+    note_random_weights(context, "metadata_llm", metadata_llm.model_id)
     caption_of = {r["path"]: r["caption"] for r in captions.select(["path", "status", "caption"]).to_pylist()
                   if r["status"] == OK}
     members: dict[int, list[dict]] = defaultdict(list)
@@ -68,3 +68,13 @@ def cluster_labels(
     rows = [row(c, fields[c]) for c in cluster_ids]
     context.add_output_metadata({"clusters": len(rows), "reused": reused})
     return pa.Table.from_pylist(rows, schema=CLUSTER_LABELS)
+
+
+def cluster_labels_asset(in_process: bool = True) -> AssetsDefinition:
+    """The asset; ``in_process`` False (the LLM is on a model server) frees it of the large-model slot."""
+    return asset(name="cluster_labels", partitions_def=batch_partitions, group_name="pipeline",
+                 kinds={"parquet", "pytorch" if in_process else "openai"},
+                 **model_step_limits(in_process))(_cluster_labels)
+
+
+cluster_labels = cluster_labels_asset()

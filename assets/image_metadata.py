@@ -5,7 +5,7 @@ scene type, palette, suggested cluster name) plus how it was produced.
 """
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, Config, ResourceParam, asset
+from dagster import AssetExecutionContext, AssetsDefinition, Config, ResourceParam, asset
 from pydantic import Field
 
 from assets.caption_checks import unusable_caption
@@ -14,10 +14,11 @@ from assets.llm_schemas import ImageMetadataOutput
 from assets.parquet_schemas import IMAGE_METADATA, OK
 from assets.per_image import Failed, assemble, unique_ok_images
 from assets.prompts import PROMPT_VERSION, metadata_chat
+from assets.random_weights import note_random_weights
 from assets.reuse import ModelStep
 from assets.structured_output import run_structured_stage
 from resources.backends import StructuredGenerator, fingerprint
-from resources.concurrency import LARGE_MODEL, LARGE_MODEL_POOL
+from resources.concurrency import model_step_limits
 from resources.model_names import portable_model_name
 from resources.partitions import batch_partitions
 from resources.settings import PixelsiftSettings
@@ -34,9 +35,7 @@ def _ok_rows(table: pa.Table, *columns: str) -> dict[str, dict]:
     return {r["image_id"]: r for r in table.select(["image_id", "status", *columns]).to_pylist() if r["status"] == OK}
 
 
-@asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"},
-       op_tags=LARGE_MODEL, pool=LARGE_MODEL_POOL)
-def image_metadata(
+def _image_metadata(
     context: AssetExecutionContext,
     config: MetadataConfig,
     images: pa.Table,
@@ -46,6 +45,7 @@ def image_metadata(
     metadata_llm: ResourceParam[StructuredGenerator],
 ) -> pa.Table:
     """Category, tags, objects with confidence, scene type, palette and a cluster name per image."""
+    note_random_weights(context, "metadata_llm", metadata_llm.model_id)
     caps = _ok_rows(captions, "caption", "model_id", "ms", "fingerprint", "error")
     caption_errors = {r["image_id"]: r["error"] for r in captions.select(["image_id", "status", "error"]).to_pylist()
                       if r["status"] != OK}
@@ -84,3 +84,13 @@ def image_metadata(
         {"model_id": portable_model_name(metadata_llm.model_id), "reused": reused, "fallbacks": fallbacks}
     )
     return assemble(images, results, IMAGE_METADATA)
+
+
+def image_metadata_asset(in_process: bool = True) -> AssetsDefinition:
+    """The asset; ``in_process`` False (the LLM is on a model server) frees it of the large-model slot."""
+    return asset(name="image_metadata", partitions_def=batch_partitions, group_name="pipeline",
+                 kinds={"parquet", "pytorch" if in_process else "openai"},
+                 **model_step_limits(in_process))(_image_metadata)
+
+
+image_metadata = image_metadata_asset()

@@ -71,14 +71,32 @@ def _command_line(ctx: click.Context) -> str:
               help="Workers for decoding and palettes on the optimised path (0: one per core, up to 16).")
 @click.option("--stages", "stage_list", default=",".join(STAGES), show_default=True, help="Comma-separated subset.")
 @click.option("--int8", is_flag=True, help="Also time int8 weight-only linears (Phi-3.5 shapes) against bf16 on CPU.")
+@click.option("--side-by-side", is_flag=True,
+              help="Only compare the metadata LLM SmolLM2-135M-Instruct in-process and on llama.cpp's server, on "
+              "--count captions (batches of --llm-batch, --server-concurrency requests in flight).")
+@click.option("--server-concurrency", default=1, show_default=True, type=click.IntRange(min=1),
+              help="With --side-by-side: requests in flight to the server.")
 @click.option("--output", type=click.Path(path_type=Path), default=None,
               help="JSON file for the raw figures (default: benchmarks/results/<models>-<device>.json).")
 def bench(models, models_dir, images, count, naive_count, device, dtype, caption_batch, llm_batch, clip_batch,
-          jump_forward, cpu_workers, stage_list, int8, output) -> None:
+          jump_forward, cpu_workers, stage_list, int8, side_by_side, server_concurrency, output) -> None:
     """Measure each stage and the whole pipeline, naive vs optimised, on the same images in one process.
 
     Example: pixelsift bench --models tiny --count 8
+
+    Example: pixelsift bench --side-by-side --count 16 --llm-batch 16
     """
+    if side_by_side:
+        from benchmarks import serving
+
+        command = _command_line(click.get_current_context())
+        result = serving.side_by_side(count, max(_sizes(llm_batch)), server_concurrency,
+                                      "float32" if dtype == "auto" else dtype, log=lambda line: click.echo(line, err=True))
+        click.echo(serving.render(result))
+        target = output or Path("benchmarks/results/side-by-side-cpu.json")
+        serving.write(result, target, command)
+        click.echo(f"\nraw figures: {target}")
+        return
     from benchmarks.report import table, write_json
     from benchmarks.runner import run_benchmark
     from resources.torch_runtime import resolve_device

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from dagster_project.profiles import PROFILES, TINY_WARNING
+from dagster_project.profiles import PRESETS, ConfigError, resolve_choice
 from resources.batch_keys import batch_key_param
 
 EXAMPLE_QUERY = (
@@ -18,10 +18,12 @@ EXAMPLE_QUERY = (
 )
 
 
-def _use_profile(models: str | None) -> None:
+def _use_profile(models: str | None, **tasks) -> None:
     """Settings travel as environment variables so the UI's code server sees the same ones."""
     if models:
         os.environ["PIXELSIFT_MODELS"] = models
+    for variable, value in _task_variables(**tasks).items():
+        os.environ[variable] = value
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path("data/dagster_home").resolve())))
     home.mkdir(parents=True, exist_ok=True)
     from dagster_project.dagster_home import install_instance_settings
@@ -29,10 +31,53 @@ def _use_profile(models: str | None) -> None:
     install_instance_settings(home)
 
 
-models_option = click.option(
-    "--models", type=click.Choice(PROFILES), default=None,
-    help="hub: the real models from the Hugging Face Hub (default); tiny: random-weight offline models.",
-)
+def _task_variables(config: str | None = None, captioner: str | None = None, metadata_llm: str | None = None,
+                    clip: str | None = None, captioner_server: tuple[str, ...] = (),
+                    metadata_llm_server: tuple[str, ...] = ()) -> dict[str, str]:
+    """The PIXELSIFT_* variables (dagster_project/profiles.py) that the model options stand for."""
+    variables = {"PIXELSIFT_CONFIG": config and str(Path(config).resolve()), "PIXELSIFT_CAPTIONER_MODEL": captioner,
+                 "PIXELSIFT_METADATA_LLM_MODEL": metadata_llm, "PIXELSIFT_CLIP_MODEL": clip,
+                 "PIXELSIFT_CAPTIONER_BASE_URLS": ",".join(captioner_server),
+                 "PIXELSIFT_METADATA_LLM_BASE_URLS": ",".join(metadata_llm_server)}
+    return {name: value for name, value in variables.items() if value}
+
+
+def models_option(command):
+    """The options that choose each task's model (they override pixelsift.toml and PIXELSIFT_* variables)."""
+    options = [
+        click.option("--models", type=click.Choice(PRESETS), default=None,
+                     help="Preset for every task not named otherwise: hub (the real models, default) or tiny "
+                     "(random weights, offline, meaningless outputs)."),
+        click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Model configuration file (default: ./pixelsift.toml if present)."),
+        click.option("--captioner", default=None, help="Captioning model: hub id, local directory, tiny, or "
+                     "the served model's name with --captioner-server."),
+        click.option("--metadata-llm", default=None, help="LLM for metadata and cluster labels: hub id, local "
+                     "directory, tiny, or the served model's name with --metadata-llm-server."),
+        click.option("--clip", default=None, help="CLIP model: open_clip name, local directory or tiny."),
+        click.option("--captioner-server", multiple=True, help="Base URL of an OpenAI-compatible server for "
+                     "captions (repeat for several)."),
+        click.option("--metadata-llm-server", multiple=True, help="Base URL of an OpenAI-compatible server for "
+                     "the LLM (repeat for several)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _say_models() -> list[str]:
+    """Print which model backs each task, warn about random weights; the tasks on random weights."""
+    try:
+        choice = resolve_choice()
+    except ConfigError as exc:
+        raise click.ClickException(f"model configuration: {exc}") from None
+    for task_choice in choice.tasks.values():
+        line = f"model {task_choice.describe()}"
+        if task_choice.random_weights:
+            click.secho(f"warning: {line}", fg="yellow", err=True)
+        else:
+            click.echo(line, err=True)
+    return choice.random_weight_tasks()
 
 
 @click.group()
@@ -48,20 +93,23 @@ def main() -> None:
               help="Subfolder of the images root to process; repeat the option for several.  [default: sample]")
 @click.option("--all", "all_batches", is_flag=True, help="Process every subfolder of the images root.")
 @models_option
-def run(batches: tuple[str, ...], all_batches: bool, models: str | None) -> None:
+def run(batches: tuple[str, ...], all_batches: bool, models: str | None, **tasks) -> None:
     """Materialize every asset of one or more batches and say where the results are.
 
     Batches run one after another in this process. Only one large model is held at a time, so
     BLIP-2 and Phi-3.5-mini are loaded again for each batch (tens of seconds per batch).
 
-    Example: pixelsift run --batch sample --models tiny
+    Each task's model comes from these options, else PIXELSIFT_* variables, else pixelsift.toml
+    (docs/configuration.md); --models tiny fills only the tasks not named.
+
+    Example: pixelsift run --batch sample --models tiny --metadata-llm-server http://127.0.0.1:8080/v1
     """
-    _use_profile(models)
+    _use_profile(models, **tasks)
+    random_tasks = _say_models()  # before the definitions load: a bad configuration is said plainly
     from dagster import DagsterInstance
 
-    from dagster_project.definitions import build_definitions
     from resources.partitions import batch_partitions
-    from dagster_project.profiles import current_profile
+    from assets.random_weights import RANDOM_WEIGHTS_TAG
     from dagster_project.run_history import process_tags
     from dagster_project.sensors import batch_folders
     from resources.settings import PixelsiftSettings
@@ -78,9 +126,13 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None) -> None
     missing = [str(root / key) for key in keys if not (root / key).is_dir()]
     if missing:
         raise click.ClickException(f"no batch folder {', '.join(missing)}")
-    if current_profile() == "tiny":
-        click.secho(f"warning: {TINY_WARNING}", fg="yellow", err=True)
-    defs = build_definitions(settings)
+    tags = process_tags() | ({RANDOM_WEIGHTS_TAG: "true"} if random_tasks else {})
+    try:
+        from dagster_project.definitions import build_definitions
+
+        defs = build_definitions(settings)
+    except ConfigError as exc:
+        raise click.ClickException(f"model configuration: {exc}") from None
     os.environ.setdefault("PIXELSIFT_STEPS_AT_ONCE", "1")  # in process: one step at a time, each may use every core
     failed = []
     for key in keys:
@@ -89,7 +141,7 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None) -> None
             if not instance.has_dynamic_partition(batch_partitions.name, key):
                 instance.add_dynamic_partitions(batch_partitions.name, [key])
             result = defs.resolve_job_def("process_batch").execute_in_process(
-                partition_key=key, instance=instance, raise_on_error=False, tags=process_tags()
+                partition_key=key, instance=instance, raise_on_error=False, tags=tags
             )
             if result.success:
                 _say_where(settings, key, result.run_id)
@@ -295,14 +347,17 @@ def prune(dry_run: bool) -> None:
 @models_option
 @click.option("--port", default=3000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
-def ui(models: str | None, port: int, host: str) -> None:
+def ui(models: str | None, port: int, host: str, **tasks) -> None:
     """Start the Dagster UI (and daemon, for the folder sensor) on pixelsift's definitions, and serve
     the quality reports read-only at the reports_url setting (default http://127.0.0.1:3001), where
     the `eval_report` asset's link points.
 
+    The model options apply to every run the UI and the sensor start (the code server inherits them).
+
     Example: pixelsift ui --models tiny
     """
-    _use_profile(models)
+    _use_profile(models, **tasks)
+    _say_models()
     import signal
     import subprocess
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dagster import Definitions
 
-from assets import collection_assets, pipeline_assets
+from assets import build_pipeline_assets, collection_assets
 from evals.definitions import eval_asset_checks, eval_assets, eval_resources
 from dagster_project.execution import executor
 from dagster_project.jobs import collection_automation, process_batch_job, refresh_collection_job
@@ -16,13 +16,17 @@ from resources.warehouse import ParquetWarehouse
 
 
 def build_definitions(settings: PixelsiftSettings | None = None, models: dict | None = None) -> Definitions:
-    """All assets and checks, the job and the sensor, with the warehouse and the current profile's models.
+    """All assets and checks, the job and the sensor, with the warehouse and the configured models
+    (``dagster_project/profiles.py``).
 
     The executor is every job's, the implicit asset job's included: the UI's "Materialize" and
     backfills run that one, and must keep to the same limits as ``process_batch``."""
     settings = settings or PixelsiftSettings()
+    models = models if models is not None else model_resources()
+    # A model step whose model is on a server does not take the large-model slot (resources/concurrency.py).
+    in_process = {key: getattr(type(resource), "runs_in_process", True) for key, resource in models.items()}
     return Definitions(
-        assets=[*pipeline_assets, *collection_assets, *eval_assets],
+        assets=[*build_pipeline_assets(in_process), *collection_assets, *eval_assets],
         asset_checks=eval_asset_checks,
         jobs=[process_batch_job, refresh_collection_job],
         sensors=[batch_folder_sensor, collection_automation],
@@ -31,7 +35,7 @@ def build_definitions(settings: PixelsiftSettings | None = None, models: dict | 
             "settings": settings,
             "io_manager": ParquetWarehouse(root=settings.warehouse_dir),
             **eval_resources(settings.warehouse_dir),
-            **(models if models is not None else model_resources()),
+            **models,
         },
     )
 

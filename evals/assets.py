@@ -5,9 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from dagster import AssetExecutionContext, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetKey, AssetRecordsFilter, DagsterInstance, MetadataValue, asset
 
 from assets.parquet_schemas import OK
+from assets.random_weights import RANDOM_WEIGHTS_TAG
 from resources.partitions import batch_partitions
 from evals.baseline import (
     Baseline, Problem, baseline_from_table, baseline_table, find_baseline_file, load_baseline, match_images,
@@ -177,6 +178,22 @@ def eval_summary(
     return table
 
 
+MODEL_ASSETS = ("captions", "image_metadata", "clip_embeddings", "cluster_labels")
+
+
+def random_weight_models(instance: DagsterInstance, batch: str) -> tuple[str, ...]:
+    """The random-weight models behind the batch's model outputs: from the tags of the runs that last
+    materialized them (``assets/random_weights.py``), whichever way those runs were started."""
+    names = set()
+    for asset in MODEL_ASSETS:
+        records = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[batch]), limit=1).records
+        run = instance.get_run_by_id(records[0].run_id) if records else None
+        if run is not None:
+            names |= {value for tag, value in run.tags.items() if tag.startswith(f"{RANDOM_WEIGHTS_TAG}_")}
+    return tuple(sorted(names))
+
+
 @asset(partitions_def=batch_partitions, group_name=GROUP, kinds={"parquet"})
 def eval_report(
     context: AssetExecutionContext,
@@ -206,6 +223,7 @@ def eval_report(
         end_to_end_s=end_to_end,
         images_dir=Path(settings.images_root) / batch,
         max_image_pixels=settings.max_image_pixels,
+        random_weight_models=random_weight_models(context.instance, batch),
     )
     path = write_report(inputs, eval_settings, Path(settings.reports_dir))
     context.add_output_metadata({

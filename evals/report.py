@@ -124,6 +124,7 @@ class ReportInputs:
     end_to_end_s: list[float]
     images_dir: Path  # the batch folder, for thumbnails
     max_image_pixels: int  # the pipeline's decompression-bomb limit, for thumbnails too
+    random_weight_models: tuple[str, ...] = ()  # models of these results that have random weights
 
 
 def _e(value: Any) -> str:
@@ -220,7 +221,7 @@ body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;
 vertical-align:top;font-size:14px}th{background:#f2f2f2}.sw{display:inline-block;width:18px;height:18px;
 margin-right:2px;border:1px solid #999}.worst{border-top:1px solid #ddd;padding-top:.5em}.thumb{float:right;
-margin-left:1em}.worst table{max-width:850px}section{clear:both}
+margin-left:1em}.worst table{max-width:850px}section{clear:both}.warn{background:#fde2e1;padding:.5em}
 """
 
 
@@ -258,7 +259,10 @@ def render_report(inputs: ReportInputs, settings: EvalSettings) -> str:
         "worst": f"The {settings.report_worst_images} worst images",
         "clusters": "Clusters and their labels", "coverage": "Coverage and baseline problems",
     }
-    sections = "".join(f'<section id="{name}"><h2>{titles[name]}</h2>{body[name]}</section>' for name in SECTIONS)
+    warning = (f"<p class='warn'><b>Random weights:</b> {html.escape(', '.join(inputs.random_weight_models))} "
+               "produced these results; they are meaningless.</p>" if inputs.random_weight_models else "")
+    sections = warning + "".join(f'<section id="{name}"><h2>{titles[name]}</h2>{body[name]}</section>'
+                                 for name in SECTIONS)
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>pixelsift quality eval: {html.escape(inputs.batch)}"
         f"</title><style>{_STYLE}</style></head><body><h1>Quality eval of batch {html.escape(inputs.batch)}</h1>"

@@ -21,3 +21,10 @@ LARGE_MODEL_POOL = "pixelsift/large_model"
 # Steps of one run that execute at once under the multiprocess executor (``dagster_project/execution.py``),
 # each in its own process. Model steps share the machine's cores among them (resources/torch_runtime.py).
 MAX_CONCURRENT_STEPS = 2
+
+
+
+def model_step_limits(in_process: bool) -> dict:
+    """The ``@asset`` arguments of a model step: the large-model tag and pool when its model runs in
+    this process; none when it runs on a model server (the server has its own memory and queue)."""
+    return {"op_tags": LARGE_MODEL, "pool": LARGE_MODEL_POOL} if in_process else {}

@@ -68,3 +68,14 @@ def _file_hash(path: Path) -> str:
                     digest.update(chunk)
             _hashes[key] = digest.hexdigest()
         return _hashes[key]
+
+
+# A file in a model directory that says its weights are random (pixelsift's tiny test models):
+# every run that uses such a model says so (assets/random_weights.py, the eval report).
+RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS"
+
+
+def has_random_weights(model_id: str) -> bool:
+    """Whether ``model_id`` is a local directory marked as holding random weights."""
+    path = model_id.removeprefix("local-dir:")
+    return os.path.isabs(path) and (Path(path) / RANDOM_WEIGHTS_MARKER).is_file()

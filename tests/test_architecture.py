@@ -60,9 +60,9 @@ def test_the_rule_catches_an_upward_import(tmp_path, monkeypatch):
 
 def test_assets_and_the_backend_seam_do_not_import_torch():
     # A backend that calls a model server must not pay for (or need) torch and transformers.
-    modules = ["resources.backends", "assets.structured_output", "assets.per_image", "assets.image_metadata",
-               "assets.cluster_labels", "assets.captions", "assets.clip_embeddings", "assets.clusters",
-               "assets.near_duplicates", "resources.search", "resources.warehouse"]
+    modules = ["resources.backends", "resources.openai_backends", "assets.structured_output", "assets.per_image",
+               "assets.image_metadata", "assets.cluster_labels", "assets.captions", "assets.clip_embeddings",
+               "assets.clusters", "assets.near_duplicates", "resources.search", "resources.warehouse"]
     code = (f"import sys; import {', '.join(modules)}; "
             "heavy = sorted(m for m in ('torch', 'transformers', 'open_clip') if m in sys.modules); print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -1,0 +1,93 @@
+"""Choosing each task's backend and model: options, variables, pixelsift.toml and the tiny preset."""
+
+import pytest
+from click.testing import CliRunner
+
+from dagster_project.definitions import build_definitions
+from dagster_project.profiles import ConfigError, model_resources, resolve_choice
+from resources.concurrency import LARGE_MODEL_POOL
+from resources.openai_backends import OpenAICaptionerResource, OpenAIStructuredResource
+
+
+def test_tiny_preset_never_overrides_a_named_task(tmp_path):
+    # The bug of issue 10.1: `--models tiny` silently replaced the LLM the user named.
+    choice = resolve_choice({"PIXELSIFT_MODELS": "tiny", "PIXELSIFT_METADATA_LLM_MODEL": "/models/mine"}, tmp_path)
+    assert choice.tasks["metadata_llm"].settings["model"] == "/models/mine"
+    assert choice.random_weight_tasks() == ["captioner", "clip_embedder"]
+    assert "PIXELSIFT_METADATA_LLM_MODEL" in choice.tasks["metadata_llm"].describe()
+    assert "MEANINGLESS" in choice.tasks["captioner"].describe()
+
+
+def test_file_then_variables_then_preset(tmp_path):
+    (tmp_path / "pixelsift.toml").write_text(
+        'models = "tiny"\n'
+        '[metadata_llm]\nbackend = "openai"\nbase_urls = ["http://127.0.0.1:8080/v1"]\nmodel = "smollm2"\n'
+        'dialect = "llama_cpp"\n'
+        '[captioner]\nmodel = "Salesforce/blip2-opt-2.7b"\n'
+    )
+    choice = resolve_choice({}, tmp_path)
+    llm = choice.tasks["metadata_llm"]
+    assert (llm.backend, llm.settings["model"], llm.settings["dialect"]) == ("openai", "smollm2", "llama_cpp")
+    assert choice.tasks["captioner"].settings["model"] == "Salesforce/blip2-opt-2.7b"
+    assert choice.random_weight_tasks() == ["clip_embedder"]
+    # A variable beats the file, field by field.
+    choice = resolve_choice({"PIXELSIFT_METADATA_LLM_MODEL": "other"}, tmp_path)
+    assert choice.tasks["metadata_llm"].settings["model"] == "other"
+    assert choice.tasks["metadata_llm"].settings["dialect"] == "llama_cpp"
+    resources = model_resources(resolve_choice({"PIXELSIFT_MODELS": "hub"}, tmp_path))
+    assert isinstance(resources["metadata_llm"], OpenAIStructuredResource)
+
+
+@pytest.mark.parametrize("text, environ, message", [
+    ('[metadata_llm]\nbackend = "vllm"\n', {}, "backend 'vllm'.*choose one of transformers, openai"),
+    ('[clip_embedder]\nbackend = "openai"\n', {}, "clip_embedder: backend 'openai'"),
+    ('[captionr]\nmodel = "x"\n', {}, "unknown section.*captionr"),
+    ('models = "huge"\n', {}, "choose one of hub, tiny"),
+    ("", {"PIXELSIFT_CAPTIONER_BASE_URLS": "http://127.0.0.1:1", "PIXELSIFT_CAPTIONER_MODEL": "tiny"},
+     "tiny models run in-process"),
+])
+def test_bad_configuration_says_where(tmp_path, text, environ, message):
+    (tmp_path / "pixelsift.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        resolve_choice(environ, tmp_path)
+
+
+def test_unknown_setting_names_task_and_source(tmp_path):
+    (tmp_path / "pixelsift.toml").write_text('[metadata_llm]\nbackend = "openai"\nconcurrancy = 3\n')
+    where = r"metadata_llm \(openai; set in pixelsift.toml \[metadata_llm\]\)"
+    with pytest.raises(ConfigError, match=where + ".*concurrancy"):
+        model_resources(resolve_choice({}, tmp_path))
+
+
+def test_steps_on_a_server_leave_the_large_model_pool():
+    models = model_resources("hub")  # builds resources only; loads nothing
+    models["captioner"] = OpenAICaptionerResource()
+    models["metadata_llm"] = OpenAIStructuredResource()
+    graph = build_definitions(models=models).resolve_asset_graph()
+    pools = {key.to_user_string(): graph.get(key).assets_def.op.pool
+             for key in graph.get_all_asset_keys() if graph.get(key).assets_def.is_executable}
+    assert {name for name, pool in pools.items() if pool == LARGE_MODEL_POOL} == set()
+    models["metadata_llm"] = model_resources("hub")["metadata_llm"]
+    graph = build_definitions(models=models).resolve_asset_graph()
+    pooled = {k.to_user_string() for k in graph.get_all_asset_keys()
+              if graph.get(k).assets_def.is_executable and graph.get(k).assets_def.op.pool == LARGE_MODEL_POOL}
+    assert pooled == {"image_metadata", "cluster_labels"}
+
+
+def test_cli_options_become_the_variables_every_process_reads(monkeypatch, tmp_path):
+    from dagster_project import cli
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("PIXELSIFT_MODELS", "PIXELSIFT_METADATA_LLM_MODEL", "PIXELSIFT_METADATA_LLM_BASE_URLS",
+                 "PIXELSIFT_CONFIG", "DAGSTER_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    seen = {}
+    monkeypatch.setattr(cli.os, "execv", lambda path, argv: seen.update(argv=argv))
+    result = CliRunner().invoke(cli.main, ["ui", "--models", "tiny", "--metadata-llm", "smollm2",
+                                           "--metadata-llm-server", "http://127.0.0.1:8080/v1"])
+    assert result.exit_code == 0, result.output
+    choice = resolve_choice()  # what the UI's code server will resolve from the inherited variables
+    assert choice.tasks["metadata_llm"].backend == "openai"
+    assert choice.tasks["metadata_llm"].settings == {"model": "smollm2", "base_urls": ["http://127.0.0.1:8080/v1"]}
+    assert choice.random_weight_tasks() == ["captioner", "clip_embedder"]
+    assert "warning: model captioner: transformers tiny" in result.output
