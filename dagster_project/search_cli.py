@@ -40,13 +40,41 @@ def _filters(batch_key, category, tag, scene, taken_after, taken_before):
                    taken_before=taken_before)
 
 
-def clip_embedder():
-    """The CLIP model of the current profile: the one that made the warehouse's image vectors."""
-    from dagster_project.profiles import current_profile, TINY_WARNING, model_resources
+def clip_options(command):
+    """Which CLIP model made the warehouse's vectors: chosen as ``pixelsift run`` chooses it (options,
+    then PIXELSIFT_* variables, then pixelsift.toml, then the preset; dagster_project/profiles.py)."""
+    for option in reversed([
+        click.option("--models", type=click.Choice(["hub", "tiny"]), default=None,
+                     help="Preset for the CLIP model when none is named (default: PIXELSIFT_MODELS, else hub)."),
+        click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Model configuration file (default: ./pixelsift.toml if present)."),
+        click.option("--clip", default=None, help="CLIP model: open_clip name, local directory or tiny."),
+    ]):
+        command = option(command)
+    return command
 
-    if current_profile() == "tiny":
-        click.secho(f"warning: {TINY_WARNING}", fg="yellow", err=True)
-    return model_resources()["clip_embedder"]
+
+def use_clip_options(models: str | None, config: str | None, clip: str | None) -> None:
+    """The options as the variables profiles.py reads, so a page's later text searches see them too."""
+    import os
+
+    for variable, value in (("PIXELSIFT_MODELS", models), ("PIXELSIFT_CONFIG", config and str(Path(config).resolve())),
+                            ("PIXELSIFT_CLIP_MODEL", clip)):
+        if value:
+            os.environ[variable] = value
+
+
+def clip_embedder():
+    """The configured CLIP model: the one that made the warehouse's image vectors."""
+    from dagster_project.profiles import TINY_WARNING, ConfigError, resolve_choice, task_resource
+
+    try:
+        choice = resolve_choice().tasks["clip_embedder"]
+        if choice.random_weights:
+            click.secho(f"warning: CLIP has {TINY_WARNING}", fg="yellow", err=True)
+        return task_resource(choice)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def text_embedder_for(sql: str):
@@ -87,9 +115,8 @@ def read_query_image(path: Path, max_pixels: int, max_bytes: int):
 @click.command()
 @click.argument("text")
 @filter_options
-@click.option("--models", type=click.Choice(["hub", "tiny"]), default=None,
-              help="The profile whose CLIP model made the embeddings (default: PIXELSIFT_MODELS, else hub).")
-def search(text: str, models: str | None, k: int, **filters) -> None:
+@clip_options
+def search(text: str, models: str | None, config: str | None, clip: str | None, k: int, **filters) -> None:
     """Find photos by a text description, best match first: score, file, category, caption.
 
     Filters narrow the candidates before the k best are taken, so they never cut the list short
@@ -97,14 +124,11 @@ def search(text: str, models: str | None, k: int, **filters) -> None:
 
     Example: pixelsift search "dog on a beach at sunset" --category animal -k 10
     """
-    import os
-
     from resources.search import SearchError, search_text
     from resources.settings import PixelsiftSettings
     from resources.warehouse import connect
 
-    if models:
-        os.environ["PIXELSIFT_MODELS"] = models
+    use_clip_options(models, config, clip)
     settings = PixelsiftSettings()
     embedder = clip_embedder()
     try:
@@ -118,9 +142,8 @@ def search(text: str, models: str | None, k: int, **filters) -> None:
 @click.command()
 @click.argument("image")
 @filter_options
-@click.option("--models", type=click.Choice(["hub", "tiny"]), default=None,
-              help="For a file not in the warehouse: the profile whose CLIP model embeds it.")
-def similar(image: str, models: str | None, k: int, **filters) -> None:
+@clip_options
+def similar(image: str, models: str | None, config: str | None, clip: str | None, k: int, **filters) -> None:
     """Find photos that look like IMAGE: a file (embedded now unless the warehouse has it), a path
     relative to the images root (sample/chelsea.png) or a sha256.
 
@@ -128,14 +151,11 @@ def similar(image: str, models: str | None, k: int, **filters) -> None:
 
     Example: pixelsift similar data/images/sample/chelsea.png -k 5
     """
-    import os
-
     from resources.search import SearchError, similar_to_image, similar_to_vector
     from resources.settings import PixelsiftSettings
     from resources.warehouse import connect
 
-    if models:
-        os.environ["PIXELSIFT_MODELS"] = models
+    use_clip_options(models, config, clip)
     settings = PixelsiftSettings()
     con = connect(settings.warehouse_dir)
     file = next((f for f in (Path(image), Path(settings.images_root) / image) if f.exists()), None)
@@ -167,21 +187,17 @@ def _has_embeddings(con) -> bool:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; the page has no login, so keep it on this machine unless you mean otherwise.")
 @click.option("--port", default=8765, show_default=True)
-@click.option("--models", type=click.Choice(["hub", "tiny"]), default=None,
-              help="The profile whose CLIP model embeds text searches (loaded on the first one).")
-def browse(host: str, port: int, models: str | None) -> None:
+@clip_options
+def browse(host: str, port: int, models: str | None, config: str | None, clip: str | None) -> None:
     """Open a local web page to search and browse the photos: text search with filters, similar
     images, clusters, near-duplicate groups, and each image's metadata. Reads only; Ctrl-C stops it.
 
     Example: pixelsift browse --port 8765   (then open http://127.0.0.1:8765/)
     """
-    import os
-
     from dagster_project.browse import Browser, make_server
     from resources.settings import PixelsiftSettings
 
-    if models:
-        os.environ["PIXELSIFT_MODELS"] = models
+    use_clip_options(models, config, clip)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.secho(f"warning: listening on {host}: the page has no login, so anyone who can reach this "
                     "machine can see your photos and their metadata", fg="yellow", err=True)
