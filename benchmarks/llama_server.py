@@ -16,18 +16,13 @@ import importlib.util
 import os
 import runpy
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from benchmarks.ports import free_port
 
 
 def _answers(url: str) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,16 +26,12 @@ from pathlib import Path
 
 import click
 
+from benchmarks.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCATION = "pixelsift"
 IMPLICIT_ASSET_JOB = "__ASSET_JOB"  # the job "Materialize" runs, whatever the selection
 ENDED = {"SUCCESS", "FAILURE", "CANCELED"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

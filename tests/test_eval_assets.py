@@ -10,7 +10,6 @@ import io
 import json
 import re
 import shutil
-import socket
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,6 +23,7 @@ from PIL import Image
 
 from assets import parquet_schemas as tables
 from assets.parquet_schemas import DETECTED_OBJECT
+from benchmarks.ports import free_port
 from dagster_project.report_server import serve_reports
 from resources.partitions import batch_partitions
 from evals.baseline import load_baseline
@@ -320,9 +320,7 @@ def test_the_report_is_one_click_from_its_asset_page(default_run, workspace):
     link = event.materialization.metadata["report_url"]
     assert isinstance(link, UrlMetadataValue)
     assert link.value == f"{PixelsiftSettings().reports_url}/{BATCH}/{REPORT_FILE}"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    url = f"http://127.0.0.1:{free_port()}"
     server = serve_reports(workspace / "reports" / "warehouse", url)
     try:
         with urllib.request.urlopen(url + urlsplit(link.value).path, timeout=10) as response:

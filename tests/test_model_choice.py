@@ -1,8 +1,12 @@
 """Choosing each task's backend and model: options, variables, pixelsift.toml and the tiny preset."""
 
+import signal
+import subprocess
+
 import pytest
 from click.testing import CliRunner
 
+from benchmarks.ports import free_port
 from dagster_project.definitions import build_definitions
 from dagster_project.profiles import ConfigError, model_resources, resolve_choice
 from resources.concurrency import LARGE_MODEL_POOL
@@ -81,11 +85,25 @@ def test_cli_options_become_the_variables_every_process_reads(monkeypatch, tmp_p
     for name in ("PIXELSIFT_MODELS", "PIXELSIFT_METADATA_LLM_MODEL", "PIXELSIFT_METADATA_LLM_BASE_URLS",
                  "PIXELSIFT_CONFIG", "DAGSTER_HOME"):
         monkeypatch.delenv(name, raising=False)
-    seen = {}
-    monkeypatch.setattr(cli.os, "execv", lambda path, argv: seen.update(argv=argv))
+    monkeypatch.setenv("PIXELSIFT_REPORTS_URL", f"http://127.0.0.1:{free_port()}")
+    started = []
+
+    class NoDagsterDev:
+        """Stands in for the `dagster dev` process `pixelsift ui` starts (a UI left running by a test
+        would never end): this test is about the variables that process inherits."""
+
+        def __init__(self, argv, **kwargs):
+            started.append(argv)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", NoDagsterDev)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # ui forwards SIGTERM to its child
     result = CliRunner().invoke(cli.main, ["ui", "--models", "tiny", "--metadata-llm", "smollm2",
                                            "--metadata-llm-server", "http://127.0.0.1:8080/v1"])
     assert result.exit_code == 0, result.output
+    assert started and started[0][:2] == cli.ui_argv("127.0.0.1", 3000)[:2]
     choice = resolve_choice()  # what the UI's code server will resolve from the inherited variables
     assert choice.tasks["metadata_llm"].backend == "openai"
     assert choice.tasks["metadata_llm"].settings == {"model": "smollm2", "base_urls": ["http://127.0.0.1:8080/v1"]}

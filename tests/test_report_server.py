@@ -6,13 +6,12 @@ import urllib.request
 
 import pytest
 
+from benchmarks.ports import free_port
 from dagster_project.report_server import ReportsURLError, serve_reports
 
 
 def free_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @pytest.fixture
