@@ -4,9 +4,8 @@
 
 Runs ``python -m dagster_project.cli run`` (this tree's code) in a fresh process with a fresh
 warehouse and Dagster home, so nothing is reused and every model is loaded inside the timing.
-Without ``--llm`` it uses ``--models tiny``; with it, the tiny captioner and CLIP model and
-MODEL as the metadata LLM (a saved directory or a GGUF file; the default profile reads
-PIXELSIFT_*_MODEL). Then it reads the run's Parquet: the stage sum per image is the mean of
+It runs with ``--models tiny``, and with ``--llm`` the tiny captioner and CLIP model and MODEL as
+the metadata LLM (``--metadata-llm MODEL``: a saved directory or a GGUF file). Then it reads the run's Parquet: the stage sum per image is the mean of
 ``image_metadata.processing_time_ms`` (decode + caption + palette + LLM) plus CLIP's ms, plus the
 cluster labels' LLM time spread over the images. What the wall time adds beyond the sum is model
 loading, Dagster's own work, the evals and the report.
@@ -24,20 +23,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-TINY_DIR = Path("data/models/tiny")
-
-
 def run(batch: str, images_root: str, llm: str | None) -> dict[str, float]:
     scratch = Path(tempfile.mkdtemp(prefix="pixelsift-e2e-"))
     env = os.environ | {"DAGSTER_HOME": str(scratch / "home"), "PIXELSIFT_WAREHOUSE_DIR": str(scratch / "warehouse"),
                         "PIXELSIFT_IMAGES_ROOT": images_root, "PIXELSIFT_REPORTS_DIR": str(scratch / "reports"),
                         "PYTHONPATH": str(Path.cwd())}
-    command = [sys.executable, "-m", "dagster_project.cli", "run", "--batch", batch]
+    command = [sys.executable, "-m", "dagster_project.cli", "run", "--batch", batch, "--models", "tiny"]
     if llm:
-        env |= {"PIXELSIFT_CAPTIONER_MODEL": str(TINY_DIR / "blip2"), "PIXELSIFT_CLIP_MODEL": str(TINY_DIR / "clip"),
-                "PIXELSIFT_METADATA_LLM_MODEL": llm}
-    else:
-        command += ["--models", "tiny"]
+        command += ["--metadata-llm", llm]
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
@@ -57,8 +50,6 @@ def main() -> None:
     parser.add_argument("--images-root", default="data/images")
     parser.add_argument("--llm", help="the metadata LLM (default: the tiny profile's)")
     args = parser.parse_args()
-    if args.llm and not (TINY_DIR / "blip2").is_dir():
-        sys.exit(f"build the tiny models first: python -m dagster_project.cli run --models tiny ({TINY_DIR})")
     figures = run(args.batch, str(Path(args.images_root).resolve()), args.llm)
     print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
 
