@@ -83,3 +83,17 @@ def smollm2_model_dir(request, tmp_path_factory) -> str:
 
     cache = getattr(request.config, "cache", None)  # None under `-p no:cacheprovider`: once per session then
     return str(smollm2_dir(cache.mkdir("smollm2") if cache else tmp_path_factory.mktemp("smollm2")))
+
+
+@pytest.fixture
+def model_env(monkeypatch):
+    """No model choice inherited from the shell, and every model variable a command under test sets
+    in os.environ (the CLI hands its options on that way) undone after the test, not left to the next."""
+    from dagster_project.profiles import ENV_NAMES
+
+    names = ["PIXELSIFT_MODELS", "PIXELSIFT_CONFIG", "DAGSTER_HOME"] + [
+        f"PIXELSIFT_{task}_{suffix}" for task in ENV_NAMES.values() for suffix in ("BACKEND", "MODEL", "BASE_URLS")]
+    for name in names:
+        monkeypatch.setenv(name, "")  # records the variable's state before the test, restored after it
+        monkeypatch.delenv(name)
+    return monkeypatch

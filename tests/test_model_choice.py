@@ -78,13 +78,11 @@ def test_steps_on_a_server_leave_the_large_model_pool():
     assert pooled == {"image_metadata", "cluster_labels"}
 
 
-def test_cli_options_become_the_variables_every_process_reads(monkeypatch, tmp_path):
+def test_cli_options_become_the_variables_every_process_reads(model_env, tmp_path):
     from dagster_project import cli
 
+    monkeypatch = model_env
     monkeypatch.chdir(tmp_path)
-    for name in ("PIXELSIFT_MODELS", "PIXELSIFT_METADATA_LLM_MODEL", "PIXELSIFT_METADATA_LLM_BASE_URLS",
-                 "PIXELSIFT_CONFIG", "DAGSTER_HOME"):
-        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PIXELSIFT_REPORTS_URL", f"http://127.0.0.1:{free_port()}")
     started = []
 

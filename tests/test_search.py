@@ -218,14 +218,14 @@ def test_similar_to_a_new_file_embeds_it_through_the_pipelines_checks(warehouse,
     assert result.exit_code == 1 and "not an image Pillow can read" in result.output
 
 
-def test_search_command_loads_the_clip_model_it_is_told(warehouse, embedder, monkeypatch, tmp_path):
+def test_search_command_loads_the_clip_model_it_is_told(warehouse, embedder, model_env, tmp_path):
     # No stand-in for the model: the command resolves --clip as `pixelsift run` resolves its models.
     from click.testing import CliRunner
 
     from dagster_project.cli import main
 
+    monkeypatch = model_env
     monkeypatch.setenv("PIXELSIFT_WAREHOUSE_DIR", str(warehouse))
-    monkeypatch.delenv("PIXELSIFT_CLIP_MODEL", raising=False)
     monkeypatch.setenv("PIXELSIFT_TINY_MODELS_DIR", str(tmp_path))
     result = CliRunner().invoke(main, ["search", QUERY, "--clip", embedder.model, "-k", "2"])
     assert result.exit_code == 0, result.output
