@@ -28,6 +28,8 @@ import duckdb
 import numpy as np
 import pyarrow.dataset as ds
 
+from resources.model_names import portable_model_name
+
 EMBEDDINGS = "clip_embeddings"
 FILTERS = ("batch_key", "category", "tag", "scene", "taken_after", "taken_before")
 
@@ -151,7 +153,8 @@ def install(con: duckdb.DuckDBPyConnection, views: dict[str, ds.Dataset],
         return
     con.create_function("clip_text", _text_function(text_embedder, dim), ["VARCHAR"], f"FLOAT[{dim}]",
                         side_effects=False)
-    con.create_function("clip_model_id", lambda: text_embedder.model_id, [], "VARCHAR", side_effects=False)
+    con.create_function("clip_model_id", lambda: portable_model_name(text_embedder.model_id), [], "VARCHAR",
+                        side_effects=False)
     con.execute("""
         CREATE MACRO search_images(query_text, k := 20, batch_key := NULL, category := NULL, tag := NULL,
                                    scene := NULL, taken_after := NULL, taken_before := NULL) AS TABLE
@@ -191,15 +194,22 @@ def _models(con: duckdb.DuckDBPyConnection) -> list[str]:
                                    "ORDER BY 1").fetchall()]
 
 
+def _stored_model_id(con: duckdb.DuckDBPyConnection, model_id: str) -> str:
+    """The query model as the clip_embeddings asset names it (``portable_model_name``: a local folder
+    without the machine's path), checked against the models whose vectors the warehouse holds."""
+    stored, models = portable_model_name(model_id), _models(con)
+    if stored not in models:
+        raise SearchError(f"the embeddings were made by {', '.join(models) or 'no model'}, not by the query's "
+                          f"model {stored}: search with the same CLIP model as the run")
+    return stored
+
+
 def search_text(con: duckdb.DuckDBPyConnection, text: str, model_id: str, k: int = 20,
                 filters: Filters = Filters()) -> list[Hit]:
     """The k images whose vectors are nearest the text's (``install`` with a text embedder first)."""
     if not text.strip():
         raise SearchError("give some text to search for")
-    models = _models(con)
-    if model_id not in models:
-        raise SearchError(f"the embeddings were made by {', '.join(models) or 'no model'}, not by the query's "
-                          f"model {model_id}: search with the same CLIP model (profile) as the run")
+    _stored_model_id(con, model_id)
     args, values = _filter_args(filters)
     return _hits(con.execute(f"SELECT * FROM search_images(?, k := ?{args})", [text, k, *values]))
 
@@ -219,9 +229,7 @@ def similar_to_image(con: duckdb.DuckDBPyConnection, image_id: str, k: int = 20,
 def similar_to_vector(con: duckdb.DuckDBPyConnection, vector: np.ndarray, model_id: str, k: int = 20,
                       filters: Filters = Filters()) -> list[Hit]:
     """The k images nearest a vector made by ``model_id`` (a file embedded on the fly)."""
-    models = _models(con)
-    if model_id not in models:
-        raise SearchError(f"the embeddings were made by {', '.join(models) or 'no model'}, not by {model_id}")
+    stored = _stored_model_id(con, model_id)
     args, values = _filter_args(filters)
     return _hits(con.execute(f"SELECT * FROM search_vector(?, query_model := ?, k := ?{args})",
-                             [np.asarray(vector, dtype=np.float32).tolist(), model_id, k, *values]))
+                             [np.asarray(vector, dtype=np.float32).tolist(), stored, k, *values]))

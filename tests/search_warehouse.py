@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from assets.parquet_schemas import CAPTIONS, IMAGE_METADATA, IMAGES, clip_embeddings_schema
+from resources.model_names import portable_model_name
 from resources.warehouse import partition_file, write_table
 
 
@@ -50,7 +51,7 @@ def write_planted(root: Path, direction: np.ndarray, items: list[Planted], model
         rows = [i for i in items if i.batch == batch]
         keys = [{"image_id": image_id(i), "path": i.path, "status": "ok", "error": None} for i in rows]
         write_table(pa.Table.from_pylist([
-            k | {"embedding": unit_with_cosine(direction, i.score, rng).tolist(), "model_id": model_id, "ms": 1.0,
+            k | {"embedding": unit_with_cosine(direction, i.score, rng).tolist(), "model_id": portable_model_name(model_id), "ms": 1.0,
                  "fingerprint": "f", "reused": False} for k, i in zip(keys, rows)
         ], schema=clip_embeddings_schema(dim)), partition_file(root, "clip_embeddings", batch))
         write_table(pa.Table.from_pylist([
