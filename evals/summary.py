@@ -15,7 +15,6 @@ from evals.metrics import bootstrap_mean_ci, cohen_kappa, percentiles
 from evals.output_quality import quality_figures
 from evals.settings import EvalSettings
 from evals.parquet_schemas import EVAL_SUMMARY, FIELD_MEANS, LATENCY_STAGES
-from resources.model_names import portable_model_name
 
 
 def _column(table: pa.Table, name: str) -> list[Any]:
@@ -35,13 +34,6 @@ def _models(table: pa.Table, column: str) -> str | None:
     """The model ids in a column, most used first (several when results were reused across versions)."""
     counts = Counter(v for v in _column(table, column) if v)
     return ", ".join(v for v, _ in counts.most_common()) or None
-
-
-def _shown(ids: str | None) -> str:
-    """Model ids as the UI shows them (no absolute local paths); the summary's columns keep them as given."""
-    if not ids:
-        return str(ids)
-    return ", ".join(" + ".join(portable_model_name(one) for one in group.split(" + ")) for group in ids.split(", "))
 
 
 def ok_rows(table: pa.Table) -> pa.Table:
@@ -193,8 +185,7 @@ def headline_rows(s: dict[str, Any], settings: EvalSettings) -> list[tuple[str, 
          f"≤ {settings.max_constant_confidence_rate:g}"),
         ("category entropy", _fmt(s["category_entropy"]), f"≥ {settings.min_category_entropy:g}"),
         ("degenerate captions", _fmt(s["degenerate_caption_rate"]), f"≤ {settings.max_degenerate_caption_rate:g}"),
-        ("models", f"captions {_shown(s['caption_model'])}; metadata {_shown(s['metadata_model'])}; "
-                   f"clip {_shown(s['clip_model'])}", ""),
+        ("models", f"captions {s['caption_model']}; metadata {s['metadata_model']}; clip {s['clip_model']}", ""),
         ("baseline", f"{s['baseline_source']} ({_fmt(s['baseline_records'])} records, "
                      f"{_fmt(s['baseline_problems'])} problems)", ""),
     ]
