@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from dagster import (
-    DagsterEventType, DagsterInstance, DagsterRunStatus, build_sensor_context, job, materialize_to_memory, op,
-)
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, build_sensor_context, materialize_to_memory
 
 import evals.baseline
 from dagster_project.cli import main
@@ -28,6 +26,7 @@ from evals.cli import baseline as baseline_cli
 from evals.legacy_import import convert_rows
 from resources.batch_keys import InvalidBatchKey, validate_batch_key
 from resources.partitions import batch_partitions
+from tests.one_op_job import quick
 from resources.settings import PixelsiftSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,15 +314,6 @@ def test_a_run_killed_with_sigkill_is_marked_failed_by_the_next_pixelsift_run(cl
     assert "is gone: it was killed (SIGKILL, out of memory)" in failure.message
     assert (home / "dagster.yaml").read_text() == SHIPPED.read_text()
 
-
-@op
-def noop():
-    pass
-
-
-@job
-def quick():
-    noop()
 
 
 def test_a_reused_pid_is_not_the_runs_process_and_another_hosts_run_is_left_alone():

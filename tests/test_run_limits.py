@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, job, op
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 from dagster._core.instance.config import PoolGranularity
 
 from dagster_project.dagster_home import initialize_pools, install_instance_settings
@@ -28,6 +28,7 @@ from dagster_project.execution import CODE_LOCATION_MODULE, executor
 from dagster_project.run_history import free_slots_of_ended_runs
 from dagster_project.sensors import batch_folder_sensor
 from resources.concurrency import LARGE_MODEL, LARGE_MODEL_POOL, LARGE_MODEL_TAG
+from tests.one_op_job import quick
 
 ROOT = Path(__file__).resolve().parents[1]
 LARGE_MODEL_ASSETS = {"captions", "image_metadata", "cluster_labels"}
@@ -133,15 +134,6 @@ def test_the_shipped_instance_gives_the_pool_one_slot_and_queues_runs(shipped_in
     # The daemon of `pixelsift ui` frees the slot of a run that ended without freeing it.
     assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 60
 
-
-@op
-def noop():
-    pass
-
-
-@job
-def quick():
-    noop()
 
 
 def test_a_slot_left_by_an_ended_run_is_freed_and_a_running_runs_slot_kept(shipped_instance):
