@@ -34,7 +34,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from PIL import Image
 
 from assets.image_files import ImageDecodeError, open_image
-from resources.search import FILTERS, Filters, SearchError, search_text, similar_to_image
+from resources.model_names import portable_model_name
+from resources.search import FILTERS, Filters, SearchError, open_search_index, search_text, similar_to_image
 from resources.settings import PixelsiftSettings
 from resources.warehouse import connect
 
@@ -91,6 +92,7 @@ class Browser:
         self._con, self._con_has_text, self._signature, self._checked = None, False, None, 0.0
         self._thumbs: OrderedDict[tuple, bytes] = OrderedDict()
         self._listing: tuple[object, dict] = (None, {})
+        self._indexes: dict[str, object] = {}  # model -> its vector index, until the warehouse changes
 
     def _connect(self, with_text: bool = False):
         """The page's sandboxed connection, with the warehouse's tables in memory (a search decodes no
@@ -102,7 +104,7 @@ class Browser:
             self._checked = time.monotonic()
             signature = _signature(Path(self.settings.warehouse_dir))
             if signature != self._signature:
-                self._con, self._signature = None, signature
+                self._con, self._signature, self._indexes = None, signature, {}
         if self._con is None or (self._embedder is not None and not self._con_has_text):
             self._con = connect(self.settings.warehouse_dir, [], text_embedder=self._embedder, resident=True)
             self._con_has_text = self._embedder is not None
@@ -121,13 +123,13 @@ class Browser:
         try:
             if similar:
                 con, _ = self._connect()
-                hits = similar_to_image(con, similar, k, filters)
+                hits = similar_to_image(con, similar, k, filters, index=self._index_of_image(con, similar))
                 heading = "Images like " + _image_link(self._describe(con, similar))
             else:
                 con, embedder = self._connect(with_text=True)
                 if embedder is None:
                     raise SearchError("text search needs the CLIP model: this page was started without one")
-                hits = search_text(con, q, embedder.model_id, k, filters)
+                hits = search_text(con, q, embedder.model_id, k, filters, index=self._index(embedder.model_id))
                 heading = f"Best matches for “{_e(q)}”"
         except SearchError as exc:
             return _page("Search", form + f'<p class="note">{_e(exc)}</p>')
@@ -135,6 +137,21 @@ class Browser:
                                                f"<br>{_e(h.caption or '')}") for h in hits)
         return _page("Search", f"{form}<h2>{heading}</h2>"
                      + (f'<div class="grid">{cards}</div>' if hits else '<p class="note">No images match.</p>'))
+
+    def _index(self, model_id: str):
+        """The model's vector index (resources.vector_index), opened once per warehouse state: it is
+        brought up to date on opening, and the page reopens it when a warehouse file changes."""
+        model = portable_model_name(model_id)
+        if model not in self._indexes:
+            self._indexes[model] = open_search_index(self.settings.warehouse_dir, model,
+                                                     self.settings.search_index_above)
+        return self._indexes[model]
+
+    def _index_of_image(self, con, image_id: str):
+        found = con.execute("SELECT model_id FROM clip_embeddings WHERE image_id = ? AND status = 'ok' "
+                            "ORDER BY batch, path LIMIT 1", [image_id]).fetchall() \
+            if "clip_embeddings" in _tables(con) else []
+        return self._index(found[0][0]) if found else None
 
     def _search_form(self, q: str, similar: str, filters: Filters, k: int, choices: dict[str, list[str]]) -> str:
         def box(name: str, label: str, value: object, kind: str = "text") -> str:

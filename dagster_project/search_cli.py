@@ -124,7 +124,7 @@ def search(text: str, models: str | None, config: str | None, clip: str | None, 
 
     Example: pixelsift search "dog on a beach at sunset" --category animal -k 10
     """
-    from resources.search import SearchError, search_text
+    from resources.search import SearchError, open_search_index, search_text
     from resources.settings import PixelsiftSettings
     from resources.warehouse import connect
 
@@ -132,8 +132,10 @@ def search(text: str, models: str | None, config: str | None, clip: str | None, 
     settings = PixelsiftSettings()
     embedder = clip_embedder()
     try:
-        hits = search_text(connect(settings.warehouse_dir, text_embedder=embedder), text, embedder.model_id, k,
-                           _filters(**filters))
+        con = connect(settings.warehouse_dir, text_embedder=embedder)
+        index = open_search_index(settings.warehouse_dir, embedder.model_id, settings.search_index_above) \
+            if _has_embeddings(con) else None
+        hits = search_text(con, text, embedder.model_id, k, _filters(**filters), index=index)
     except SearchError as exc:
         raise click.ClickException(str(exc)) from None
     _print_hits(hits, Path(settings.images_root))
@@ -151,7 +153,7 @@ def similar(image: str, models: str | None, config: str | None, clip: str | None
 
     Example: pixelsift similar data/images/sample/chelsea.png -k 5
     """
-    from resources.search import SearchError, similar_to_image, similar_to_vector
+    from resources.search import SearchError, open_search_index, similar_to_image, similar_to_vector
     from resources.settings import PixelsiftSettings
     from resources.warehouse import connect
 
@@ -165,18 +167,32 @@ def similar(image: str, models: str | None, config: str | None, clip: str | None
             known = con.execute("SELECT count(*) FROM clip_embeddings WHERE image_id = ? AND status = 'ok'",
                                 [sha]).fetchall()[0][0] if _has_embeddings(con) else 0
             if known:
-                hits = similar_to_image(con, sha, k, _filters(**filters))
+                hits = similar_to_image(con, sha, k, _filters(**filters), index=_index_of_image(con, settings, sha))
             else:
                 embedder = clip_embedder()
                 vector = embedder.embed([picture]).vectors[0]
-                hits = similar_to_vector(con, vector, embedder.model_id, k, _filters(**filters))
+                index = open_search_index(settings.warehouse_dir, embedder.model_id, settings.search_index_above) \
+                    if _has_embeddings(con) else None
+                hits = similar_to_vector(con, vector, embedder.model_id, k, _filters(**filters), index=index)
         elif SHA256.fullmatch(image.lower()):
-            hits = similar_to_image(con, image.lower(), k, _filters(**filters))
+            hits = similar_to_image(con, image.lower(), k, _filters(**filters),
+                                    index=_index_of_image(con, settings, image.lower()))
         else:
             raise click.ClickException(f"{image}: no such file, and not a sha256 (64 hex digits)")
     except SearchError as exc:
         raise click.ClickException(str(exc)) from None
     _print_hits(hits, Path(settings.images_root))
+
+
+def _index_of_image(con, settings, image_id: str):
+    """The vector index of the model that made the image's stored vector (None: not in the warehouse)."""
+    from resources.search import open_search_index
+
+    if not _has_embeddings(con):
+        return None
+    found = con.execute("SELECT model_id FROM clip_embeddings WHERE image_id = ? AND status = 'ok' "
+                        "ORDER BY batch, path LIMIT 1", [image_id]).fetchall()
+    return open_search_index(settings.warehouse_dir, found[0][0], settings.search_index_above) if found else None
 
 
 def _has_embeddings(con) -> bool:

@@ -19,6 +19,8 @@ models live in different spaces, whatever their length.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from functools import lru_cache
@@ -26,9 +28,12 @@ from typing import Protocol, Sequence
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
 
 from resources.model_names import portable_model_name
+
+logger = logging.getLogger(__name__)
 
 EMBEDDINGS = "clip_embeddings"
 FILTERS = ("batch_key", "category", "tag", "scene", "taken_after", "taken_before")
@@ -112,20 +117,22 @@ def install(con: duckdb.DuckDBPyConnection, views: dict[str, ds.Dataset],
         return
     dim = views[EMBEDDINGS].schema.field("embedding").type.list_size
     captions, metadata, images = (_source(views, name) for name in _DESCRIBED_BY)
-    # Parameters have names no column has: inside a macro a parameter hides a column of its name.
+    # Parameters have names no column has: inside a macro a parameter hides a column of its name
+    # (a qualified name, s.category, is the column).
+    # search_candidates is the one place the filters are written: the exact macros rank its rows, and
+    # the vector index (resources.vector_index) asks it which rows a filter allows.
     con.execute(f"""
-        CREATE MACRO search_vector(query_vector, query_model := NULL, k := 20, exclude_image := NULL,
-                                   batch_key := NULL, category := NULL, tag := NULL, scene := NULL,
-                                   taken_after := NULL, taken_before := NULL) AS TABLE
-        SELECT e.batch, e.path, e.image_id,
-               array_cosine_similarity(e.embedding, query_vector::FLOAT[{dim}]) AS score,
+        CREATE MACRO search_candidates(query_model := NULL, exclude_image := NULL, batch_key := NULL,
+                                       category := NULL, tag := NULL, scene := NULL, taken_after := NULL,
+                                       taken_before := NULL) AS TABLE
+        SELECT e.batch, e.path, e.image_id, e.embedding,
                c.caption, m.primary_category AS category, m.scene_type AS scene, m.tags,
                i.taken_at, i.width, i.height, i.bytes
         FROM {EMBEDDINGS} e
         LEFT JOIN {captions} c ON c.batch = e.batch AND c.path = e.path
         LEFT JOIN {metadata} m ON m.batch = e.batch AND m.path = e.path
         LEFT JOIN {images} i ON i.batch = e.batch AND i.path = e.path
-        WHERE e.status = 'ok' AND query_vector IS NOT NULL
+        WHERE e.status = 'ok'
           AND (query_model IS NULL OR e.model_id = query_model)
           AND (exclude_image IS NULL OR e.image_id <> exclude_image)
           AND (batch_key IS NULL OR e.batch = batch_key)
@@ -134,7 +141,18 @@ def install(con: duckdb.DuckDBPyConnection, views: dict[str, ds.Dataset],
           AND (scene IS NULL OR m.scene_type = scene)
           AND (taken_after IS NULL OR i.taken_at >= taken_after::TIMESTAMP)
           AND (taken_before IS NULL OR i.taken_at < taken_before::TIMESTAMP)
-        ORDER BY score DESC, e.batch, e.path
+    """)
+    con.execute(f"""
+        CREATE MACRO search_vector(query_vector, query_model := NULL, k := 20, exclude_image := NULL,
+                                   batch_key := NULL, category := NULL, tag := NULL, scene := NULL,
+                                   taken_after := NULL, taken_before := NULL) AS TABLE
+        SELECT s.batch, s.path, s.image_id, array_cosine_similarity(s.embedding, query_vector::FLOAT[{dim}]) AS score,
+               s.caption, s.category, s.scene, s.tags, s.taken_at, s.width, s.height, s.bytes
+        FROM search_candidates(query_model := query_model, exclude_image := exclude_image,
+                               batch_key := batch_key, category := category, tag := tag, scene := scene,
+                               taken_after := taken_after, taken_before := taken_before) s
+        WHERE query_vector IS NOT NULL
+        ORDER BY score DESC, s.batch, s.path
         LIMIT k
     """)
     # The query image's own vector and model; its copies (same sha256) are not "similar", they are it.
@@ -204,32 +222,97 @@ def _stored_model_id(con: duckdb.DuckDBPyConnection, model_id: str) -> str:
     return stored
 
 
+def open_search_index(warehouse_dir, model_id: str, ann_above: int):
+    """The vector index of ``model_id``'s vectors (``resources.vector_index``), brought up to date;
+    None, with a warning, when it cannot be used (then the exact SQL macros answer, slower).
+    ``ann_above``: the ``search_index_above`` setting."""
+    from resources.vector_index import IndexRefused, open_index
+
+    try:
+        return open_index(warehouse_dir, portable_model_name(model_id), ann_above)
+    except (ImportError, OSError, IndexRefused, pa.ArrowException) as exc:
+        logger.warning("vector index unavailable (%s): searching exactly in SQL instead", exc)
+        return None
+
+
 def search_text(con: duckdb.DuckDBPyConnection, text: str, model_id: str, k: int = 20,
-                filters: Filters = Filters()) -> list[Hit]:
-    """The k images whose vectors are nearest the text's (``install`` with a text embedder first)."""
+                filters: Filters = Filters(), index=None) -> list[Hit]:
+    """The k images whose vectors are nearest the text's (``install`` with a text embedder first);
+    through ``index`` (``open_search_index``) when given."""
     if not text.strip():
         raise SearchError("give some text to search for")
-    _stored_model_id(con, model_id)
+    stored = _stored_model_id(con, model_id)
+    if index is not None:
+        vector = np.asarray(con.execute("SELECT clip_text(?)", [text]).fetchall()[0][0], dtype=np.float32)
+        return _indexed(con, index, vector, stored, k, filters)
     args, values = _filter_args(filters)
     return _hits(con.execute(f"SELECT * FROM search_images(?, k := ?{args})", [text, k, *values]))
 
 
 def similar_to_image(con: duckdb.DuckDBPyConnection, image_id: str, k: int = 20,
-                     filters: Filters = Filters()) -> list[Hit]:
-    """The k images nearest an image of the warehouse (its copies with the same sha256 left out)."""
+                     filters: Filters = Filters(), index=None) -> list[Hit]:
+    """The k images nearest an image of the warehouse (its copies with the same sha256 left out);
+    through ``index`` when given and it holds the image's model's vectors."""
     _models(con)
-    known = con.execute(f"SELECT count(*) FROM {EMBEDDINGS} WHERE image_id = ? AND status = 'ok'",
-                        [image_id]).fetchall()[0][0]
+    known = con.execute(f"SELECT embedding, model_id FROM {EMBEDDINGS} WHERE image_id = ? AND status = 'ok' "
+                        "ORDER BY batch, path LIMIT 1", [image_id]).fetchall()
     if not known:
         raise SearchError(f"no embedded image with sha256 {image_id} in the warehouse")
+    if index is not None and index.model_id == known[0][1]:
+        return _indexed(con, index, np.asarray(known[0][0], dtype=np.float32), known[0][1], k, filters,
+                        exclude_image=image_id)
     args, values = _filter_args(filters)
     return _hits(con.execute(f"SELECT * FROM similar_images(?, k := ?{args})", [image_id, k, *values]))
 
 
 def similar_to_vector(con: duckdb.DuckDBPyConnection, vector: np.ndarray, model_id: str, k: int = 20,
-                      filters: Filters = Filters()) -> list[Hit]:
+                      filters: Filters = Filters(), index=None) -> list[Hit]:
     """The k images nearest a vector made by ``model_id`` (a file embedded on the fly)."""
     stored = _stored_model_id(con, model_id)
+    if index is not None:
+        return _indexed(con, index, np.asarray(vector, dtype=np.float32), stored, k, filters)
     args, values = _filter_args(filters)
     return _hits(con.execute(f"SELECT * FROM search_vector(?, query_model := ?, k := ?{args})",
                              [np.asarray(vector, dtype=np.float32).tolist(), stored, k, *values]))
+
+
+_HITS_TABLE = "__pixelsift_index_hits"
+
+
+def _indexed(con: duckdb.DuckDBPyConnection, index, vector: np.ndarray, model: str, k: int, filters: Filters,
+             exclude_image: str | None = None) -> list[Hit]:
+    """The index's k nearest rows that pass the filters (asked of ``search_candidates``, the macros'
+    own WHERE), scored again exactly and described by the same macro."""
+    args, values = _filter_args(filters)
+    allowed = None
+    if args:
+        allowed = index.mask(_arrow(con.execute(f"SELECT batch, path FROM search_candidates(query_model := ?{args})",
+                                                [model, *values])))
+    fetch = k
+    while True:  # copies of the query image (same sha256) are not results: ask for more until k remain
+        rows, _ = index.search(vector / max(float(np.linalg.norm(vector)), 1e-12), model, fetch, allowed)
+        keys = [key for key in index.keys(rows) if key[2] != exclude_image]
+        if len(keys) >= k or len(rows) < fetch:
+            break
+        fetch *= 2
+    if not keys:
+        return []
+    batches, paths, _ = zip(*keys)
+    con.register(_HITS_TABLE, pa.table({"batch": list(batches), "path": list(paths)}))
+    try:
+        dim = len(vector)
+        rel = con.execute(f"""
+            SELECT s.batch, s.path, s.image_id, array_cosine_similarity(s.embedding, ?::FLOAT[{dim}]) AS score,
+                   s.caption, s.category, s.scene, s.tags, s.taken_at, s.width, s.height, s.bytes
+            FROM search_candidates(query_model := ?) s SEMI JOIN {_HITS_TABLE} h ON h.batch = s.batch AND h.path = s.path
+            WHERE s.batch IN (SELECT DISTINCT batch FROM {_HITS_TABLE})
+            ORDER BY score DESC, s.batch, s.path LIMIT ?""", [vector.tolist(), model, k])
+        return _hits(rel)
+    finally:
+        con.unregister(_HITS_TABLE)
+
+
+def _arrow(result) -> pa.Table:
+    with warnings.catch_warnings():  # "an extra copy of the rows": a list of keys, once per query
+        warnings.simplefilter("ignore")
+        return result.to_arrow_table() if hasattr(result, "to_arrow_table") else result.fetch_arrow_table()

@@ -73,6 +73,13 @@ class PixelsiftSettings(ConfigurableResource):
         description="Processes for per-image CPU work (hashing, decoding, palettes); 0 = one per core, up to 16. "
         "Batches under 32 images stay in one process.",
     )
+    search_index_above: int = Field(
+        default_factory=lambda: int(env_default("SEARCH_INDEX_ABOVE", "200000")),
+        ge=1,
+        description="Vectors of one CLIP model from which search answers from an IVF index (faiss) instead of "
+        "scanning every vector: exact below (a scan of 200,000 takes ~25 ms on two cores), recall@10 measured "
+        "at 1.000 above (BENCHMARKS.md). PIXELSIFT_SEARCH_INDEX_ABOVE.",
+    )
     model_retries: int = Field(
         default=1,
         description="How many times a failed model batch is retried (then item by item) before errors are recorded.",
