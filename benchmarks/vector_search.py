@@ -188,35 +188,42 @@ def measure(n: int, n_queries: int, nprobes: list[int], only: set[str] | None) -
     return rows
 
 
-def measure_warehouse(n: int, n_queries: int) -> dict:
-    """What ``pixelsift search`` runs: the search macro over a real warehouse (Parquet on disk, read
-    by DuckDB through the sandboxed views), with a filter, after the connection is made."""
-    import tempfile
-
+def _write_warehouse(root: str, vectors: np.ndarray, per_batch: int = 100_000, seed: int = 0) -> None:
+    """A warehouse of the vectors in batches of a realistic size, in the pipeline's own schemas; a
+    category on each image, "animal" on one in ten (a filter's selectivity)."""
     import pyarrow as pa
 
     from assets.parquet_schemas import IMAGE_METADATA, clip_embeddings_schema
+    from resources.warehouse import partition_file, write_table
+
+    n = len(vectors)
+    for b, start in enumerate(range(0, n, per_batch)):
+        block = vectors[start:start + per_batch]
+        keys = {"image_id": [f"{seed:08x}{i:056x}" for i in range(start, start + len(block))],
+                "path": [f"{i}.jpg" for i in range(start, start + len(block))],
+                "status": ["ok"] * len(block), "error": [None] * len(block)}
+        write_table(pa.table({**keys, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), DIM),
+                              "model_id": ["m"] * len(block), "ms": [1.0] * len(block),
+                              "fingerprint": ["f"] * len(block), "reused": [False] * len(block)},
+                             schema=clip_embeddings_schema(DIM)), partition_file(root, "clip_embeddings", f"b{b}"))
+        write_table(pa.table({**keys, "primary_category": ["animal" if i % 10 == 0 else "nature"
+                                                           for i in range(start, start + len(block))]},
+                             schema=pa.schema([IMAGE_METADATA.field(c) for c in
+                                               ["image_id", "path", "status", "error", "primary_category"]])),
+                    partition_file(root, "image_metadata", f"b{b}"))
+
+
+def measure_warehouse(n: int, n_queries: int) -> dict:
+    """What the SQL macros run: the search macro over a real warehouse (Parquet on disk, read
+    by DuckDB through the sandboxed views), with a filter, after the connection is made."""
+    import tempfile
+
     from resources.search import Filters, similar_to_vector
-    from resources.warehouse import connect, partition_file, write_table
+    from resources.warehouse import connect
 
     vectors, queries = synthetic(n), synthetic(n_queries, seed=1)
     with tempfile.TemporaryDirectory() as root:
-        per_batch = 100_000  # batches of a realistic size
-        for b, start in enumerate(range(0, n, per_batch)):
-            block = vectors[start:start + per_batch]
-            keys = {"image_id": [f"{i:064x}" for i in range(start, start + len(block))],
-                    "path": [f"{i}.jpg" for i in range(start, start + len(block))],
-                    "status": ["ok"] * len(block), "error": [None] * len(block)}
-            write_table(pa.table({**keys, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)),
-                                                                                        DIM),
-                                  "model_id": ["m"] * len(block), "ms": [1.0] * len(block),
-                                  "fingerprint": ["f"] * len(block), "reused": [False] * len(block)},
-                                 schema=clip_embeddings_schema(DIM)), partition_file(root, "clip_embeddings", f"b{b}"))
-            write_table(pa.table({**keys, "primary_category": ["animal" if i % 10 == 0 else "nature"
-                                                               for i in range(start, start + len(block))]},
-                                 schema=pa.schema([IMAGE_METADATA.field(c) for c in
-                                                   ["image_id", "path", "status", "error", "primary_category"]])),
-                        partition_file(root, "image_metadata", f"b{b}"))
+        _write_warehouse(root, vectors)
         row = {"n": n}
         for how, resident in [("Parquet, read per query", False), ("resident (pixelsift browse)", True)]:
             started = time.perf_counter()
@@ -235,6 +242,71 @@ def measure_warehouse(n: int, n_queries: int) -> dict:
     return row
 
 
+def _timed(function, queries) -> tuple[list, float, float]:
+    function(queries[0])  # warm up
+    results, times = [], []
+    for q in queries:
+        started = time.perf_counter()
+        results.append(function(q))
+        times.append((time.perf_counter() - started) * 1000)
+    return results, float(np.percentile(times, 50)), float(np.percentile(times, 95))
+
+
+def measure_index(n: int, n_queries: int, ann_above: int) -> None:
+    """What ``pixelsift search``/``similar``/``browse`` run: ``resources.vector_index`` over a Parquet
+    warehouse of n vectors. Build from nothing, reopen unchanged (what each one-shot command pays),
+    reopen after one batch was rewritten (incremental), the index's own query, and the whole search
+    (filters asked of DuckDB, hits described by it) unfiltered and with a filter keeping 1 in 10."""
+    import resource
+    import shutil
+    import tempfile
+
+    from resources.search import Filters, similar_to_vector
+    from resources.vector_index import index_dir, open_index
+    from resources.warehouse import connect
+
+    vectors, queries = synthetic(n), synthetic(n_queries, seed=1)
+    exact = [top_k(vectors @ q) for q in queries]
+    animals = np.arange(n) % 10 == 0
+    exact_animals = [np.flatnonzero(animals)[top_k(vectors[animals] @ q)] for q in queries]
+    root = tempfile.mkdtemp(prefix="pixelsift-index-bench-")
+    try:
+        _write_warehouse(root, vectors)
+        del vectors
+        started = time.perf_counter()
+        index = open_index(root, "m", ann_above)
+        build_s = time.perf_counter() - started
+        started = time.perf_counter()
+        index = open_index(root, "m", ann_above)
+        reopen_ms = (time.perf_counter() - started) * 1000
+        disk_mb = sum(f.stat().st_size for f in index_dir(root, "m").iterdir()) / 2**20
+        how = "IVF" if index.ivf is not None else "exact float16 scan"
+
+        def recall(found, truth) -> float:
+            return float(np.mean([len(set(f) & set(t.tolist())) / K for f, t in zip(found, truth)]))
+
+        rows_of = {f"{i}.jpg": i for i in range(n)}
+        found, p50, p95 = _timed(lambda q: index.search(q, "m", K)[0], queries)
+        print(f"| {n:,} | {how}: index.search | {build_s:.1f} | {reopen_ms:.0f} | {disk_mb:.0f} | {p50:.1f} | "
+              f"{p95:.1f} | {recall([f.tolist() for f in found], exact):.3f} |", flush=True)
+        con = connect(root)
+        for label, filters, truth in [("whole search (similar_to_vector)", Filters(), exact),
+                                      ("whole search, category filter (1 in 10)", Filters(category="animal"),
+                                       exact_animals)]:
+            hits, p50, p95 = _timed(lambda q: similar_to_vector(con, q, "m", K, filters, index=index), queries)
+            assert all(len(h) == K for h in hits)
+            print(f"| {n:,} | {how}: {label} | | | | {p50:.1f} | {p95:.1f} | "
+                  f"{recall([[rows_of[x.path] for x in h] for h in hits], truth):.3f} |", flush=True)
+        # one batch rewritten (new vectors, same paths): its segment is rebuilt, its ids replaced in the IVF
+        _write_warehouse(root, synthetic(min(n, 100_000), seed=7), per_batch=100_000, seed=7)
+        started = time.perf_counter()
+        open_index(root, "m", ann_above)
+        print(f"# n={n}: reopen after batch b0 rewritten: {time.perf_counter() - started:.1f} s; "
+              f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000", help="collection sizes, comma-separated")
@@ -243,7 +315,20 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated words: run only methods whose name has one")
     parser.add_argument("--warehouse-sizes", default="",
                         help="instead: time the search macro over a Parquet warehouse of these sizes")
+    parser.add_argument("--index-sizes", default="",
+                        help="instead: time the shipped search (resources.vector_index) over warehouses of these sizes")
+    parser.add_argument("--index-above", type=int, default=200_000,
+                        help="with --index-sizes: the search_index_above setting (IVF from this many vectors)")
     args = parser.parse_args()
+    if args.index_sizes:
+        print(f"# {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start, IVF from "
+              f"{args.index_above:,} vectors")
+        print("| vectors | what | build s | reopen ms | index MB on disk | p50 ms | p95 ms | recall@10 |\n"
+              "|---|---|---:|---:|---:|---:|---:|---:|")
+        for n in [int(v) for v in args.index_sizes.split(",")]:
+            measure_index(n, args.queries, args.index_above)
+        print(f"# load average {os.getloadavg()[0]:.2f} at end")
+        return
     if args.warehouse_sizes:
         print("| vectors | what | setup | p50 ms | p95 ms |\n|---|---|---|---|---|")
         for n in [int(v) for v in args.warehouse_sizes.split(",")]:

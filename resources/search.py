@@ -20,7 +20,6 @@ models live in different spaces, whatever their length.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from functools import lru_cache
@@ -96,6 +95,27 @@ class Hit:
 
 HIT_COLUMNS = [f.name for f in fields(Hit)]
 
+# What the vector index stores per image (search_candidates' columns but the vector), and ``row``,
+# the image's row in the index.
+INDEX_ROWS = "__pixelsift_index_rows"
+INDEX_ROWS_SCHEMA = pa.schema([
+    ("batch", pa.string()), ("path", pa.string()), ("image_id", pa.string()), ("model_id", pa.string()),
+    ("caption", pa.string()), ("category", pa.string()), ("scene", pa.string()), ("tags", pa.list_(pa.string())),
+    ("taken_at", pa.timestamp("us")), ("width", pa.int32()), ("height", pa.int32()), ("bytes", pa.int64()),
+    ("row", pa.int64())])
+# Parameters have names no column has: inside a macro a parameter hides a column of its name (a
+# qualified name, s.category, is the column).
+_PARAMETERS = ("query_model := NULL, exclude_image := NULL, batch_key := NULL, category := NULL, tag := NULL, "
+               "scene := NULL, taken_after := NULL, taken_before := NULL")
+_CONDITION = """(query_model IS NULL OR s.model_id = query_model)
+          AND (exclude_image IS NULL OR s.image_id <> exclude_image)
+          AND (batch_key IS NULL OR s.batch = batch_key)
+          AND (category IS NULL OR s.category = category)
+          AND (tag IS NULL OR list_contains(s.tags, lower(tag)))
+          AND (scene IS NULL OR s.scene = scene)
+          AND (taken_after IS NULL OR s.taken_at >= taken_after::TIMESTAMP)
+          AND (taken_before IS NULL OR s.taken_at < taken_before::TIMESTAMP)"""
+
 
 def _source(views: dict[str, ds.Dataset], name: str) -> str:
     """The view, or a stand-in with the columns a hit needs (nulls) for a view or column not there."""
@@ -117,31 +137,27 @@ def install(con: duckdb.DuckDBPyConnection, views: dict[str, ds.Dataset],
         return
     dim = views[EMBEDDINGS].schema.field("embedding").type.list_size
     captions, metadata, images = (_source(views, name) for name in _DESCRIBED_BY)
-    # Parameters have names no column has: inside a macro a parameter hides a column of its name
-    # (a qualified name, s.category, is the column).
-    # search_candidates is the one place the filters are written: the exact macros rank its rows, and
-    # the vector index (resources.vector_index) asks it which rows a filter allows.
+    # search_candidates is the one place an image's description and the filters are written: the
+    # exact macros rank its rows, and the vector index (resources.vector_index) stores its rows per
+    # batch and filters them with the same condition (index_candidates).
     con.execute(f"""
-        CREATE MACRO search_candidates(query_model := NULL, exclude_image := NULL, batch_key := NULL,
-                                       category := NULL, tag := NULL, scene := NULL, taken_after := NULL,
-                                       taken_before := NULL) AS TABLE
-        SELECT e.batch, e.path, e.image_id, e.embedding,
-               c.caption, m.primary_category AS category, m.scene_type AS scene, m.tags,
-               i.taken_at, i.width, i.height, i.bytes
-        FROM {EMBEDDINGS} e
-        LEFT JOIN {captions} c ON c.batch = e.batch AND c.path = e.path
-        LEFT JOIN {metadata} m ON m.batch = e.batch AND m.path = e.path
-        LEFT JOIN {images} i ON i.batch = e.batch AND i.path = e.path
-        WHERE e.status = 'ok'
-          AND (query_model IS NULL OR e.model_id = query_model)
-          AND (exclude_image IS NULL OR e.image_id <> exclude_image)
-          AND (batch_key IS NULL OR e.batch = batch_key)
-          AND (category IS NULL OR m.primary_category = category)
-          AND (tag IS NULL OR list_contains(m.tags, lower(tag)))
-          AND (scene IS NULL OR m.scene_type = scene)
-          AND (taken_after IS NULL OR i.taken_at >= taken_after::TIMESTAMP)
-          AND (taken_before IS NULL OR i.taken_at < taken_before::TIMESTAMP)
+        CREATE MACRO search_candidates({_PARAMETERS}) AS TABLE
+        SELECT s.* FROM (
+            SELECT e.batch, e.path, e.image_id, e.model_id, e.embedding,
+                   c.caption, m.primary_category AS category, m.scene_type AS scene, m.tags,
+                   i.taken_at, i.width, i.height, i.bytes
+            FROM {EMBEDDINGS} e
+            LEFT JOIN {captions} c ON c.batch = e.batch AND c.path = e.path
+            LEFT JOIN {metadata} m ON m.batch = e.batch AND m.path = e.path
+            LEFT JOIN {images} i ON i.batch = e.batch AND i.path = e.path
+            WHERE e.status = 'ok') s
+        WHERE {_CONDITION}
     """)
+    # The index's rows are registered under INDEX_ROWS for each indexed search; an empty stand-in
+    # until then, because a macro's table must exist when the macro is made.
+    con.register(INDEX_ROWS, INDEX_ROWS_SCHEMA.empty_table())
+    con.execute(f"CREATE MACRO index_candidates({_PARAMETERS}) AS TABLE SELECT s.row FROM {INDEX_ROWS} s "
+                f"WHERE {_CONDITION}")
     con.execute(f"""
         CREATE MACRO search_vector(query_vector, query_model := NULL, k := 20, exclude_image := NULL,
                                    batch_key := NULL, category := NULL, tag := NULL, scene := NULL,
@@ -212,10 +228,14 @@ def _models(con: duckdb.DuckDBPyConnection) -> list[str]:
                                    "ORDER BY 1").fetchall()]
 
 
-def _stored_model_id(con: duckdb.DuckDBPyConnection, model_id: str) -> str:
+def _stored_model_id(con: duckdb.DuckDBPyConnection, model_id: str, index=None) -> str:
     """The query model as the clip_embeddings asset names it (``portable_model_name``: a local folder
-    without the machine's path), checked against the models whose vectors the warehouse holds."""
-    stored, models = portable_model_name(model_id), _models(con)
+    without the machine's path), checked against the models whose vectors the warehouse holds (the
+    index's, when it has that model's vectors: no scan of the warehouse)."""
+    stored = portable_model_name(model_id)
+    if index is not None and index.size and index.model_id == stored:
+        return stored
+    models = _models(con)
     if stored not in models:
         raise SearchError(f"the embeddings were made by {', '.join(models) or 'no model'}, not by the query's "
                           f"model {stored}: search with the same CLIP model as the run")
@@ -241,7 +261,7 @@ def search_text(con: duckdb.DuckDBPyConnection, text: str, model_id: str, k: int
     through ``index`` (``open_search_index``) when given."""
     if not text.strip():
         raise SearchError("give some text to search for")
-    stored = _stored_model_id(con, model_id)
+    stored = _stored_model_id(con, model_id, index)
     if index is not None:
         vector = np.asarray(con.execute("SELECT clip_text(?)", [text]).fetchall()[0][0], dtype=np.float32)
         return _indexed(con, index, vector, stored, k, filters)
@@ -252,15 +272,16 @@ def search_text(con: duckdb.DuckDBPyConnection, text: str, model_id: str, k: int
 def similar_to_image(con: duckdb.DuckDBPyConnection, image_id: str, k: int = 20,
                      filters: Filters = Filters(), index=None) -> list[Hit]:
     """The k images nearest an image of the warehouse (its copies with the same sha256 left out);
-    through ``index`` when given and it holds the image's model's vectors."""
+    through ``index`` when given and it holds the image."""
+    if index is not None:
+        vector = index.vector_of(image_id)
+        if vector is not None:
+            return _indexed(con, index, vector, index.model_id, k, filters, exclude_image=image_id)
     _models(con)
-    known = con.execute(f"SELECT embedding, model_id FROM {EMBEDDINGS} WHERE image_id = ? AND status = 'ok' "
-                        "ORDER BY batch, path LIMIT 1", [image_id]).fetchall()
+    known = con.execute(f"SELECT count(*) FROM {EMBEDDINGS} WHERE image_id = ? AND status = 'ok'",
+                        [image_id]).fetchall()[0][0]
     if not known:
         raise SearchError(f"no embedded image with sha256 {image_id} in the warehouse")
-    if index is not None and index.model_id == known[0][1]:
-        return _indexed(con, index, np.asarray(known[0][0], dtype=np.float32), known[0][1], k, filters,
-                        exclude_image=image_id)
     args, values = _filter_args(filters)
     return _hits(con.execute(f"SELECT * FROM similar_images(?, k := ?{args})", [image_id, k, *values]))
 
@@ -268,7 +289,7 @@ def similar_to_image(con: duckdb.DuckDBPyConnection, image_id: str, k: int = 20,
 def similar_to_vector(con: duckdb.DuckDBPyConnection, vector: np.ndarray, model_id: str, k: int = 20,
                       filters: Filters = Filters(), index=None) -> list[Hit]:
     """The k images nearest a vector made by ``model_id`` (a file embedded on the fly)."""
-    stored = _stored_model_id(con, model_id)
+    stored = _stored_model_id(con, model_id, index)
     if index is not None:
         return _indexed(con, index, np.asarray(vector, dtype=np.float32), stored, k, filters)
     args, values = _filter_args(filters)
@@ -276,43 +297,28 @@ def similar_to_vector(con: duckdb.DuckDBPyConnection, vector: np.ndarray, model_
                              [np.asarray(vector, dtype=np.float32).tolist(), stored, k, *values]))
 
 
-_HITS_TABLE = "__pixelsift_index_hits"
-
-
 def _indexed(con: duckdb.DuckDBPyConnection, index, vector: np.ndarray, model: str, k: int, filters: Filters,
              exclude_image: str | None = None) -> list[Hit]:
-    """The index's k nearest rows that pass the filters (asked of ``search_candidates``, the macros'
-    own WHERE), scored again exactly and described by the same macro."""
+    """The index's k nearest rows that pass the filters (``index_candidates``: the condition of the
+    exact macros, over the index's own copy of the rows), best first."""
+    vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
     args, values = _filter_args(filters)
     allowed = None
     if args:
-        allowed = index.mask(_arrow(con.execute(f"SELECT batch, path FROM search_candidates(query_model := ?{args})",
-                                                [model, *values])))
+        con.register(INDEX_ROWS, index.rows)
+        try:
+            chosen = con.execute(f"SELECT row FROM index_candidates(exclude_image := ?{args})",
+                                 [exclude_image, *values]).fetchnumpy()["row"]
+        finally:
+            con.register(INDEX_ROWS, INDEX_ROWS_SCHEMA.empty_table())
+        allowed = np.zeros(index.size, dtype=bool)
+        allowed[np.asarray(chosen, dtype=np.int64)] = True
     fetch = k
     while True:  # copies of the query image (same sha256) are not results: ask for more until k remain
-        rows, _ = index.search(vector / max(float(np.linalg.norm(vector)), 1e-12), model, fetch, allowed)
-        keys = [key for key in index.keys(rows) if key[2] != exclude_image]
-        if len(keys) >= k or len(rows) < fetch:
-            break
+        rows, scores = index.search(vector, model, fetch, allowed)
+        described = index.rows.take(pa.array(rows)).to_pylist()
+        hits = [Hit(**{c: d[c] for c in HIT_COLUMNS if c != "score"}, score=float(score))
+                for d, score in zip(described, scores) if d["image_id"] != exclude_image]
+        if len(hits) >= k or len(rows) < fetch:
+            return sorted(hits, key=lambda h: (-h.score, h.batch, h.path))[:k]
         fetch *= 2
-    if not keys:
-        return []
-    batches, paths, _ = zip(*keys)
-    con.register(_HITS_TABLE, pa.table({"batch": list(batches), "path": list(paths)}))
-    try:
-        dim = len(vector)
-        rel = con.execute(f"""
-            SELECT s.batch, s.path, s.image_id, array_cosine_similarity(s.embedding, ?::FLOAT[{dim}]) AS score,
-                   s.caption, s.category, s.scene, s.tags, s.taken_at, s.width, s.height, s.bytes
-            FROM search_candidates(query_model := ?) s SEMI JOIN {_HITS_TABLE} h ON h.batch = s.batch AND h.path = s.path
-            WHERE s.batch IN (SELECT DISTINCT batch FROM {_HITS_TABLE})
-            ORDER BY score DESC, s.batch, s.path LIMIT ?""", [vector.tolist(), model, k])
-        return _hits(rel)
-    finally:
-        con.unregister(_HITS_TABLE)
-
-
-def _arrow(result) -> pa.Table:
-    with warnings.catch_warnings():  # "an extra copy of the rows": a list of keys, once per query
-        warnings.simplefilter("ignore")
-        return result.to_arrow_table() if hasattr(result, "to_arrow_table") else result.fetch_arrow_table()

@@ -1,25 +1,29 @@
 """The vector index beside the warehouse: what keeps search fast at collection scale.
 
 Per CLIP model, in ``<warehouse>/.cache/vector_index/<hash of the model name>/``:
-- one **segment** per batch: the batch's ok vectors of that model as float16 (``seg-N.npy``, half
-  the bytes of float32; scores move by under 1e-3) and their keys (``seg-N.parquet``: path, image_id),
-  read from the batch's ``clip_embeddings`` file;
-- at ``ann_above`` vectors or more (the ``search_index_above`` setting), a faiss **IVF** index (``ivf.faiss``) whose ids are
-  ``segment << 32 | row``, so one batch's vectors can be dropped and added again on their own;
-- ``manifest.json``: the model, the dimension and, per segment, the source file's size, mtime and rows.
+- one **segment** per batch: the batch's ok vectors of that model (``seg-N.npy``, float32, unit
+  length, memory-mapped: scores are the exact cosines the SQL macros compute) and the same images'
+  rows of ``search_candidates`` (``seg-N.arrow``: path, caption, category, tags, date...; an
+  uncompressed Arrow file, also mapped), so a search reads no Parquet;
+- from ``ann_above`` vectors (the ``search_index_above`` setting), a faiss **IVF** index
+  (``ivf-*.faiss``) whose ids are ``segment << 32 | row``: one batch's vectors are dropped and added
+  again on their own;
+- ``manifest.json``: the model, the dimension and, per segment, the size and mtime of the batch's
+  files it was made from (clip_embeddings, captions, image_metadata, images).
 
-Every open compares each batch's ``clip_embeddings`` file with the manifest (a ``stat``, no read):
-a batch added, rewritten or removed rebuilds only its segment, and the IVF drops and adds only that
-batch's ids; it is trained again when the collection doubled or halved since its training. A
-manifest, segment or IVF that does not read back with the shape the manifest says is rebuilt, so a
-stale or damaged index never answers. An index holds one model's vectors only and refuses a query
-said to come from another model.
+Every open compares each batch's files with the manifest (a ``stat``, no read): a batch added,
+rewritten or removed rebuilds only its segment, and the IVF drops and adds only that batch's ids;
+it is trained again when the collection doubled or halved since its training. A manifest, segment
+or IVF that does not read back with the shape the manifest says is rebuilt, so a stale or damaged
+index never answers. An index holds one model's vectors and refuses a query of another model.
 
-Search below ``ann_above`` vectors is exact (a scan of every float16 vector: ~25 ms at 200,000 on
-two cores); above, the IVF answers (measured recall@10 of 1.000 at 1M, BENCHMARKS.md). With a filter,
-the allowed rows are ranked exactly when they are fewer than ``ann_above``; otherwise the IVF is
-asked for more than k, scaled by how selective the filter is, and when fewer than k of those pass,
-the allowed rows are ranked exactly: a filter never returns fewer than k while k match.
+Below ``ann_above`` vectors every vector is scored (numpy over the mapped segments: ~30 ms at
+200,000 on two cores); above, the IVF answers (recall@10 measured at 1.000 at 1M, BENCHMARKS.md).
+With a filter, the allowed rows are scored exactly when they are fewer than ``ann_above``;
+otherwise the IVF is asked for more than k, scaled by how selective the filter is, and when fewer
+than k of those pass, the allowed rows are scored exactly: a filter never returns fewer than k
+while k images match. Without faiss (it is a dependency, but a platform may lack a wheel) every
+search is exact.
 """
 
 from __future__ import annotations
@@ -37,25 +41,25 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from resources.warehouse import DATA_FILE, PARTIAL_DIR
+from resources.search import INDEX_ROWS_SCHEMA
+from resources.warehouse import DATA_FILE, PARTIAL_DIR, connect
 
 logger = logging.getLogger(__name__)
 
 INDEX_DIR = PARTIAL_DIR.parent / "vector_index"
-EMBEDDINGS = "clip_embeddings"
 FORMAT = 1  # bump when the files change meaning: an index of another format is rebuilt
+SOURCES = ("clip_embeddings", "captions", "image_metadata", "images")  # what a segment is made from
 LISTS_PER_SQRT = 4  # IVF lists: 4 * sqrt(n), faiss's rule of thumb (4-16)
-TRAIN_PER_LIST = 32  # training vectors per list (faiss warns under 39; 32 trains twice as fast, same recall here)
+TRAIN_PER_LIST = 32  # training vectors per list (faiss asks for 39; 32 trains faster, recall measured)
 RETRAIN_FACTOR = 2  # the IVF is trained again when the collection grew or shrank this much since training
 OVERFETCH = 2  # with a filter, ask the IVF for k * (all / allowed) * this many
-_KEYS = pa.schema([pa.field("path", pa.string()), pa.field("image_id", pa.string())])
+SCAN_CHUNK = 65_536  # rows scored at a time by the exact scan
+_STORED_ROWS = pa.schema([f for f in INDEX_ROWS_SCHEMA if f.name != "row"])
 
 
 class IndexRefused(RuntimeError):
-    """The index cannot serve this query (another model's index, a vector of another length)."""
+    """The index cannot serve this query (another model's vectors, a vector of another length)."""
 
 
 def index_dir(warehouse_dir: str | Path, model_id: str) -> Path:
@@ -63,8 +67,12 @@ def index_dir(warehouse_dir: str | Path, model_id: str) -> Path:
 
 
 def _faiss():
-    import faiss  # a runtime dependency; imported here so that importing search loads nothing heavy
-
+    """faiss, or None when it cannot be imported (then search is exact everywhere)."""
+    try:
+        import faiss  # imported here: loading it costs a plain SQL query nothing
+    except ImportError as exc:
+        logger.warning("faiss is not importable (%s): every search scans all vectors", exc)
+        return None
     faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
     return faiss
 
@@ -74,18 +82,16 @@ class Segment:
     batch: str
     uid: int
     rows: int
-    source_size: int
-    source_mtime_ns: int
-    vectors: np.ndarray | None = field(default=None, repr=False)  # float16, memory-mapped
-    _keys: pa.Table | None = field(default=None, repr=False)
+    sources: dict  # asset -> [size, mtime_ns] of the batch's file, or None where it has none
+    vectors: np.ndarray | None = field(default=None, repr=False)  # float32, memory-mapped
+    table: pa.Table | None = field(default=None, repr=False)  # its search_candidates rows, mapped
 
     @property
     def stem(self) -> str:
         return f"seg-{self.uid}"
 
     def record(self) -> dict:
-        return {"batch": self.batch, "uid": self.uid, "rows": self.rows, "source_size": self.source_size,
-                "source_mtime_ns": self.source_mtime_ns}
+        return {"batch": self.batch, "uid": self.uid, "rows": self.rows, "sources": self.sources}
 
 
 @contextmanager
@@ -109,71 +115,60 @@ def _atomic(path: Path, write) -> None:
         temp.unlink(missing_ok=True)
 
 
-def _sources(warehouse_dir: Path) -> dict[str, os.stat_result]:
-    """Each batch's clip_embeddings file and its stat: what the manifest is compared with."""
-    found = {}
-    for path in sorted((warehouse_dir / EMBEDDINGS).glob(f"batch=*/{DATA_FILE}")):
-        try:
-            found[path.parent.name.removeprefix("batch=")] = path.stat()
-        except OSError:
-            continue
+def _sources(warehouse_dir: Path) -> dict[str, dict]:
+    """Per batch with embeddings, the stat of each file a segment is made from: what the manifest
+    is compared with."""
+    found: dict[str, dict] = {}
+    for path in sorted((warehouse_dir / SOURCES[0]).glob(f"batch=*/{DATA_FILE}")):
+        batch = path.parent.name.removeprefix("batch=")
+        stats = {}
+        for asset in SOURCES:
+            try:
+                info = (warehouse_dir / asset / f"batch={batch}" / DATA_FILE).stat()
+                stats[asset] = [info.st_size, info.st_mtime_ns]
+            except OSError:
+                stats[asset] = None
+        if stats[SOURCES[0]] is not None:
+            found[batch] = stats
     return found
 
 
-def _read_batch(warehouse_dir: Path, batch: str, model_id: str) -> tuple[pa.Table, np.ndarray]:
-    """(keys, float16 vectors) of one batch's ok rows made by ``model_id``."""
-    path = warehouse_dir / EMBEDDINGS / f"batch={batch}" / DATA_FILE
-    table = pq.read_table(path, columns=["path", "image_id", "status", "model_id", "embedding"])
-    table = table.filter(pc.and_(pc.equal(table["status"], "ok"), pc.equal(table["model_id"], model_id)))
-    embedding = table.column("embedding").combine_chunks()
-    dim = embedding.type.list_size
-    vectors = embedding.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(table), dim)
-    # scores are inner products: unit length makes them the cosines the SQL macros compute
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return table.select(["path", "image_id"]).cast(_KEYS), vectors.astype(np.float16)
-
-
 class VectorIndex:
-    """One model's vectors across the warehouse: exact or IVF search, and the keys of a row."""
+    """One model's vectors across the warehouse, with the rows that describe them."""
 
-    def __init__(self, folder: Path, model_id: str, dim: int, segments: list[Segment], ivf, ann_above: int) -> None:
-        self.folder, self.model_id, self.dim, self.segments, self.ivf = folder, model_id, dim, segments, ivf
-        self.ann_above = ann_above
+    def __init__(self, folder: Path, model_id: str, dim: int, segments: list[Segment], ann_above: int) -> None:
+        self.folder, self.model_id, self.dim, self.segments = folder, model_id, dim, segments
+        self.ann_above, self.ivf = ann_above, None
         self.offsets = np.cumsum([0] + [s.rows for s in segments])
         self.size = int(self.offsets[-1])
         self._offset_of_uid = {s.uid: int(o) for s, o in zip(segments, self.offsets)}
-        self._by_batch = {s.batch: (s, int(o)) for s, o in zip(segments, self.offsets)}
-        self._exact_all = None
+        tables = [s.table for s in segments] or [_STORED_ROWS.empty_table()]
+        rows = pa.concat_tables(tables)
+        self.rows = rows.append_column("row", pa.array(np.arange(self.size, dtype=np.int64)))
 
     # --- search ----------------------------------------------------------------------------------
 
     def search(self, query: np.ndarray, model_id: str, k: int,
                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, scores) of the k rows nearest ``query``, best first; ``allowed``: a boolean mask over
-        the rows (a filter), None for all. Fewer than k only when fewer than k rows are allowed."""
+        """(rows, cosines) of the k rows nearest the unit vector ``query``, best first; ``allowed``: a
+        boolean mask over the rows (a filter), None for all. Fewer than k only when fewer are allowed."""
         if model_id != self.model_id:
             raise IndexRefused(f"this index holds vectors of {self.model_id}, not of {model_id}: never mixed")
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         if query.shape[0] != self.dim:
-            raise IndexRefused(f"a {query.shape[0]}-float query against {self.dim}-float vectors")
-        k = min(k, self.size)
-        if k <= 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+            raise IndexRefused(f"a {query.shape[0]}-float query against the index's {self.dim}-float vectors")
         if allowed is None:
             if self.ivf is not None:
-                return self._ivf_search(query, k)
-            return self._exact(self._all_codes(), query, k)
+                return self._ivf_search(query, min(k, self.size))
+            return self._exact(query, k)
         chosen = np.flatnonzero(allowed)
-        if len(chosen) == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
         if self.ivf is not None and len(chosen) >= self.ann_above:
             fetch = min(self.size, math.ceil(k * self.size / len(chosen) * OVERFETCH))
             rows, scores = self._ivf_search(query, fetch, widen=fetch / k)
             keep = allowed[rows]
-            if keep.sum() >= k:
+            if keep.sum() >= min(k, len(chosen)):
                 return rows[keep][:k], scores[keep][:k]
-        rows, scores = self._exact(self._gather(chosen), query, min(k, len(chosen)))
-        return chosen[rows], scores
+        return self._exact(query, k, chosen)
 
     def _ivf_search(self, query: np.ndarray, k: int, widen: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         faiss = _faiss()
@@ -184,57 +179,42 @@ class VectorIndex:
         base = np.array([self._offset_of_uid[int(u)] for u in (ids >> 32)], dtype=np.int64)
         return base + (ids & 0xFFFFFFFF), scores
 
-    def _exact(self, codes: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Every vector scored: faiss's float16 scan reads the codes as they are stored (no copy to float32)."""
-        faiss = _faiss()
-        scan = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-        scan.add_sa_codes(np.ascontiguousarray(codes).view(np.uint8))
-        scores, rows = scan.search(query[None, :], k)
-        return rows[0].astype(np.int64), scores[0]
-
-    def _all_codes(self) -> np.ndarray:
-        if self._exact_all is None:
-            self._exact_all = np.concatenate([s.vectors for s in self.segments]) if self.segments else \
-                np.zeros((0, self.dim), np.float16)
-        return self._exact_all
+    def _exact(self, query: np.ndarray, k: int, chosen: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every (allowed) vector scored, straight from the mapped segments."""
+        if chosen is None:
+            scores = np.empty(self.size, dtype=np.float32)
+            for segment, offset in zip(self.segments, self.offsets):
+                for start in range(0, segment.rows, SCAN_CHUNK):
+                    block = segment.vectors[start:start + SCAN_CHUNK]
+                    scores[offset + start:offset + start + len(block)] = block @ query
+            rows = np.arange(self.size)
+        else:
+            rows, scores = chosen.astype(np.int64), self._gather(chosen) @ query
+        k = min(k, len(rows))
+        if k == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        best = np.argpartition(-scores, k - 1)[:k]
+        best = best[np.lexsort((rows[best], -scores[best]))]
+        return rows[best], scores[best]
 
     def _gather(self, rows: np.ndarray) -> np.ndarray:
         segment = np.searchsorted(self.offsets, rows, side="right") - 1
-        parts = [self.segments[s].vectors[rows[segment == s] - self.offsets[s]] for s in np.unique(segment)]
-        return np.concatenate(parts)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        for s in np.unique(segment):
+            where = segment == s
+            out[where] = self.segments[s].vectors[rows[where] - self.offsets[s]]
+        return out
 
-    # --- keys ------------------------------------------------------------------------------------
+    def vector_of(self, image_id: str) -> np.ndarray | None:
+        """The stored vector of an image (its first copy), or None when the index does not hold it."""
+        import pyarrow.compute as pc
 
-    def _keys(self, segment: Segment) -> pa.Table:
-        if segment._keys is None:
-            segment._keys = pq.read_table(self.folder / f"{segment.stem}.parquet")
-        return segment._keys
-
-    def keys(self, rows: np.ndarray) -> list[tuple[str, str, str]]:
-        """(batch, path, image_id) of each row."""
-        found = []
-        for row in np.asarray(rows, dtype=np.int64):
-            s = int(np.searchsorted(self.offsets, row, side="right") - 1)
-            keys = self._keys(self.segments[s]).slice(int(row - self.offsets[s]), 1).to_pylist()[0]
-            found.append((self.segments[s].batch, keys["path"], keys["image_id"]))
-        return found
-
-    def mask(self, batch_paths: pa.Table) -> np.ndarray:
-        """The rows of the given (batch, path) pairs, as a mask over all rows."""
-        allowed = np.zeros(self.size, dtype=bool)
-        batches = batch_paths.column("batch")
-        for batch in pc.unique(batches).to_pylist():
-            if batch not in self._by_batch:
-                continue
-            segment, offset = self._by_batch[batch]
-            paths = batch_paths.filter(pc.equal(batches, batch)).column("path")
-            rows = pc.index_in(paths, value_set=self._keys(segment).column("path")).drop_null().to_numpy()
-            allowed[offset + rows.astype(np.int64)] = True
-        return allowed
+        found = pc.index(self.rows.column("image_id"), image_id).as_py()
+        return None if found < 0 else self._gather(np.array([found]))[0]
 
 
 def default_nprobe(nlist: int) -> int:
-    """IVF lists searched per query: 1/16 of them (at least 16), for recall@10 >= 0.99 at 1M (BENCHMARKS.md)."""
+    """IVF lists searched per query: 1/16 of them, at least 16 (recall@10 of 1.000 at 1M, BENCHMARKS.md)."""
     return min(nlist, max(16, nlist // 16))
 
 
@@ -247,53 +227,67 @@ def open_index(warehouse_dir: str | Path, model_id: str, ann_above: int) -> Vect
     with _locked(folder):
         manifest = _manifest(folder, model_id)
         sources = _sources(root)
+        dim = manifest.get("dim")
         kept: dict[str, Segment] = {}
         for record in manifest.get("segments", []):
             segment = Segment(**record)
-            stat = sources.get(segment.batch)
-            if stat is not None and (stat.st_size, stat.st_mtime_ns) == (segment.source_size, segment.source_mtime_ns) \
-                    and (segment.rows == 0 or _load_segment(folder, segment, manifest["dim"])):
+            if sources.get(segment.batch) == segment.sources and (segment.rows == 0 or _load(folder, segment, dim)):
                 kept[segment.batch] = segment
-        dim = manifest.get("dim")
         next_uid = manifest.get("next_uid", 0)
         added: list[Segment] = []
-        for batch, stat in sources.items():
+        con = None
+        for batch, stats in sources.items():
             if batch in kept:
                 continue
-            keys, vectors = _read_batch(root, batch, model_id)
-            if not len(keys):  # no vectors of this model: remembered, so the file is not read again
-                kept[batch] = Segment(batch, -1, 0, stat.st_size, stat.st_mtime_ns)
-                added.append(kept[batch])
-                continue
-            if dim is not None and vectors.shape[1] != dim:
-                # another dimension can only be another model misnamed: refuse to mix it in
+            con = con or connect(root)
+            table, vectors = _read_batch(con, batch, model_id)
+            if dim is not None and len(table) and vectors.shape[1] != dim:
+                # another length can only be another model under this name: never mixed in
                 raise IndexRefused(f"batch {batch}: {vectors.shape[1]}-float vectors of {model_id}, the index "
-                                  f"has {dim}-float ones")
-            dim = vectors.shape[1]
-            segment = Segment(batch, next_uid, len(keys), stat.st_size, stat.st_mtime_ns)
+                                   f"has {dim}-float ones")
+            segment = Segment(batch, next_uid, len(table), stats)
             next_uid += 1
-            _atomic(folder / f"{segment.stem}.npy", lambda p, v=vectors: _save_npy(p, v))
-            _atomic(folder / f"{segment.stem}.parquet", lambda p, t=keys: pq.write_table(t, p))
-            segment.vectors, segment._keys = np.load(folder / f"{segment.stem}.npy", mmap_mode="r"), keys
+            if len(table):  # else remembered empty (no vectors of this model), so not read again
+                dim = vectors.shape[1]
+                _atomic(folder / f"{segment.stem}.npy", lambda p, v=vectors: _save_npy(p, v))
+                _atomic(folder / f"{segment.stem}.arrow", lambda p, t=table: _save_arrow(p, t))
+                _load(folder, segment, dim)
             added.append(segment)
-        listed = sorted({**kept, **{s.batch: s for s in added}}.values(), key=lambda s: s.batch)
-        segments = [s for s in listed if s.rows]
+        listed = sorted([*kept.values(), *added], key=lambda s: s.batch)
         dropped = [Segment(**r) for r in manifest.get("segments", []) if r["batch"] not in kept and r["rows"]]
         added = [s for s in added if s.rows]
-        dim = dim or 0
-        index = VectorIndex(folder, model_id, dim, segments, None, ann_above)
-        ivf_info = _update_ivf(index, manifest, dropped, added)
-        if added or dropped or len(listed) != len(manifest.get("segments", [])) or ivf_info != manifest.get("ivf"):
+        index = VectorIndex(folder, model_id, dim or 0, [s for s in listed if s.rows], ann_above)
+        ivf_info = _update_ivf(index, manifest.get("ivf"), dropped, added)
+        if added or dropped or [s.record() for s in listed] != manifest.get("segments") \
+                or ivf_info != manifest.get("ivf"):
             record = {"format": FORMAT, "model_id": model_id, "dim": dim, "next_uid": next_uid,
                       "segments": [s.record() for s in listed], "ivf": ivf_info}
             _atomic(folder / "manifest.json", lambda p: p.write_text(json.dumps(record, indent=1)))
-            _remove_unlisted(folder, segments, ivf_info)
+            _remove_unlisted(folder, listed, ivf_info)
         return index
+
+
+def _read_batch(con, batch: str, model_id: str) -> tuple[pa.Table, np.ndarray]:
+    """(rows, unit float32 vectors) of one batch's ok images of ``model_id``, as search_candidates
+    describes them: the index stores the very rows the exact macros rank."""
+    table = con.sql("SELECT * FROM search_candidates(query_model := ?, batch_key := ?) ORDER BY path",
+                    params=[model_id, batch]).to_arrow_table()
+    embedding = table.column("embedding").combine_chunks()
+    dim = embedding.type.list_size
+    vectors = embedding.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(table), dim)
+    # scores are inner products: unit length makes them the cosines the SQL macros compute
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return table.drop_columns(["embedding"]).select(_STORED_ROWS.names).cast(_STORED_ROWS), vectors
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as handle:
         np.save(handle, array)
+
+
+def _save_arrow(path: Path, table: pa.Table) -> None:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
 
 
 def _manifest(folder: Path, model_id: str) -> dict:
@@ -306,7 +300,9 @@ def _manifest(folder: Path, model_id: str) -> dict:
         manifest = json.loads(path.read_text())
         if manifest.get("format") != FORMAT or not isinstance(manifest.get("segments"), list):
             raise ValueError(f"format {manifest.get('format')!r}")
-    except (OSError, ValueError, AttributeError) as exc:
+        for record in manifest["segments"]:
+            Segment(**record)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
         logger.warning("vector index %s unreadable (%s): rebuilding it", folder, exc)
         return {}
     if manifest.get("model_id") != model_id:
@@ -316,87 +312,85 @@ def _manifest(folder: Path, model_id: str) -> dict:
     return manifest
 
 
-def _load_segment(folder: Path, segment: Segment, dim: int) -> bool:
-    """Maps the segment's vectors; False when its files are missing or of the wrong shape (rebuilt)."""
+def _load(folder: Path, segment: Segment, dim: int | None) -> bool:
+    """Maps the segment's files; False when one is missing, unreadable or of the wrong shape (rebuilt)."""
     try:
         vectors = np.load(folder / f"{segment.stem}.npy", mmap_mode="r")
-        rows = pq.ParquetFile(folder / f"{segment.stem}.parquet").metadata.num_rows
+        table = pa.ipc.open_file(pa.memory_map(str(folder / f"{segment.stem}.arrow"))).read_all()
     except (OSError, ValueError, pa.ArrowException) as exc:
-        logger.warning("vector index segment %s of batch %s unreadable (%s): rebuilding it", segment.stem,
-                       segment.batch, exc)
+        logger.warning("vector index segment of batch %s unreadable (%s): rebuilding it", segment.batch, exc)
         return False
-    if vectors.shape != (segment.rows, dim) or vectors.dtype != np.float16 or rows != segment.rows:
-        logger.warning("vector index segment %s of batch %s has %s rows, the manifest %d: rebuilding it",
-                       segment.stem, segment.batch, vectors.shape, segment.rows)
+    if vectors.shape != (segment.rows, dim) or vectors.dtype != np.float32 or table.num_rows != segment.rows \
+            or table.schema != _STORED_ROWS:
+        logger.warning("vector index segment of batch %s does not match its manifest (%s vectors, %d rows, "
+                       "%d expected): rebuilding it", segment.batch, vectors.shape, table.num_rows, segment.rows)
         return False
-    segment.vectors = vectors
+    segment.vectors, segment.table = vectors, table
     return True
 
 
-def _update_ivf(index: VectorIndex, manifest: dict, dropped: list[Segment], added: list[Segment]) -> dict | None:
-    """Sets ``index.ivf`` (None below ``ann_above``) and returns its manifest entry."""
-    if index.size < index.ann_above or index.size == 0:
+def _update_ivf(index: VectorIndex, info: dict | None, dropped: list[Segment], added: list[Segment]) -> dict | None:
+    """Sets ``index.ivf`` (None below ``ann_above``, or without faiss) and returns its manifest entry."""
+    if index.size < index.ann_above:
         return None
     faiss = _faiss()
-    info = manifest.get("ivf")
+    if faiss is None:
+        return info
     ivf = None
-    if info and info.get("file") and (index.folder / info["file"]).exists():
-        trained = info.get("trained_on", 0)
-        if trained * RETRAIN_FACTOR >= index.size >= trained / RETRAIN_FACTOR:
-            # unchanged: mapped, not read (a one-shot search opens a 2 GB index at 1M in milliseconds)
-            flags = faiss.IO_FLAG_MMAP if not dropped and not added else 0
-            try:
-                ivf = faiss.read_index(str(index.folder / info["file"]), flags)
-            except RuntimeError as exc:
-                logger.warning("vector index IVF unreadable (%s): training it again", exc)
+    if info and (index.folder / info["file"]).exists() \
+            and info["trained_on"] * RETRAIN_FACTOR >= index.size >= info["trained_on"] / RETRAIN_FACTOR:
+        # unchanged: mapped, not read (a one-shot search opens a 2 GB index at 1M in milliseconds)
+        flags = faiss.IO_FLAG_MMAP if not dropped and not added else 0
+        try:
+            ivf = faiss.read_index(str(index.folder / info["file"]), flags)
+        except RuntimeError as exc:
+            logger.warning("vector index IVF unreadable (%s): training it again", exc)
     if ivf is not None:
         for segment in dropped:
             ivf.remove_ids(faiss.IDSelectorRange(segment.uid << 32, (segment.uid + 1) << 32))
         for segment in added:
             _add(ivf, segment)
-        if ivf.ntotal != index.size:
+        if ivf.ntotal != index.size or ivf.d != index.dim:
             logger.warning("vector index IVF holds %d vectors, the segments %d: training it again", ivf.ntotal,
                            index.size)
             ivf = None
         elif not dropped and not added:
             index.ivf = ivf
             return info
+        else:
+            info = {**info, "file": f"ivf-{uuid.uuid4().hex[:8]}.faiss"}
     if ivf is None:
-        ivf = _train(index)
+        ivf = _train(faiss, index)
         for segment in index.segments:
             _add(ivf, segment)
-        info = {"file": f"ivf-{uuid.uuid4().hex[:8]}.faiss", "trained_on": index.size, "nlist": ivf.nlist}
-    else:
-        info = {**info, "file": f"ivf-{uuid.uuid4().hex[:8]}.faiss"}
+        info = {"file": f"ivf-{uuid.uuid4().hex[:8]}.faiss", "trained_on": index.size, "nlist": int(ivf.nlist)}
     _atomic(index.folder / info["file"], lambda p: faiss.write_index(ivf, str(p)))
-    info["ntotal"] = int(ivf.ntotal)
     index.ivf = ivf
     return info
 
 
-def _train(index: VectorIndex):
-    faiss = _faiss()
+def _train(faiss, index: VectorIndex):
     nlist = max(1, int(LISTS_PER_SQRT * math.sqrt(index.size)))
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(index.dim), index.dim, nlist, faiss.METRIC_INNER_PRODUCT)
     ivf.cp.niter = 10
-    ivf.cp.min_points_per_centroid = 1  # fewer than faiss's 39 per list on purpose (TRAIN_PER_LIST); quiet
+    ivf.cp.min_points_per_centroid = 1  # fewer than faiss's 39 per list on purpose (TRAIN_PER_LIST): quiet
     sample = np.sort(np.random.default_rng(0).choice(index.size, min(index.size, nlist * TRAIN_PER_LIST),
                                                      replace=False))
-    ivf.train(index._gather(sample).astype(np.float32))
+    ivf.train(index._gather(sample))
     return ivf
 
 
-def _add(ivf, segment: Segment, chunk: int = 65_536) -> None:
-    for start in range(0, segment.rows, chunk):
-        block = np.asarray(segment.vectors[start:start + chunk], dtype=np.float32)
+def _add(ivf, segment: Segment) -> None:
+    for start in range(0, segment.rows, SCAN_CHUNK):
+        block = np.ascontiguousarray(segment.vectors[start:start + SCAN_CHUNK])
         ids = (np.int64(segment.uid) << 32) + np.arange(start, start + len(block), dtype=np.int64)
         ivf.add_with_ids(block, ids)
 
 
 def _remove_unlisted(folder: Path, segments: list[Segment], ivf_info: dict | None) -> None:
-    """Files of segments and IVFs the manifest no longer names (a mapped file stays readable to a
-    process that has it open: unlinking does not pull it from under a running search)."""
-    keep = {f"{s.stem}.{ext}" for s in segments for ext in ("npy", "parquet")} | {"manifest.json", "lock"}
+    """Files of segments and IVFs the manifest no longer names (a process that has one mapped keeps
+    reading it: unlinking does not pull it from under a running search)."""
+    keep = {f"{s.stem}.{ext}" for s in segments for ext in ("npy", "arrow")} | {"manifest.json", "lock"}
     if ivf_info:
         keep.add(ivf_info["file"])
     for path in folder.iterdir():
