@@ -18,8 +18,10 @@ then its batch and path (so the choice is stable). Hashes are kept by sha256 in
 """
 
 
+import itertools
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +40,8 @@ from resources.warehouse import PARTIAL_DIR, connect, read_table, write_table
 
 HASH_CACHE = PARTIAL_DIR.parent / "perceptual_hashes.parquet"
 BLOCK = 256  # rows of the pairwise comparison held at once: a few BLOCK x N arrays (100 MB each at 100k)
+EXACT_BELOW = 5_000  # images from which only candidate pairs are compared (every pair below: 1.2e7 pairs)
+CLIP_NPROBE = 8  # IVF lists (of sqrt(n)) searched per image for CLIP candidates
 
 
 class NearDuplicatesConfig(Config):
@@ -128,27 +132,97 @@ class _Groups:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def find_groups(hashes: np.ndarray, vectors: np.ndarray, models: list[str],
-                config: NearDuplicatesConfig) -> list[list[int]]:
+def find_groups(hashes: np.ndarray, vectors: np.ndarray, models: list[str], config: NearDuplicatesConfig,
+                exact_below: int = EXACT_BELOW) -> list[list[int]]:
     """Groups (of 2 or more indices) of distinct images that are copies: ``hashes`` uint64 pHashes,
-    ``vectors`` unit CLIP vectors (one row per image), compared only within one CLIP model."""
+    ``vectors`` unit CLIP vectors (one row per image), compared only within one CLIP model.
+
+    Under ``exact_below`` images every pair is compared. From there only candidate pairs are: hashes
+    that agree exactly on one of ``max_hash_distance + 1`` slices of their bits (any two within that
+    many bits do, by pigeonhole: no pair is missed), and vectors an IVF index finds within
+    ``min_cosine`` of each other (approximate: a pair split across IVF lists not searched is missed)."""
     n = len(hashes)
     groups = _Groups(n)
     model_index = np.unique(np.array(models, dtype=object), return_inverse=True)[1] if n else np.zeros(0, int)
-    for start in range(0, n, BLOCK):
-        stop = min(start + BLOCK, n)
-        bits = hamming(hashes[start:stop, None], hashes[None, :])
-        cosine = vectors[start:stop] @ vectors.T
-        same_model = model_index[start:stop, None] == model_index[None, :]
-        copies = (bits <= config.max_hash_distance) | (
-            (bits <= config.max_hash_distance_with_clip) & (cosine >= config.min_cosine) & same_model)
-        for a, b in zip(*np.nonzero(copies)):
-            if start + a < b:  # each pair once, never an image with itself
-                groups.join(start + int(a), int(b))
+    faiss = _faiss() if n >= exact_below else None
+    if faiss is None:
+        pairs = _all_pairs(hashes, vectors, model_index, config)
+    else:
+        pairs = itertools.chain(_hash_pairs(hashes, config.max_hash_distance),
+                                _clip_pairs(faiss, hashes, vectors, model_index, config))
+    for a, b in pairs:
+        for i, j in zip(a.tolist(), b.tolist()):
+            groups.join(i, j)
     members: dict[int, list[int]] = {}
     for i in range(n):
         members.setdefault(groups.find(i), []).append(i)
     return [m for m in members.values() if len(m) > 1]
+
+
+def _copies(bits: np.ndarray, cosine: np.ndarray, same_model: np.ndarray, config: NearDuplicatesConfig) -> np.ndarray:
+    """The one rule, for any set of compared pairs."""
+    return (bits <= config.max_hash_distance) | (
+        (bits <= config.max_hash_distance_with_clip) & (cosine >= config.min_cosine) & same_model)
+
+
+def _all_pairs(hashes, vectors, model_index, config) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    n = len(hashes)
+    for start in range(0, n, BLOCK):
+        stop = min(start + BLOCK, n)
+        copies = _copies(hamming(hashes[start:stop, None], hashes[None, :]), vectors[start:stop] @ vectors.T,
+                         model_index[start:stop, None] == model_index[None, :], config)
+        a, b = np.nonzero(copies)
+        a += start
+        yield a[a < b], b[a < b]  # each pair once, never an image with itself
+
+
+def _hash_pairs(hashes: np.ndarray, max_distance: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pairs within ``max_distance`` bits, found by multi-index hashing: split the 64 bits into
+    ``max_distance + 1`` slices; two hashes that close agree on at least one slice, so only hashes
+    sharing a slice value are compared (about n^2 / 2^slice_bits pairs per slice, not n^2)."""
+    n, slices = len(hashes), max_distance + 1
+    bounds = np.linspace(0, 64, slices + 1).astype(np.uint64)
+    for low, high in zip(bounds[:-1], bounds[1:]):
+        key = (hashes >> low) & np.uint64((1 << int(high - low)) - 1)
+        order = np.argsort(key, kind="stable")
+        ordered = key[order]
+        for step in range(1, n):  # equal keys are adjacent once sorted: pair each with the ones `step` further
+            same = ordered[:-step] == ordered[step:]
+            if not same.any():
+                break
+            a, b = order[:-step][same], order[step:][same]
+            close = hamming(hashes[a], hashes[b]) <= max_distance
+            yield a[close], b[close]
+
+
+def _clip_pairs(faiss, hashes, vectors, model_index, config) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pairs of one model's vectors at least ``min_cosine`` alike (an IVF range search: each image
+    is compared with the images of its nearest lists), then held to the hash rule."""
+    for model in np.unique(model_index):
+        members = np.flatnonzero(model_index == model)
+        subset = np.ascontiguousarray(vectors[members], dtype=np.float32)
+        nlist = max(1, int(np.sqrt(len(members))))
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(subset.shape[1]), subset.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.niter, ivf.cp.min_points_per_centroid = 10, 1
+        sample = np.random.default_rng(0).choice(len(members), min(len(members), nlist * 32), replace=False)
+        ivf.train(subset[np.sort(sample)])
+        ivf.add(subset)
+        ivf.nprobe = min(nlist, CLIP_NPROBE)
+        for start in range(0, len(members), 4096):  # bounded result memory
+            # faiss keeps inner products strictly above the radius
+            lims, _, found = ivf.range_search(subset[start:start + 4096], float(np.nextafter(config.min_cosine, -2)))
+            a = members[start + np.repeat(np.arange(len(lims) - 1), np.diff(lims).astype(np.int64))]
+            b = members[found]
+            keep = (a < b) & (hamming(hashes[a], hashes[b]) <= config.max_hash_distance_with_clip)
+            yield a[keep], b[keep]
+
+
+def _faiss():
+    try:
+        import faiss  # a runtime dependency (search's index); imported only for large collections
+    except ImportError:
+        return None
+    return faiss
 
 
 def _best_first(rows: list[dict]) -> list[dict]:

@@ -100,7 +100,8 @@ def test_perceptual_hash_tells_edits_from_other_photos():
     assert hamming(h, np.uint64(phash(coins))) > 20
 
 
-def test_grouping_rules_with_planted_hashes_and_vectors():
+@pytest.mark.parametrize("exact_below", [10_000, 0], ids=["every pair", "candidates"])
+def test_grouping_rules_with_planted_hashes_and_vectors(exact_below):
     # Known inputs: 0-1 are 3 bits apart (the hash alone groups them); 2-3 are 16 bits apart with the
     # same CLIP vector (grouped); 4 has that vector too but is 48 bits from 2 (not grouped); 1-2 are
     # 19 bits apart with unrelated vectors (not grouped); 5-6 are 2 bits apart, made by two CLIP models.
@@ -109,8 +110,27 @@ def test_grouping_rules_with_planted_hashes_and_vectors():
     vectors = np.eye(7, dtype=np.float32)
     vectors[3] = vectors[4] = vectors[2]
     models = ["a"] * 6 + ["b"]
-    groups = find_groups(hashes, vectors, models, NearDuplicatesConfig())
+    groups = find_groups(hashes, vectors, models, NearDuplicatesConfig(), exact_below=exact_below)
     assert sorted(groups) == [[0, 1], [2, 3], [5, 6]]
+
+
+def test_candidate_pairs_find_the_groups_every_pair_finds():
+    # What large collections run (multi-index hashing, an IVF range search) against the comparison of
+    # every pair, on 2,000 images with 40 planted copies (0-6 bits and cosine 0.99; 8-18 bits and
+    # cosine 0.97) and planted near misses: 0.99 alike but 30 bits apart, 10 bits apart but unrelated.
+    from benchmarks.near_duplicates import collection
+
+    hashes, vectors = collection(2_000, seed=3)
+    rng = np.random.default_rng(5)
+    for a, b in rng.choice(1_900, (10, 2), replace=False):
+        vectors[b] = vectors[a]
+        hashes[b] = hashes[a] ^ np.uint64(sum(1 << int(i) for i in rng.choice(64, 30, replace=False)))
+    for a, b in rng.choice(1_900, (10, 2), replace=False):
+        hashes[b] = hashes[a] ^ np.uint64(sum(1 << int(i) for i in rng.choice(64, 10, replace=False)))
+    models = ["m"] * len(hashes)
+    every = sorted(find_groups(hashes, vectors, models, NearDuplicatesConfig(), exact_below=10_000))
+    candidates = sorted(find_groups(hashes, vectors, models, NearDuplicatesConfig(), exact_below=0))
+    assert len(every) >= 40 and candidates == every
 
 
 def test_best_first_prefers_pixels_then_sharpness_then_earliest():
