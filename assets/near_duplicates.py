@@ -225,6 +225,19 @@ def _faiss():
     return faiss
 
 
+def _refresh_search_index(settings: PixelsiftSettings, models: set[str], log) -> None:
+    """Brings search's vector index (resources/vector_index.py) up to date after batches changed, so
+    the first search after a run does not build it (minutes at a million images). Search checks it
+    again itself, so a failure here costs time, never a wrong answer."""
+    from resources.vector_index import IndexRefused, open_index
+
+    for model in sorted(models):
+        try:
+            open_index(settings.warehouse_dir, model, settings.search_index_above)
+        except (OSError, IndexRefused, pa.ArrowException) as exc:
+            log.warning(f"search index of {model} not refreshed: {exc}")
+
+
 def _best_first(rows: list[dict]) -> list[dict]:
     latest = datetime.max
     return sorted(rows, key=lambda r: (-(r["width"] or 0) * (r["height"] or 0), -r["sharpness"],
@@ -276,6 +289,7 @@ def near_duplicates(context: AssetExecutionContext, config: NearDuplicatesConfig
                 "hash_distance": int(hamming(np.uint64(m["phash"]), np.uint64(best["phash"]))),
                 "cosine": float(vectors[m["row"]] @ best_vector),
             })
+    _refresh_search_index(settings, {m["model_id"] for m in members}, context.log)
     context.add_output_metadata({"groups": len(groups), "images_compared": len(members),
                                  "copies_beyond_best": len(rows) - len(groups)})
     return pa.Table.from_pylist(rows, schema=NEAR_DUPLICATES)

@@ -280,7 +280,7 @@ def measure_index(n: int, n_queries: int, ann_above: int) -> None:
         index = open_index(root, "m", ann_above)
         reopen_ms = (time.perf_counter() - started) * 1000
         disk_mb = sum(f.stat().st_size for f in index_dir(root, "m").iterdir()) / 2**20
-        how = "IVF" if index.ivf is not None else "exact float16 scan"
+        how = "IVF" if index.ivf is not None else "exact scan"
 
         def recall(found, truth) -> float:
             return float(np.mean([len(set(f) & set(t.tolist())) / K for f, t in zip(found, truth)]))

@@ -181,3 +181,14 @@ def test_hashes_are_read_back_from_the_cache_by_content(groups):
     assert materialize([near_duplicates], instance=instance, resources=resources).success
     paths = [p for (p,) in query(root / "warehouse", "select path from near_duplicates").fetchall()]
     assert "chelsea_small.png" not in paths and "chelsea.png" not in paths and len(paths) == len(rows) - 2
+
+
+def test_the_refresh_brings_searchs_vector_index_up_to_date(groups):
+    import json
+
+    from resources.vector_index import index_dir
+
+    root = groups[0]
+    (model,), = query(root / "warehouse", "select distinct model_id from clip_embeddings").fetchall()
+    manifest = json.loads((index_dir(root / "warehouse", model) / "manifest.json").read_text())
+    assert {s["batch"]: s["rows"] for s in manifest["segments"]} == {"home": 3, "trip": 6}
