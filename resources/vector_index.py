@@ -55,6 +55,7 @@ TRAIN_PER_LIST = 32  # training vectors per list (faiss asks for 39; 32 trains f
 RETRAIN_FACTOR = 2  # the IVF is trained again when the collection grew or shrank this much since training
 OVERFETCH = 2  # with a filter, ask the IVF for k * (all / allowed) * this many
 SCAN_CHUNK = 65_536  # rows scored at a time by the exact scan
+GATHER_BELOW = 4  # a filter allowing under 1/4 of the rows copies them out; more, and all are scanned
 _STORED_ROWS = pa.schema([f for f in INDEX_ROWS_SCHEMA if f.name != "row"])
 
 
@@ -180,14 +181,16 @@ class VectorIndex:
         return base + (ids & 0xFFFFFFFF), scores
 
     def _exact(self, query: np.ndarray, k: int, chosen: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Every (allowed) vector scored, straight from the mapped segments."""
-        if chosen is None:
+        """Every (allowed) vector scored, straight from the mapped segments: all of them in one pass
+        when many are allowed, else only the allowed rows, copied out first."""
+        if chosen is None or len(chosen) * GATHER_BELOW > self.size:
             scores = np.empty(self.size, dtype=np.float32)
             for segment, offset in zip(self.segments, self.offsets):
                 for start in range(0, segment.rows, SCAN_CHUNK):
                     block = segment.vectors[start:start + SCAN_CHUNK]
                     scores[offset + start:offset + start + len(block)] = block @ query
-            rows = np.arange(self.size)
+            rows = np.arange(self.size) if chosen is None else chosen.astype(np.int64)
+            scores = scores if chosen is None else scores[rows]
         else:
             rows, scores = chosen.astype(np.int64), self._gather(chosen) @ query
         k = min(k, len(rows))
