@@ -139,7 +139,7 @@ def install(con: duckdb.DuckDBPyConnection, views: dict[str, ds.Dataset],
     captions, metadata, images = (_source(views, name) for name in _DESCRIBED_BY)
     # search_candidates is the one place an image's description and the filters are written: the
     # exact macros rank its rows, and the vector index (resources.vector_index) stores its rows per
-    # batch and filters them with the same condition (index_candidates).
+    # batch and filters them with the same condition (index_candidates, in _indexed).
     con.execute(f"""
         CREATE MACRO search_candidates({_PARAMETERS}) AS TABLE
         SELECT s.* FROM (
@@ -153,11 +153,6 @@ def install(con: duckdb.DuckDBPyConnection, views: dict[str, ds.Dataset],
             WHERE e.status = 'ok') s
         WHERE {_CONDITION}
     """)
-    # The index's rows are registered under INDEX_ROWS for each indexed search; an empty stand-in
-    # until then, because a macro's table must exist when the macro is made.
-    con.register(INDEX_ROWS, INDEX_ROWS_SCHEMA.empty_table())
-    con.execute(f"CREATE MACRO index_candidates({_PARAMETERS}) AS TABLE SELECT s.row FROM {INDEX_ROWS} s "
-                f"WHERE {_CONDITION}")
     con.execute(f"""
         CREATE MACRO search_vector(query_vector, query_model := NULL, k := 20, exclude_image := NULL,
                                    batch_key := NULL, category := NULL, tag := NULL, scene := NULL,
@@ -305,12 +300,16 @@ def _indexed(con: duckdb.DuckDBPyConnection, index, vector: np.ndarray, model: s
     args, values = _filter_args(filters)
     allowed = None
     if args:
+        # registered only while it is asked (a macro's table must exist when the macro is made), so
+        # that SHOW TABLES lists the warehouse's tables and nothing else
         con.register(INDEX_ROWS, index.rows)
         try:
+            con.execute(f"CREATE OR REPLACE TEMP MACRO index_candidates({_PARAMETERS}) AS TABLE "
+                        f"SELECT s.row FROM {INDEX_ROWS} s WHERE {_CONDITION}")
             chosen = con.execute(f"SELECT row FROM index_candidates(exclude_image := ?{args})",
                                  [exclude_image, *values]).fetchnumpy()["row"]
         finally:
-            con.register(INDEX_ROWS, INDEX_ROWS_SCHEMA.empty_table())
+            con.unregister(INDEX_ROWS)
         allowed = np.zeros(index.size, dtype=bool)
         allowed[np.asarray(chosen, dtype=np.int64)] = True
     fetch = k

@@ -173,3 +173,11 @@ def test_the_similar_command_answers_from_the_index(warehouse, monkeypatch):
     assert (index_dir(warehouse, MODEL) / "manifest.json").exists()
     expected = [h.path for h in similar_to_image(connect(warehouse), sha, 3, Filters(category="nature"))]
     assert [line.split()[1].rsplit("/", 1)[1] for line in result.output.splitlines()] == expected
+
+
+def test_a_filtered_indexed_search_leaves_the_connections_tables_as_they_were(warehouse, query):
+    con = connect(warehouse)
+    tables = con.sql("show tables").fetchall()
+    index = open_search_index(warehouse, MODEL, ANN_ABOVE)
+    assert len(similar_to_vector(con, query, MODEL, 3, Filters(category="animal"), index=index)) == 3
+    assert con.sql("show tables").fetchall() == tables
