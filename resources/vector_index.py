@@ -8,7 +8,7 @@ Per CLIP model, in ``<warehouse>/.cache/vector_index/<hash of the model name>/``
 - from ``ann_above`` vectors (the ``search_index_above`` setting), a faiss **IVF** index
   (``ivf-*.faiss``) whose ids are ``segment << 32 | row``: one batch's vectors are dropped and added
   again on their own;
-- ``manifest.json``: the model, the dimension and, per segment, the size and mtime of the batch's
+- ``manifest.json``: the model, the dimension and, per segment, the size, mtime and inode of the batch's
   files it was made from (clip_embeddings, captions, image_metadata, images).
 
 Every open compares each batch's files with the manifest (a ``stat``, no read): a batch added,
@@ -83,7 +83,7 @@ class Segment:
     batch: str
     uid: int
     rows: int
-    sources: dict  # asset -> [size, mtime_ns] of the batch's file, or None where it has none
+    sources: dict  # asset -> [size, mtime_ns, inode] of the batch's file, or None where it has none
     vectors: np.ndarray | None = field(default=None, repr=False)  # float32, memory-mapped
     table: pa.Table | None = field(default=None, repr=False)  # its search_candidates rows, mapped
 
@@ -126,7 +126,7 @@ def _sources(warehouse_dir: Path) -> dict[str, dict]:
         for asset in SOURCES:
             try:
                 info = (warehouse_dir / asset / f"batch={batch}" / DATA_FILE).stat()
-                stats[asset] = [info.st_size, info.st_mtime_ns]
+                stats[asset] = [info.st_size, info.st_mtime_ns, info.st_ino]  # the warehouse replaces files whole
             except OSError:
                 stats[asset] = None
         if stats[SOURCES[0]] is not None:
