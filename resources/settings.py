@@ -77,7 +77,7 @@ class PixelsiftSettings(ConfigurableResource):
         default_factory=lambda: int(env_default("SEARCH_INDEX_ABOVE", "200000")),
         ge=1,
         description="Vectors of one CLIP model from which search answers from an IVF index (faiss) instead of "
-        "scanning every vector: exact below (a scan of 200,000 takes ~25 ms on two cores), recall@10 measured "
+        "scanning every vector: exact below (a scan of 200,000 took 32 ms on two cores), recall@10 measured "
         "at 1.000 above (BENCHMARKS.md). PIXELSIFT_SEARCH_INDEX_ABOVE.",
     )
     model_retries: int = Field(
