@@ -41,7 +41,7 @@ from resources.warehouse import PARTIAL_DIR, connect, read_table, write_table
 HASH_CACHE = PARTIAL_DIR.parent / "perceptual_hashes.parquet"
 BLOCK = 256  # rows of the pairwise comparison held at once: a few BLOCK x N arrays (100 MB each at 100k)
 EXACT_BELOW = 5_000  # images from which only candidate pairs are compared (every pair below: 1.2e7 pairs)
-CLIP_NPROBE = 8  # IVF lists (of sqrt(n)) searched per image for CLIP candidates
+CLIP_CLUSTERS_PER_IMAGE = 2  # clusters (of sqrt(n)) each vector joins for CLIP candidates: copies straddling a border meet
 
 
 class NearDuplicatesConfig(Config):
@@ -139,8 +139,8 @@ def find_groups(hashes: np.ndarray, vectors: np.ndarray, models: list[str], conf
 
     Under ``exact_below`` images every pair is compared. From there only candidate pairs are: hashes
     that agree exactly on one of ``max_hash_distance + 1`` slices of their bits (any two within that
-    many bits do, by pigeonhole: no pair is missed), and vectors an IVF index finds within
-    ``min_cosine`` of each other (approximate: a pair split across IVF lists not searched is missed)."""
+    many bits do, by pigeonhole: no pair is missed), and vectors that share one of their two nearest
+    k-means clusters (approximate: copies whose vectors share neither are missed)."""
     n = len(hashes)
     groups = _Groups(n)
     model_index = np.unique(np.array(models, dtype=object), return_inverse=True)[1] if n else np.zeros(0, int)
@@ -196,25 +196,28 @@ def _hash_pairs(hashes: np.ndarray, max_distance: int) -> Iterator[tuple[np.ndar
 
 
 def _clip_pairs(faiss, hashes, vectors, model_index, config) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Pairs of one model's vectors at least ``min_cosine`` alike (an IVF range search: each image
-    is compared with the images of its nearest lists), then held to the hash rule."""
+    """Pairs of one model's vectors at least ``min_cosine`` alike, then held to the hash rule. The
+    vectors are clustered (spherical k-means, sqrt(n) clusters) and each is put in its
+    ``CLIP_CLUSTERS_PER_IMAGE`` nearest clusters; only images sharing a cluster are compared, with
+    one matrix product per cluster (about 4 n^1.5 products instead of n^2 / 2)."""
     for model in np.unique(model_index):
         members = np.flatnonzero(model_index == model)
         subset = np.ascontiguousarray(vectors[members], dtype=np.float32)
-        nlist = max(1, int(np.sqrt(len(members))))
-        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(subset.shape[1]), subset.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-        ivf.cp.niter, ivf.cp.min_points_per_centroid = 10, 1
-        sample = np.random.default_rng(0).choice(len(members), min(len(members), nlist * 32), replace=False)
-        ivf.train(subset[np.sort(sample)])
-        ivf.add(subset)
-        ivf.nprobe = min(nlist, CLIP_NPROBE)
-        for start in range(0, len(members), 4096):  # bounded result memory
-            # faiss keeps inner products strictly above the radius
-            lims, _, found = ivf.range_search(subset[start:start + 4096], float(np.nextafter(config.min_cosine, -2)))
-            a = members[start + np.repeat(np.arange(len(lims) - 1), np.diff(lims).astype(np.int64))]
-            b = members[found]
-            keep = (a < b) & (hamming(hashes[a], hashes[b]) <= config.max_hash_distance_with_clip)
-            yield a[keep], b[keep]
+        clusters = max(1, int(np.sqrt(len(members))))
+        kmeans = faiss.Kmeans(subset.shape[1], clusters, niter=10, spherical=True, seed=0,
+                              min_points_per_centroid=1, max_points_per_centroid=32)
+        kmeans.train(subset)
+        _, nearest = kmeans.index.search(subset, min(clusters, CLIP_CLUSTERS_PER_IMAGE))
+        image = np.repeat(np.arange(len(members)), nearest.shape[1])
+        order = np.argsort(nearest.ravel(), kind="stable")
+        bounds = np.searchsorted(nearest.ravel()[order], np.arange(clusters + 1))
+        for c in range(clusters):
+            inside = image[order[bounds[c]:bounds[c + 1]]]
+            for start in range(0, len(inside), BLOCK * 8):
+                a, b = np.nonzero(subset[inside[start:start + BLOCK * 8]] @ subset[inside].T >= config.min_cosine)
+                a, b = members[inside[start + a]], members[inside[b]]
+                keep = (a < b) & (hamming(hashes[a], hashes[b]) <= config.max_hash_distance_with_clip)
+                yield a[keep], b[keep]
 
 
 def _faiss():

@@ -2,7 +2,7 @@
 
     python -m benchmarks.near_duplicates --sizes 20000,100000 --all-pairs-below 30000
 
-Per size: the candidate search that ships (multi-index hashing over the pHash, an IVF range search
+Per size: the candidate search that ships (multi-index hashing over the pHash, k-means clusters
 over the vectors) and, below ``--all-pairs-below``, the comparison of every pair; the groups each
 finds, and whether they are the same. The collection: random 64-bit hashes and clustered unit
 vectors (``benchmarks.vector_search.synthetic``: cosine ~0.7 within a cluster, so CLIP alone joins
