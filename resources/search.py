@@ -315,7 +315,7 @@ def _indexed(con: duckdb.DuckDBPyConnection, index, vector: np.ndarray, model: s
     fetch = k
     while True:  # copies of the query image (same sha256) are not results: ask for more until k remain
         rows, scores = index.search(vector, model, fetch, allowed)
-        described = index.rows.take(pa.array(rows)).to_pylist()
+        described = index.describe(rows)
         hits = [Hit(**{c: d[c] for c in HIT_COLUMNS if c != "score"}, score=float(score))
                 for d, score in zip(described, scores) if d["image_id"] != exclude_image]
         if len(hits) >= k or len(rows) < fetch:
