@@ -308,6 +308,42 @@ def measure_index(n: int, n_queries: int, ann_above: int) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def measure_existing(root: str, n_queries: int, ann_above: int) -> None:
+    """The query side only, over a warehouse whose index is already built (``--index-sizes`` builds
+    one; a copy of it can be timed again on a quieter machine): reopen, then the index's query and
+    the whole search against exact scores of every vector (the index's own exact scan)."""
+    import resource
+
+    from resources.search import Filters, similar_to_vector
+    from resources.vector_index import open_index
+    from resources.warehouse import connect
+
+    started = time.perf_counter()
+    index = open_index(root, "m", ann_above)
+    reopen_ms = (time.perf_counter() - started) * 1000
+    n, how = index.size, "IVF" if index.ivf is not None else "exact scan"
+    queries = synthetic(n_queries, seed=1)
+    exact = [index._exact(q, K)[0] for q in queries]
+    animal = np.asarray(index.rows.column("category").to_numpy(zero_copy_only=False) == "animal")
+    exact_animals = [index._exact(q, K, np.flatnonzero(animal))[0] for q in queries]
+
+    def recall(found, truth) -> float:
+        return float(np.mean([len(set(f) & set(t.tolist())) / K for f, t in zip(found, truth)]))
+
+    found, p50, p95 = _timed(lambda q: index.search(q, "m", K)[0], queries)
+    print(f"| {n:,} | {how}: index.search (reopened: {reopen_ms:.0f} ms) | {p50:.1f} | {p95:.1f} | "
+          f"{recall([f.tolist() for f in found], exact):.3f} |", flush=True)
+    con = connect(root)
+    row_of = {(b, p): r for b, p, r in zip(*(index.rows.column(c).to_pylist() for c in ("batch", "path", "row")))}
+    for label, filters, truth in [("whole search", Filters(), exact),
+                                  ("whole search, category filter (1 in 10)", Filters(category="animal"),
+                                   exact_animals)]:
+        hits, p50, p95 = _timed(lambda q: similar_to_vector(con, q, "m", K, filters, index=index), queries)
+        print(f"| {n:,} | {how}: {label} | {p50:.1f} | {p95:.1f} | "
+              f"{recall([[row_of[(h.batch, h.path)] for h in hit] for hit in hits], truth):.3f} |", flush=True)
+    print(f"# peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000", help="collection sizes, comma-separated")
@@ -320,7 +356,15 @@ def main() -> None:
                         help="instead: time the shipped search (resources.vector_index) over warehouses of these sizes")
     parser.add_argument("--index-above", type=int, default=200_000,
                         help="with --index-sizes: the search_index_above setting (IVF from this many vectors)")
+    parser.add_argument("--index-warehouse", default="",
+                        help="instead: time queries over this warehouse, its index already built")
     args = parser.parse_args()
+    if args.index_warehouse:
+        print(f"# {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
+        print("| vectors | what | p50 ms | p95 ms | recall@10 |\n|---|---|---:|---:|---:|")
+        measure_existing(args.index_warehouse, args.queries, args.index_above)
+        print(f"# load average {os.getloadavg()[0]:.2f} at end")
+        return
     if args.index_sizes:
         print(f"# {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start, IVF from "
               f"{args.index_above:,} vectors")
