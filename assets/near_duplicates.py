@@ -41,7 +41,7 @@ from resources.warehouse import PARTIAL_DIR, connect, read_table, write_table
 HASH_CACHE = PARTIAL_DIR.parent / "perceptual_hashes.parquet"
 BLOCK = 256  # rows of the pairwise comparison held at once: a few BLOCK x N arrays (100 MB each at 100k)
 EXACT_BELOW = 5_000  # images from which only candidate pairs are compared (every pair below: 1.2e7 pairs)
-CLIP_CLUSTERS_PER_IMAGE = 2  # clusters (of sqrt(n)) each vector joins for CLIP candidates: copies straddling a border meet
+CLIP_CLUSTERS_PER_IMAGE = 3  # clusters (of sqrt(n)) each vector joins for CLIP candidates (2 missed 2 of 400 groups at 20k)
 
 
 class NearDuplicatesConfig(Config):
@@ -139,8 +139,8 @@ def find_groups(hashes: np.ndarray, vectors: np.ndarray, models: list[str], conf
 
     Under ``exact_below`` images every pair is compared. From there only candidate pairs are: hashes
     that agree exactly on one of ``max_hash_distance + 1`` slices of their bits (any two within that
-    many bits do, by pigeonhole: no pair is missed), and vectors that share one of their two nearest
-    k-means clusters (approximate: copies whose vectors share neither are missed)."""
+    many bits do, by pigeonhole: no pair is missed), and vectors that share one of their three nearest
+    k-means clusters (approximate: copies whose vectors share none are missed)."""
     n = len(hashes)
     groups = _Groups(n)
     model_index = np.unique(np.array(models, dtype=object), return_inverse=True)[1] if n else np.zeros(0, int)
