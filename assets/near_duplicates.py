@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -237,7 +238,7 @@ def _refresh_search_index(settings: PixelsiftSettings, models: set[str], log) ->
     for model in sorted(models):
         try:
             open_index(settings.warehouse_dir, model, settings.search_index_above)
-        except (OSError, IndexRefused, pa.ArrowException) as exc:
+        except (OSError, IndexRefused, pa.ArrowException, duckdb.Error) as exc:
             log.warning(f"search index of {model} not refreshed: {exc}")
 
 

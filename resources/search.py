@@ -245,7 +245,7 @@ def open_search_index(warehouse_dir, model_id: str, ann_above: int):
 
     try:
         return open_index(warehouse_dir, portable_model_name(model_id), ann_above)
-    except (ImportError, OSError, IndexRefused, pa.ArrowException) as exc:
+    except (ImportError, OSError, IndexRefused, pa.ArrowException, duckdb.Error) as exc:
         logger.warning("vector index unavailable (%s): searching exactly in SQL instead", exc)
         return None
 
