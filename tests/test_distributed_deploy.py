@@ -82,6 +82,24 @@ def test_the_instance_passes_dagsters_own_schemas(instance_yaml, tmp_path):
     assert instance_yaml["concurrency"]["pools"]["default_limit"] == 1  # the large-model pool, across every pod
 
 
+def test_the_ray_instance_passes_dagsters_own_schemas(tmp_path):
+    _require("dagster_ray")
+    _require("dagster_postgres")
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster_postgres import DagsterPostgresStorage
+    from dagster_ray import RayRunLauncher
+
+    text = (ROOT / "deploy" / "ray" / "dagster.yaml").read_text()
+    (tmp_path / "dagster.yaml").write_text(text)
+    dagster_instance_config(str(tmp_path))
+    config = yaml.safe_load(text)
+    _valid(DagsterPostgresStorage.config_type(), config["storage"]["postgres"], {"DAGSTER_PG_PASSWORD": "x"})
+    assert (config["run_launcher"]["module"], config["run_launcher"]["class"]) == ("dagster_ray", "RayRunLauncher")
+    launcher = _valid(RayRunLauncher.config_type(), config["run_launcher"]["config"])
+    # Every setting a step needs travels with the run (the names the executor forwards are PIXELSIFT_*).
+    assert {"PIXELSIFT_EXECUTOR", "PIXELSIFT_WAREHOUSE_DIR", "PIXELSIFT_IMAGES_ROOT"} <= set(launcher["ray"]["env_vars"])
+
+
 @pytest.mark.parametrize("kind", ["multiprocess", "ray", "k8s"])
 def test_each_executor_configuration_passes_its_packages_schema(kind, monkeypatch):
     if kind != "multiprocess":
