@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -49,7 +50,10 @@ def cluster():
     _require_ray()
     from tests.ray_cluster import start_cluster
 
-    yield from start_cluster(worker_cpus=2)
+    started = time.monotonic()
+    for cluster in start_cluster(worker_cpus=2):
+        print(f"\nlocal Ray cluster up in {time.monotonic() - started:.1f} s")  # seen with pytest -s
+        yield cluster
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +84,9 @@ def in_process(paths):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        defs = build_definitions(PixelsiftSettings(), model_resources())
+        models = model_resources()  # builds the tiny models
+        started = time.monotonic()
+        defs = build_definitions(PixelsiftSettings(), models)
         instance = DagsterInstance.ephemeral()
         instance.add_dynamic_partitions("batch", [BATCH])
         job = defs.resolve_job_def("process_batch")
@@ -88,6 +94,7 @@ def in_process(paths):
     finally:
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    print(f"\nin-process run, {len(PIPELINE)} steps: {time.monotonic() - started:.1f} s")
     return paths["in_process"]
 
 
@@ -104,11 +111,13 @@ def on_ray(paths, cluster, in_process):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELSIFT_")}
     env.update(_settings_env(paths, paths["ray"]), DAGSTER_HOME=str(home), PIXELSIFT_EXECUTOR="ray",
                PIXELSIFT_RAY_ADDRESS=cluster.job_server)
+    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "dagster", "job", "execute", "-m", "dagster_project.definitions", "-d", str(ROOT),
          "-j", "process_batch", "-o", ",".join(PIPELINE), "--tags", json.dumps({"dagster/partition": BATCH})],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-6000:]
+    print(f"\nrun on Ray, {len(PIPELINE)} steps: {time.monotonic() - started:.1f} s")
     return done.stdout + done.stderr
 
 
