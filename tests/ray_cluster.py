@@ -88,8 +88,8 @@ def _wait_for_job_agent(job_server: str, deadline: float) -> None:
 
 
 def start_cluster(worker_cpus: int = 2):
-    """Yields a RayCluster whose head has no CPUs (so every step runs on the worker node, as on a
-    real cluster's head) and whose worker has ``worker_cpus``; stops both after."""
+    """Yields a RayCluster whose head offers no CPUs, as a production head often does, so every
+    step runs on the worker node, which has ``worker_cpus``; stops both after."""
     # Short path: Ray's unix sockets live under it and must stay under ~107 characters.
     temp = Path(tempfile.mkdtemp(prefix="psray", dir="/tmp"))
     # Steps start `dagster api execute_step`: the nodes find it on PATH, as on a real node's image.
