@@ -23,6 +23,7 @@ from resources.captioner import CaptionerResource
 from resources.clip_embedder import ClipEmbedderResource
 from resources.metadata_llm import MetadataLLMResource
 from resources.openai_backends import OpenAICaptionerResource, OpenAIStructuredResource
+from resources.distributed import ExecutionSettings
 from resources.settings import PixelsiftSettings
 
 RESOURCES: list[tuple[str, type[BaseModel]]] = [
@@ -41,6 +42,8 @@ ASSET_CONFIGS: list[tuple[str, type[BaseModel]]] = [
     ("cluster_labels", ClusterLabelConfig),
     ("near_duplicates", NearDuplicatesConfig),
 ]
+# Variables only, read when the code location loads: where steps run (docs/deployment.md).
+EXECUTION: list[tuple[str, type[BaseModel]]] = [("executor", ExecutionSettings)]
 
 HEADER = """# Configuration reference
 
@@ -110,7 +113,7 @@ def _table(model: type[BaseModel]) -> list[str]:
 
 def render() -> str:
     out = [HEADER]
-    for title, entries in [("Resources", RESOURCES), ("Asset config", ASSET_CONFIGS)]:
+    for title, entries in [("Resources", RESOURCES), ("Asset config", ASSET_CONFIGS), ("Execution", EXECUTION)]:
         out.append(f"## {title}\n")
         for key, model in entries:
             doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""

@@ -6,6 +6,8 @@ every run of the instance (``concurrency: pools:`` in ``dagster_project/dagster.
 They live here, at the bottom, so asset modules never import the composition root.
 """
 
+from resources.distributed import model_step_placement
+
 LARGE_MODEL_TAG = "pixelsift/large_model"
 
 # Steps that hold a multi-GB model (BLIP-2, Phi-3.5-mini: 9-14 GiB each at the benchmarked batch
@@ -26,5 +28,6 @@ MAX_CONCURRENT_STEPS = 2
 
 def model_step_limits(in_process: bool) -> dict:
     """The ``@asset`` arguments of a model step: the large-model tag and pool when its model runs in
-    this process; none when it runs on a model server (the server has its own memory and queue)."""
-    return {"op_tags": LARGE_MODEL, "pool": LARGE_MODEL_POOL} if in_process else {}
+    this process; none when it runs on a model server (the server has its own memory and queue).
+    On a cluster the step also asks for its GPUs (``resources/distributed.py``)."""
+    return {"op_tags": LARGE_MODEL | model_step_placement(), "pool": LARGE_MODEL_POOL} if in_process else {}

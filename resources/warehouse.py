@@ -29,6 +29,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from pydantic import field_validator
 from dagster import (
     ConfigurableIOManager,
     InputContext,
@@ -74,13 +75,36 @@ def partial_dir(root: str | Path, asset: str, batch: str) -> Path:
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
+    """Temporary file beside the target, flushed to disk, then renamed over it. Within one folder of
+    one filesystem the rename is atomic, on a local disk and on NFS alike, so a reader on any machine
+    sees the old file or the new one. The fsync before it keeps a writer's crash from leaving a
+    renamed but empty file (filesystems may persist the rename before the data); the folder's
+    fsync keeps the rename itself. The temporary name is unique, so writers on several machines
+    never share one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # matches _TEMP_NAME
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "wb") as out:
+            pq.write_table(table, out, compression="zstd")
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
+        _sync_folder(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a filesystem that cannot open folders: the rename still happened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some network filesystems refuse fsync on a folder; their rename is already on the server
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_partial(table: pa.Table, root: str | Path, asset: str, batch: str) -> Path:
@@ -162,10 +186,24 @@ def table_metadata(table: pa.Table) -> dict:
     }
 
 
+def local_root(root: str) -> str:
+    """``root`` if it is a folder path; a URL (s3://, gs://, file://...) is refused plainly rather than
+    taken for a local folder named ``s3:``. Object storage is not supported yet (docs/deployment.md)."""
+    if "://" in root:
+        raise ValueError(f"warehouse_dir {root!r} is a URL: the warehouse must be a folder every machine mounts "
+                         "(a local disk, or a shared filesystem such as NFS); object storage is not supported yet")
+    return root
+
+
 class ParquetWarehouse(ConfigurableIOManager):
     """Stores each batch partition of each asset as one Parquet file with the table's own schema."""
 
     root: str
+
+    @field_validator("root")
+    @classmethod
+    def _folder(cls, root: str) -> str:
+        return local_root(root)
 
     def _path(self, context: InputContext | OutputContext) -> Path:
         asset = "/".join(context.asset_key.path)

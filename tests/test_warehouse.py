@@ -138,3 +138,33 @@ def test_every_pipeline_column_says_what_it_means():
                tables.clip_embeddings_schema(512), tables.CLUSTERS, tables.CLUSTER_LABELS]
     undescribed = [f.name for schema in schemas for f in schema if not column_description(f)]
     assert undescribed == []
+
+
+def test_a_write_reaches_the_disk_before_its_rename(tmp_path, monkeypatch):
+    """Spies on os.fsync and os.replace (they still run): the file is synced, then renamed, then its folder synced."""
+    import os
+
+    calls, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        calls.append(("fsync", "folder" if os.path.isdir(f"/proc/self/fd/{fd}") else "file"))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        calls.append(("replace", os.path.basename(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = partition_file(tmp_path, "t", "k")
+    write_table(pa.table({"n": [1, 2]}), path)
+    assert calls == [("fsync", "file"), ("replace", "data.parquet"), ("fsync", "folder")]
+    assert pq.read_table(path).column("n").to_pylist() == [1, 2]
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/warehouse", "gs://bucket/w", "file:///data/warehouse"])
+def test_a_url_warehouse_is_refused_not_created_as_a_local_folder(url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="is a URL.*not supported yet"):
+        ParquetWarehouse(root=url)
+    assert not any(tmp_path.iterdir())
