@@ -64,15 +64,35 @@ def cluster_embeddings(
 
     unit_by_row = np.empty_like(unit)
     unit_by_row[order] = unit
-    for cluster in range(labels.max() + 1):
-        members = np.flatnonzero(labels == cluster)
-        centroid = normalize_rows(unit_by_row[members].mean(axis=0, keepdims=True))[0]
-        dist = 1.0 - unit_by_row[members] @ centroid
-        distances[members] = np.clip(dist, 0.0, 2.0)
-        # Ties broken by key so the choice is stable.
-        nearest = sorted(members, key=lambda i: (distances[i], keys[i]))[:n_representatives]
-        representatives[nearest] = True
+    clustered = np.flatnonzero(labels != NOISE)
+    if len(clustered):
+        centroids = normalize_rows(member_means(unit_by_row[clustered], labels[clustered], labels.max() + 1)[0])
+        dist = 1.0 - np.einsum("ij,ij->i", unit_by_row[clustered], centroids[labels[clustered]])
+        distances[clustered] = np.clip(dist, 0.0, 2.0)
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)  # the key order: ties in distance broken by key, so the choice is stable
+        representatives[nearest_per_group(labels, distances, rank, n_representatives)] = True
     return Clustering(labels, distances, representatives)
+
+
+def member_means(vectors: np.ndarray, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean vector, member count) of each group 0..n_groups-1 (zeros for an empty group), in one
+    sparse product: linear in the rows, whatever the number of groups."""
+    members = sparse.csr_matrix((np.ones(len(groups), np.float64), (groups, np.arange(len(groups)))),
+                                shape=(n_groups, len(groups)))
+    counts = np.bincount(groups, minlength=n_groups)
+    sums = np.asarray(members @ vectors.astype(np.float64))
+    return sums / np.maximum(counts, 1)[:, None], counts
+
+
+def nearest_per_group(groups: np.ndarray, distances: np.ndarray, tiebreak: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` rows of each group (NOISE excluded) with the smallest distance, ties by
+    ``tiebreak``: one sort, not a pass over the rows per group."""
+    order = np.lexsort((tiebreak, distances, groups))
+    sorted_groups = groups[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    return order[(position < k) & (sorted_groups != NOISE)]
 
 
 def _agglomerative(unit: np.ndarray, distance_threshold: float) -> np.ndarray:
@@ -87,17 +107,17 @@ def _via_micro_clusters(unit: np.ndarray, distance_threshold: float, chunk: int 
     data = unit.astype(np.float32)
     centroids = data[np.sort(np.random.default_rng(0).choice(n, size=k, replace=False))]
     for _ in range(KMEANS_STEPS):
-        assign, similarity = _nearest(data, centroids, chunk)
+        assign, similarity = nearest_centroid(data, centroids, chunk)
         members = sparse.csr_matrix((np.ones(n, np.float32), (assign, np.arange(n))), shape=(len(centroids), n))
         sums = np.asarray(members @ data)
         used = np.asarray(members.sum(axis=1)).ravel() > 0
         centroids = normalize_rows(sums[used]).astype(np.float32)
-    assign, similarity = _nearest(data, centroids, chunk)
+    assign, similarity = nearest_centroid(data, centroids, chunk)
     labels = _agglomerative(centroids, distance_threshold)[assign]
     return np.where(1.0 - similarity > distance_threshold, NOISE, labels)
 
 
-def _nearest(data: np.ndarray, centroids: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+def nearest_centroid(data: np.ndarray, centroids: np.ndarray, chunk: int = 16_384) -> tuple[np.ndarray, np.ndarray]:
     """Index of, and cosine similarity to, each row's nearest centroid (chunked to bound memory)."""
     assign = np.empty(len(data), dtype=np.int64)
     similarity = np.empty(len(data), dtype=np.float32)
@@ -109,8 +129,15 @@ def _nearest(data: np.ndarray, centroids: np.ndarray, chunk: int) -> tuple[np.nd
 
 
 def _renumber_by_size(raw: np.ndarray) -> np.ndarray:
-    """Largest cluster becomes 0; ties by first appearance. Noise stays NOISE."""
-    found = [c for c in dict.fromkeys(raw.tolist()) if c != NOISE]
-    found.sort(key=lambda c: -int((raw == c).sum()))
-    mapping = {c: i for i, c in enumerate(found)}
-    return np.array([mapping.get(c, NOISE) for c in raw.tolist()], dtype=np.int64)
+    """Largest cluster becomes 0; ties by first appearance. Noise stays NOISE. Counted with one
+    ``np.unique``, not a pass over the rows per cluster (which grew as rows x clusters)."""
+    clustered = raw != NOISE
+    if not clustered.any():
+        return raw.astype(np.int64)
+    found, first, sizes = np.unique(raw[clustered], return_index=True, return_counts=True)
+    ranked = np.lexsort((first, -sizes))  # by size, then by first appearance
+    mapping = np.empty(len(found), dtype=np.int64)
+    mapping[ranked] = np.arange(len(found))
+    out = np.full(len(raw), NOISE, dtype=np.int64)
+    out[clustered] = mapping[np.searchsorted(found, raw[clustered])]
+    return out

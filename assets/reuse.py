@@ -23,6 +23,7 @@ from resources.settings import PixelsiftSettings
 from resources.warehouse import reusable_files, save_partial
 
 K = TypeVar("K", bound=Hashable)
+WHOLE_COLLECTION = "collection"  # the "batch" of a step of an unpartitioned asset (collection_cluster_labels)
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,10 @@ class ModelStep:
 
     @classmethod
     def of(cls, context: AssetExecutionContext, settings: PixelsiftSettings, table: pa.Schema) -> ModelStep:
-        """The step Dagster is running: its asset, its batch partition, its log."""
-        return cls(settings, "/".join(context.asset_key.path), context.partition_key, table, context.log)
+        """The step Dagster is running: its asset, its batch partition (an asset of the whole collection:
+        ``WHOLE_COLLECTION``, the name its saved chunks go under), its log."""
+        batch = context.partition_key if context.has_partition_key else WHOLE_COLLECTION
+        return cls(settings, "/".join(context.asset_key.path), batch, table, context.log)
 
     def split_reusable(self, fingerprints: Mapping[K, str], *, key_column: str | None) -> tuple[dict[K, dict], list[K]]:
         """(an earlier row for each item that has one, the items left to compute, in order).
