@@ -42,7 +42,8 @@ CLUSTERS, CENTROIDS = "collection_clusters", "collection_cluster_centroids"
 
 
 class CollectionClusteringConfig(ClusteringConfig):
-    """The per-batch clustering settings, plus the explicit full recluster."""
+    """The per-batch clustering settings (``distance_threshold`` also decides when a new image joins a cluster:
+    its average cosine distance to the members), plus the explicit full recluster."""
 
     recluster: bool = Field(
         default=False, description="Cluster every image again from scratch instead of updating. A new cluster "
