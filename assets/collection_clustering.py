@@ -8,8 +8,11 @@ now embedded by it, each with the cluster it had before (or ``NEW``):
    on average, if that average cosine distance is under ``distance_threshold``: the rule by which
    average linkage (``assets.clustering``) merges. The average similarity to the members is the dot
    product with the mean of their unit vectors, so a cluster needs only its mean, not its members.
-3. What is left is clustered among itself (``cluster_embeddings``); each group of at least
-   ``min_cluster_size`` becomes a cluster with a new id, the rest stays noise.
+3. The new images left over are clustered (``cluster_embeddings``) together with the earlier noise
+   within ``distance_threshold`` of one of them; each group of at least ``min_cluster_size`` becomes
+   a cluster with a new id, the rest stays noise. (Earlier noise far from every newcomer was
+   clustered before, with the same result: clustering it again at each update would cost as much
+   as the first clustering.)
 
 Ids are never renumbered or given twice: a cluster whose images all left keeps its id and last mean
 (an image like them later joins it again), and new ids start above every id issued. A full
@@ -23,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from assets.clustering import NOISE, cluster_embeddings, member_means, nearest_centroid, nearest_per_group, normalize_rows
+from assets.clustering import (NOISE, cluster_embeddings, distances_to, member_means, nearest_centroid,
+                               nearest_per_group, normalize_rows, unit_rows)
 
 NEW = -2  # ``previous`` of an image that was not in the collection's clusters before
 KEPT, JOINED, FOUNDED, UNCLUSTERED = "kept", "joined", "new", "noise"  # what an update did to each image
@@ -60,7 +64,7 @@ def update_clusters(vectors: np.ndarray, keys: list[str], previous: np.ndarray, 
                     recluster: bool = False) -> Update:
     """The clusters after one update (see the module doc). ``vectors``: one per distinct image of one
     CLIP model; ``keys`` (sha256) fix every tie; ``previous``: each image's earlier cluster id, NOISE, or NEW."""
-    unit = normalize_rows(np.asarray(vectors, dtype=np.float32)).astype(np.float32)
+    unit = unit_rows(vectors)  # no copy when they are unit float32 already (as CLIP's are stored)
     previous = np.where(np.isin(previous, stored.ids) | (previous == NOISE), previous, NEW)
     if recluster:
         labels, next_id = _recluster(unit, keys, previous, stored, next_id, distance_threshold, min_cluster_size)
@@ -68,17 +72,13 @@ def update_clusters(vectors: np.ndarray, keys: list[str], previous: np.ndarray, 
         labels, next_id = _incremental(unit, keys, previous, stored, next_id, distance_threshold, min_cluster_size)
 
     ids = np.union1d(stored.ids, labels[labels != NOISE]).astype(np.int64)
-    clustered = np.flatnonzero(labels != NOISE)
-    slot = np.searchsorted(ids, labels[clustered])
-    means, sizes = member_means(unit[clustered], slot, len(ids))
+    slots = _slots(ids, labels)
+    means, sizes = member_means(unit, slots, len(ids))
     means = means.astype(np.float32)
-    was = np.searchsorted(ids, stored.ids)
     empty = np.flatnonzero(sizes == 0)  # only stored clusters can be empty: keep their last mean
     means[empty] = stored.means[np.searchsorted(stored.ids, ids[empty])]
 
-    distances = np.full(len(unit), np.nan)
-    centre = normalize_rows(means)
-    distances[clustered] = np.clip(1.0 - np.einsum("ij,ij->i", unit[clustered], centre[slot]), 0.0, 2.0)
+    distances = distances_to(unit, normalize_rows(means), slots)
     rank = np.empty(len(unit), dtype=np.int64)
     rank[np.argsort(np.asarray(keys, dtype=str), kind="stable")] = np.arange(len(unit))
     representatives = np.zeros(len(unit), dtype=bool)
@@ -87,12 +87,17 @@ def update_clusters(vectors: np.ndarray, keys: list[str], previous: np.ndarray, 
     stayed = labels == previous
     change = np.where(labels == NOISE, UNCLUSTERED, np.where(stayed, KEPT, np.where(
         np.isin(labels, stored.ids), JOINED, FOUNDED)))
-    joined = np.bincount(slot[~stayed[clustered]], minlength=len(ids))
+    joined = np.bincount(slots[(slots != NOISE) & ~stayed], minlength=len(ids))
     before = np.zeros(len(ids), dtype=np.int64)
-    before[was] = stored.sizes
+    before[np.searchsorted(ids, stored.ids)] = stored.sizes
     left = before - (sizes - joined)
     return Update(labels, change.astype(object), distances, representatives, Clusters(ids, means, sizes.astype(np.int64)),
                   joined.astype(np.int64), left.astype(np.int64), next_id)
+
+
+def _slots(ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each image's row in ``ids`` (ascending), NOISE for noise."""
+    return np.where(labels != NOISE, np.searchsorted(ids, labels), NOISE)
 
 
 def _incremental(unit: np.ndarray, keys: list[str], previous: np.ndarray, stored: Clusters, next_id: int,
@@ -100,22 +105,28 @@ def _incremental(unit: np.ndarray, keys: list[str], previous: np.ndarray, stored
     labels = np.where(previous >= 0, previous, NOISE).astype(np.int64)
     candidates = np.flatnonzero(previous < 0)
     if len(stored.ids) and len(candidates):
-        kept = np.flatnonzero(labels != NOISE)
-        slot = np.searchsorted(stored.ids, labels[kept])
-        means, sizes = member_means(unit[kept], slot, len(stored.ids))
+        means, sizes = member_means(unit, _slots(stored.ids, labels), len(stored.ids))
         # A cluster that lost every image still attracts images like its last ones.
         means = np.where(sizes[:, None] > 0, means, stored.means).astype(np.float32)
-        best, similarity = nearest_centroid(unit[candidates], means)  # similarity: average over the members
+        best, similarity = nearest_centroid(unit, means, rows=candidates)  # similarity: average over the members
         joins = 1.0 - similarity <= distance_threshold
         labels[candidates[joins]] = stored.ids[best[joins]]
         candidates = candidates[~joins]
-    return _found_new(unit, keys, labels, candidates, next_id, distance_threshold, min_cluster_size)
+    # Earlier noise enters the new clusters only beside a newcomer near it: clustering all of it again
+    # at every update cost as much as the first clustering (most of a collection can be noise).
+    newcomers, noise = candidates[previous[candidates] == NEW], candidates[previous[candidates] == NOISE]
+    if len(newcomers) and len(noise):
+        similarity = nearest_centroid(unit, unit[newcomers], rows=noise)[1]  # to the nearest newcomer
+        newcomers = np.union1d(newcomers, noise[1.0 - similarity <= distance_threshold])
+    return _found_new(unit, keys, labels, newcomers, next_id, distance_threshold, min_cluster_size)
 
 
 def _found_new(unit: np.ndarray, keys: list[str], labels: np.ndarray, rest: np.ndarray, next_id: int,
                distance_threshold: float, min_cluster_size: int) -> tuple[np.ndarray, int]:
     """``labels`` with the groups among ``rest`` numbered from ``next_id`` (largest first); the new next id."""
-    found = cluster_embeddings(unit[rest], [keys[i] for i in rest], distance_threshold=distance_threshold,
+    everything = len(rest) == len(unit)  # the first update: no copy of every vector
+    found = cluster_embeddings(unit if everything else unit[rest], keys if everything else [keys[i] for i in rest],
+                               distance_threshold=distance_threshold,
                                min_cluster_size=min_cluster_size, n_representatives=0).labels
     grouped = found != NOISE
     labels[rest[grouped]] = next_id + found[grouped]

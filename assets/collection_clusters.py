@@ -72,29 +72,21 @@ def _stored(root: str, log, recluster: bool) -> tuple[pa.Table | None, pa.Table 
     return tuple(None if problems[name] else pq.read_table(paths[name]) for name in (CLUSTERS, CENTROIDS))
 
 
-def _embedded(root: str, before: pa.Table | None) -> tuple[pa.Table, pa.Table]:
-    """(every ok copy: batch, path, image_id, model_id), (one row per model and distinct image, in
-    sha256 order: model_id, image_id, embedding, previous = its earlier cluster id, NOISE or NEW)."""
+def _embedded(root: str) -> tuple[pa.Table, pa.Table]:
+    """(every ok copy: batch, path, image_id, model_id), (the same rows' model_id, image_id, embedding).
+    Not sorted or made distinct in SQL: a sort would hold every vector twice (2 GB each at 1M images)."""
     con = connect(root)
     tables = {name for (name,) in con.sql("show tables").fetchall()}
     if "clip_embeddings" not in tables:
         empty = pa.table({"batch": pa.array([], pa.string()), "path": pa.array([], pa.string()),
                           "image_id": pa.array([], pa.string()), "model_id": pa.array([], pa.string())})
-        return empty, pa.table({"model_id": pa.array([], pa.string())})
-    if before is None:
-        before = pa.table({"model_id": pa.array([], pa.string()), "image_id": pa.array([], pa.string()),
-                           "cluster_id": pa.array([], pa.int32())})
-    con.register("earlier", before.select(["model_id", "image_id", "cluster_id"]))
+        return empty, empty.select(["model_id", "image_id"])
     ok = "status = 'ok' AND embedding IS NOT NULL"
     copies = _arrow(con.sql(f"SELECT batch, path, image_id, coalesce(model_id, '') AS model_id FROM clip_embeddings "
                             f"WHERE {ok}"))
-    distinct = _arrow(con.sql(f"""
-        SELECT e.model_id, e.image_id, e.embedding, coalesce(p.cluster_id, {NEW}) AS previous
-        FROM (SELECT DISTINCT ON (model_id, image_id) coalesce(model_id, '') AS model_id, image_id, embedding
-              FROM clip_embeddings WHERE {ok} ORDER BY model_id, image_id, batch, path) e
-        LEFT JOIN (SELECT DISTINCT model_id, image_id, cluster_id FROM earlier) p USING (model_id, image_id)
-        ORDER BY e.model_id, e.image_id"""))
-    return copies, distinct
+    vectors = _arrow(con.sql(f"SELECT coalesce(model_id, '') AS model_id, image_id, embedding FROM clip_embeddings "
+                             f"WHERE {ok}"))
+    return copies, vectors
 
 
 def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:
@@ -102,11 +94,33 @@ def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:
     return table.read_all() if hasattr(table, "read_all") else table  # newer DuckDB hands back a reader
 
 
-def _vectors(embedding: pa.ChunkedArray) -> np.ndarray:
-    """A fixed-size list column as one float32 matrix, read through Arrow (no Python float per number)."""
-    flat = embedding.combine_chunks()
-    dim = flat.type.list_size
-    return flat.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(flat), dim)
+def _distinct_images(rows: pa.Table, before: pa.Table | None, model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One CLIP model's distinct images in sha256 order: (sha256s, vectors, earlier cluster id or NEW)."""
+    ids, first = np.unique(rows["image_id"].to_numpy(zero_copy_only=False), return_index=True)
+    previous = np.full(len(ids), NEW, dtype=np.int64)
+    if before is not None:
+        mine = before.filter(pc.equal(before["model_id"], model))
+        known = dict(zip(mine["image_id"].to_pylist(), mine["cluster_id"].to_pylist()))
+        previous = np.array([known.get(i, NEW) for i in ids], dtype=np.int64)
+    return ids, _take_rows(rows["embedding"], first), previous
+
+
+def _take_rows(column: pa.ChunkedArray, index: np.ndarray) -> np.ndarray:
+    """Rows ``index`` of a fixed-size list column as one float32 matrix, chunk by chunk: one copy,
+    of the rows taken only (no Python float per number, no whole-column concatenation)."""
+    dim = column.type.list_size
+    out = np.empty((len(index), dim), dtype=np.float32)
+    order = np.argsort(index, kind="stable")
+    wanted = index[order]
+    start = 0
+    for chunk in column.chunks:
+        stop = start + len(chunk)
+        lo, hi = np.searchsorted(wanted, [start, stop])
+        if hi > lo:
+            block = chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), dim)
+            out[order[lo:hi]] = block[wanted[lo:hi] - start]
+        start = stop
+    return out
 
 
 def _stored_clusters(centroids: pa.Table | None, model: str, dim: int) -> Clusters:
@@ -147,20 +161,24 @@ def collection_clusters(context: AssetExecutionContext, config: CollectionCluste
     if centroids is None and before is not None:  # a recluster without the centroids: ids from the images
         centroids = _ids_only(before)
     next_id = int(pc.max(centroids["cluster_id"]).as_py()) + 1 if centroids is not None and centroids.num_rows else 0
-    copies, distinct = _embedded(settings.warehouse_dir, before)
+    copies, embedded = _embedded(settings.warehouse_dir)
     per_image, per_cluster = [], []
-    models = sorted(set(distinct["model_id"].to_pylist())) if distinct.num_rows else []
+    models = sorted(set(embedded["model_id"].unique().to_pylist()))
+    per_model = {model: _distinct_images(embedded if len(models) == 1 else embedded.filter(
+        pc.equal(embedded["model_id"], model)), before, model) for model in models}
+    del embedded  # the vectors are copied out: hold them once, not twice
+    distinct_images = sum(len(ids) for ids, _, _ in per_model.values())
     for model in models:
-        rows = distinct.filter(pc.equal(distinct["model_id"], model))
-        vectors = _vectors(rows["embedding"])
+        ids, vectors, previous = per_model.pop(model)
         update = update_clusters(
-            vectors, rows["image_id"].to_pylist(), np.asarray(rows["previous"], dtype=np.int64),
-            _stored_clusters(centroids, model, vectors.shape[1]), next_id,
+            vectors, list(ids), previous, _stored_clusters(centroids, model, vectors.shape[1]), next_id,
             distance_threshold=config.distance_threshold, min_cluster_size=config.min_cluster_size,
             n_representatives=config.representatives, recluster=config.recluster)
+        del vectors
         next_id = update.next_id
         per_image.append(pa.table({
-            "model_id": rows["model_id"], "image_id": rows["image_id"], "cluster_id": pa.array(update.labels, pa.int32()),
+            "model_id": pa.array([model] * len(ids), pa.string()), "image_id": pa.array(ids, pa.string()),
+            "cluster_id": pa.array(update.labels, pa.int32()),
             "distance": pa.array(update.distances, pa.float32(), from_pandas=True),
             "is_representative": pa.array(update.representatives), "change": pa.array(update.change, pa.string())}))
         kept = update.clusters
@@ -180,7 +198,7 @@ def collection_clusters(context: AssetExecutionContext, config: CollectionCluste
                       if per_cluster else COLLECTION_CLUSTER_CENTROIDS.empty_table()).sort_by("cluster_id")
     changes = clusters["change"].to_pylist()
     context.log.info(f"collection clusters ({'full recluster' if config.recluster else 'update'}): "
-                     f"{len(models)} CLIP model(s), {distinct.num_rows} distinct images")
+                     f"{len(models)} CLIP model(s), {distinct_images} distinct images")
     summary = {"clusters": int(sum(1 for n in centroid_table["images"].to_pylist() if n)),
                "ids_issued": centroid_table.num_rows, "recluster": config.recluster,
                **{f"images_{c}": changes.count(c) for c in ("kept", "joined", "new", "noise")}}

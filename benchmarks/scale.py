@@ -248,14 +248,14 @@ def measure_sensor(root: Path, images: int, batches: int) -> dict:
             "tick_one_folder_changed": round(changed_s, 2)}
 
 
-def run(images: int, batches: int, folder: Path, sensor: bool = True) -> dict:
+def run(images: int, batches: int, folder: Path, sensor: bool = True, repeat: int = 3) -> dict:
     warehouse = folder / "warehouse"
     figures: dict = {"images": images, "batches": batches, "cpus": os.cpu_count()}
     figures["write_seconds"] = round(write_warehouse(warehouse, images, batches), 1)
     figures["warehouse_mib"] = {p.name: round(tree_bytes(p) / 2**20, 1) for p in sorted(warehouse.iterdir())}
     figures["warehouse_mib"]["total"] = round(tree_bytes(warehouse) / 2**20, 1)
     figures["collection_clusters"] = measure_clustering(warehouse, images, batches)
-    figures["query_seconds"] = measure_queries(warehouse)
+    figures["query_seconds"] = measure_queries(warehouse, repeat)
     figures["reuse_lookup_seconds"] = measure_reuse(warehouse, images, max(2, images // batches))
     if sensor:
         figures["sensor_seconds"] = measure_sensor(folder / "images", images, batches)
@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                         "(default: a temporary folder, deleted afterwards unless --keep).")
     parser.add_argument("--keep", action="store_true", help="Keep the temporary folder.")
     parser.add_argument("--no-sensor", action="store_true", help="Skip the sensor ticks (one file per image).")
+    parser.add_argument("--repeat", type=int, default=3, help="Runs of each query (the median is reported).")
     parser.add_argument("--out", type=Path, default=None, help="Also write the figures to this JSON file.")
     parser.add_argument("--stage", choices=["cluster"], help=argparse.SUPPRESS)  # a child process's one stage
     args = parser.parse_args(argv)
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         parser.error(f"--dir {args.dir} is not empty: give a new or empty folder")
     folder = args.dir or Path(tempfile.mkdtemp(prefix="pixelsift-scale-"))
     try:
-        figures = run(args.images, args.batches, folder, sensor=not args.no_sensor)
+        figures = run(args.images, args.batches, folder, sensor=not args.no_sensor, repeat=args.repeat)
     finally:
         if not args.dir and not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
