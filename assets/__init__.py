@@ -5,6 +5,8 @@ images ─┬─ captions ──────────────┬─ image
         └─ clip_embeddings ── clusters ── cluster_labels (+ captions)
 
 images + clip_embeddings of every batch ── near_duplicates (the whole collection, not one batch)
+clip_embeddings of every batch ── collection_clusters (+ collection_cluster_centroids)
+                                  ── collection_cluster_labels (+ captions of every batch)
 
 Palettes and embeddings depend only on ``images``, so they never wait for a language model.
 The asset modules are imported on first use of ``pipeline_assets``, so a worker process that
@@ -28,6 +30,14 @@ def build_pipeline_assets(in_process: dict[str, bool]) -> list:
             cluster_labels_asset(llm)]
 
 
+def build_collection_assets(in_process: dict[str, bool]) -> list:
+    """The assets over every batch; the cluster labels limited like the pipeline's model steps."""
+    from assets.collection_clusters import collection_cluster_labels_asset, collection_clusters
+    from assets.near_duplicates import near_duplicates
+
+    return [near_duplicates, collection_clusters, collection_cluster_labels_asset(in_process.get("metadata_llm", True))]
+
+
 def __getattr__(name: str):
     if name == "pipeline_assets":
         from assets.captions import captions
@@ -40,10 +50,8 @@ def __getattr__(name: str):
 
         return [images, captions, color_palettes, image_metadata, clip_embeddings, clusters, cluster_labels]
     if name == "collection_assets":
-        from assets.near_duplicates import near_duplicates
-
-        return [near_duplicates]
+        return build_collection_assets({})
     raise AttributeError(f"module 'assets' has no attribute {name!r}")
 
 
-__all__ = ["build_pipeline_assets", "pipeline_assets", "collection_assets"]
+__all__ = ["build_pipeline_assets", "build_collection_assets", "pipeline_assets", "collection_assets"]

@@ -47,27 +47,38 @@ def _cluster_labels(
     cluster_ids = sorted(members)
     reps = {
         c: [caption_of[m["path"]] for m in sorted(members[c], key=lambda m: (m["distance"], m["path"]))
-            if m["is_representative"] and m["path"] in caption_of and not unusable_caption(caption_of[m["path"]])]
+            if m["is_representative"] and m["path"] in caption_of]
         for c in cluster_ids
     }
+    rows, reused = label_clusters(config, ModelStep.of(context, settings, CLUSTER_LABELS), metadata_llm, reps,
+                                  {c: len(members[c]) for c in cluster_ids})
+    context.add_output_metadata({"clusters": len(rows), "reused": reused})
+    return pa.Table.from_pylist(rows, schema=CLUSTER_LABELS)
+
+
+def label_clusters(config: ClusterLabelConfig, step: ModelStep, metadata_llm: StructuredGenerator,
+                   captions: dict[int, list[str]], total_images: dict[int, int]) -> tuple[list[dict], int]:
+    """One label row per cluster (``step.table``'s columns), written from the representatives'
+    ``captions`` (nearest the centroid first), and how many were reused: a cluster whose model,
+    prompt and captions are unchanged keeps its label without a model call."""
+    reps = {c: [text for text in texts if not unusable_caption(text)] for c, texts in captions.items()}
+    cluster_ids = sorted(reps)
     budgets = [config.max_new_tokens, config.retry_max_new_tokens]
     base_fp = fingerprint(llm=metadata_llm.fingerprint(), prompt=PROMPT_VERSION, budgets=budgets)
     fps = {c: fingerprint(base=base_fp, captions=reps[c]) for c in cluster_ids}
 
     def row(c: int, llm_fields: dict) -> dict:
-        return {"cluster_id": c, **llm_fields, "vlm_model": portable_model_name(metadata_llm.model_id), "images_analyzed": len(reps[c]),
-                "total_images": len(members[c]), "fingerprint": fps[c]}
+        return {"cluster_id": c, **llm_fields, "vlm_model": portable_model_name(metadata_llm.model_id),
+                "images_analyzed": len(reps[c]), "total_images": total_images[c], "fingerprint": fps[c]}
 
     # A label is identified by its fingerprint alone: same model, prompt and captions, same label.
     fields, reused = run_structured_stage(
-        metadata_llm, ModelStep.of(context, settings, CLUSTER_LABELS), {c: cluster_chat(reps[c]) for c in cluster_ids},
+        metadata_llm, step, {c: cluster_chat(reps[c]) for c in cluster_ids},
         fingerprints=fps, key_column=None, schema=ClusterLabelOutput, budgets=budgets,
         fallback=lambda c: cluster_label_fallback(reps[c]), saved_row=row,
         unusable={c: "no usable caption among the representatives" for c in cluster_ids if not reps[c]},
     )
-    rows = [row(c, fields[c]) for c in cluster_ids]
-    context.add_output_metadata({"clusters": len(rows), "reused": reused})
-    return pa.Table.from_pylist(rows, schema=CLUSTER_LABELS)
+    return [row(c, fields[c]) for c in cluster_ids], reused
 
 
 def cluster_labels_asset(in_process: bool = True) -> AssetsDefinition:

@@ -184,3 +184,35 @@ PERCEPTUAL_HASHES = pa.schema([
     pa.field("phash", pa.string(), nullable=False),
     pa.field("sharpness", pa.float64(), nullable=False),
 ])
+
+# Clusters of the whole collection (``assets/collection_clusters.py``): ids keep their meaning across updates.
+COLLECTION_CLUSTERS = pa.schema([
+    column("cluster_id", pa.int32(), "the image's cluster in the whole collection; -1 is noise. An id never "
+           "changes meaning: updates add images to clusters or make new ones, never renumber", nullable=False),
+    column("batch", pa.string(), "the batch holding this copy", nullable=False),
+    column("path", pa.string(), "the file, relative to its batch folder", nullable=False),
+    bookkeeping("image_id", pa.string(), "sha256 of the file's bytes", nullable=False),
+    bookkeeping("model_id", pa.string(), "the CLIP model whose vectors were clustered: clusters never mix models",
+                nullable=False),
+    column("distance", pa.float32(), "cosine distance to the cluster's centroid"),
+    column("is_representative", pa.bool_(), "among the images nearest the centroid that name the cluster"),
+    column("change", pa.string(), "what the last update did: 'kept' (same cluster as before), 'joined' (came "
+           "into an existing cluster), 'new' (in a cluster made by this update) or 'noise'", nullable=False),
+])
+
+COLLECTION_CLUSTER_CENTROIDS = pa.schema([
+    column("cluster_id", pa.int32(), "the cluster, as in collection_clusters.cluster_id", nullable=False),
+    bookkeeping("model_id", pa.string(), "the CLIP model of the cluster's vectors", nullable=False),
+    column("images", pa.int32(), "distinct images (by sha256) in the cluster; 0 once all left (the id stays "
+           "reserved, and images like them join it again)", nullable=False),
+    column("joined", pa.int32(), "images that came into the cluster in the last update", nullable=False),
+    column("left", pa.int32(), "images that went out of it in the last update (their batch was removed)",
+           nullable=False),
+    bookkeeping("centroid", pa.list_(pa.float32()), "mean of the members' unit CLIP vectors, not normalised: "
+                "its dot product with an image's vector is that image's average similarity to the members",
+                nullable=False),
+])
+
+COLLECTION_CLUSTER_LABELS = pa.schema(
+    [column("cluster_id", pa.int32(), "the cluster, as in collection_clusters.cluster_id", nullable=False),
+     *[f for f in CLUSTER_LABELS if f.name != "cluster_id"]])

@@ -23,6 +23,7 @@ from resources.settings import PixelsiftSettings
 from resources.warehouse import reusable_files, save_partial
 
 K = TypeVar("K", bound=Hashable)
+WHOLE_COLLECTION = "collection"  # the "batch" of a step of an unpartitioned asset (collection_cluster_labels)
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,10 @@ class ModelStep:
 
     @classmethod
     def of(cls, context: AssetExecutionContext, settings: PixelsiftSettings, table: pa.Schema) -> ModelStep:
-        """The step Dagster is running: its asset, its batch partition, its log."""
-        return cls(settings, "/".join(context.asset_key.path), context.partition_key, table, context.log)
+        """The step Dagster is running: its asset, its batch partition (an asset of the whole collection:
+        ``WHOLE_COLLECTION``, the name its saved chunks go under), its log."""
+        batch = context.partition_key if context.has_partition_key else WHOLE_COLLECTION
+        return cls(settings, "/".join(context.asset_key.path), batch, table, context.log)
 
     def split_reusable(self, fingerprints: Mapping[K, str], *, key_column: str | None) -> tuple[dict[K, dict], list[K]]:
         """(an earlier row for each item that has one, the items left to compute, in order).
@@ -48,7 +51,8 @@ class ModelStep:
         """
         found: dict[tuple, dict] = {}
         if self.settings.reuse_results:
-            for row in _earlier_rows(self.settings.warehouse_dir, self.asset, set(fingerprints.values())):
+            wanted = {(item if key_column else None, fp) for item, fp in fingerprints.items()}
+            for row in _earlier_rows(self.settings.warehouse_dir, self.asset, wanted, key_column):
                 key = (row[key_column] if key_column else None, row["fingerprint"])
                 found.setdefault(key, row)
         reused, todo = {}, []
@@ -64,17 +68,23 @@ class ModelStep:
         return Progress(self, total)
 
 
-def _earlier_rows(warehouse_dir: str, asset: str, fingerprints: set[str]) -> list[dict]:
-    """Stored rows of ``asset`` (partitions and saved chunks) with one of ``fingerprints``, except
-    those whose result was a fallback for a model failure."""
+def _earlier_rows(warehouse_dir: str, asset: str, wanted: set[tuple], key_column: str | None) -> list[dict]:
+    """Stored rows of ``asset`` (partitions and saved chunks) matching one of the ``wanted`` (key,
+    fingerprint) pairs (key None: the fingerprint alone), except those whose result was a fallback
+    for a model failure. The keys are matched in the query: matching the fingerprint alone brought
+    back every row one model ever made (the whole collection, vectors and all, into Python) for each
+    batch, so a backfill grew as batches x collection."""
     files = reusable_files(warehouse_dir, asset)
-    if not files or not fingerprints:
+    if not files or not wanted:
         return []
     con = duckdb.connect(":memory:")
-    con.register("wanted", pa.table({"fingerprint": pa.array(sorted(fingerprints), pa.string())}))
+    keys, fps = zip(*sorted(wanted, key=lambda pair: (str(pair[0]), pair[1])))
+    con.register("wanted", pa.table({"k": pa.array([str(k) if key_column else "" for k in keys], pa.string()),
+                                     "fingerprint": pa.array(fps, pa.string())}))
+    key = f'CAST(p."{key_column}" AS VARCHAR)' if key_column else "''"
     rows = con.sql(
-        "SELECT p.* FROM read_parquet($files, union_by_name = true, hive_partitioning = false) p "
-        "JOIN wanted USING (fingerprint)",
+        f"SELECT p.* FROM read_parquet($files, union_by_name = true, hive_partitioning = false) p "
+        f"JOIN wanted w ON w.fingerprint = p.fingerprint AND w.k = {key}",
         params={"files": [str(f) for f in files]},
     ).arrow().read_all().to_pylist()
     return [r for r in rows if not (r.get("fallback_reason") or "").startswith(MODEL_FAILURE_PREFIX)]

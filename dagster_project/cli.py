@@ -155,18 +155,20 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None, **tasks
         raise click.ClickException(f"{len(failed)} of {len(keys)} batches failed: {', '.join(failed)}; "
                                    "see the log above or the Dagster UI")
     if collection_failed:
-        raise click.ClickException(f"near_duplicates failed: {collection_failed}; see the log above or the Dagster UI")
+        raise click.ClickException(f"the collection assets failed: {collection_failed}; see the log above or the "
+                                   "Dagster UI")
     click.echo("\nQuery them with SQL, for example:\n  pixelsift query \"" + EXAMPLE_QUERY.format(batch=keys[-1]) + '"')
 
 
-def _refresh_collection(defs, instance, settings) -> str | None:
-    """The assets over every batch (near_duplicates), once the batches are written; why not, if not."""
+def _refresh_collection(defs, instance, settings, run_config: dict | None = None) -> str | None:
+    """The assets over every batch (near_duplicates, collection_clusters and their labels), once the
+    batches are written; why not, if not."""
     from dagster_project.run_history import process_tags
     from resources.warehouse import collection_file
 
     try:
         result = defs.resolve_job_def("refresh_collection").execute_in_process(
-            instance=instance, raise_on_error=False, tags=process_tags())
+            instance=instance, raise_on_error=False, tags=process_tags(), run_config=run_config)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     if not result.success:
@@ -174,7 +176,45 @@ def _refresh_collection(defs, instance, settings) -> str | None:
     groups = result.asset_materializations_for_node("near_duplicates")[0].metadata["groups"].value
     click.echo(f"\nCopies across all batches: {groups} group(s) in "
                f"{collection_file(settings.warehouse_dir, 'near_duplicates')}")
+    made = {m.asset_key.to_user_string(): m.metadata for m in result.asset_materializations_for_node("collection_clusters")}
+    clusters = {k: v.value for k, v in made["collection_clusters"].items() if k.startswith(("clusters", "images_"))}
+    click.echo(f"Clusters across all batches: {clusters['clusters']} ({clusters['images_joined']} image(s) joined "
+               f"one, {clusters['images_new']} in new ones, {clusters['images_noise']} noise) in "
+               f"{collection_file(settings.warehouse_dir, 'collection_clusters')}")
     return None
+
+
+@main.command()
+@models_option
+def recluster(models: str | None, **tasks) -> None:
+    """Cluster the whole collection again from scratch, then label the clusters.
+
+    After each run, collection_clusters is updated: earlier images keep their cluster id, new
+    ones join a cluster or make new ones, so a saved cluster id keeps its meaning. Recluster when
+    the clusters no longer fit (after changing distance_threshold, or after years of updates): a
+    new cluster keeps an old id when the two share more than half of each other's images; the
+    others get ids never used before. The LLM labels new and changed clusters.
+
+    Example: pixelsift recluster --models tiny
+    """
+    _use_profile(models, **tasks)
+    _say_models()
+    from dagster import DagsterInstance
+
+    from dagster_project.definitions import build_definitions
+    from resources.settings import PixelsiftSettings
+
+    settings = PixelsiftSettings()
+    instance = DagsterInstance.get()
+    _prepare_instance(instance)
+    try:
+        defs = build_definitions(settings)
+    except ConfigError as exc:
+        raise click.ClickException(f"model configuration: {exc}") from None
+    failed = _refresh_collection(defs, instance, settings,
+                                 {"ops": {"collection_clusters": {"config": {"recluster": True}}}})
+    if failed:
+        raise click.ClickException(f"the collection assets failed: {failed}; see the log above or the Dagster UI")
 
 
 class _WarningsToStderr:

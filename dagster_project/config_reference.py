@@ -15,6 +15,7 @@ from pydantic_core import PydanticUndefined
 
 from assets.cluster_labels import ClusterLabelConfig
 from assets.clusters import ClusteringConfig
+from assets.collection_clusters import CollectionClusteringConfig
 from assets.image_metadata import MetadataConfig
 from assets.near_duplicates import NearDuplicatesConfig
 from evals.semantic import SentenceEncoder
@@ -41,6 +42,8 @@ ASSET_CONFIGS: list[tuple[str, type[BaseModel]]] = [
     ("clusters", ClusteringConfig),
     ("cluster_labels", ClusterLabelConfig),
     ("near_duplicates", NearDuplicatesConfig),
+    ("collection_clusters", CollectionClusteringConfig),
+    ("collection_cluster_labels", ClusterLabelConfig),
 ]
 # Variables only, read when the code location loads: where steps run (docs/deployment.md).
 EXECUTION: list[tuple[str, type[BaseModel]]] = [("executor", ExecutionSettings)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dagster import Definitions
 
-from assets import build_pipeline_assets, collection_assets
+from assets import build_collection_assets, build_pipeline_assets
 from evals.definitions import eval_asset_checks, eval_assets, eval_resources
 from dagster_project.execution import executor
 from dagster_project.jobs import collection_automation, process_batch_job, refresh_collection_job
@@ -26,7 +26,7 @@ def build_definitions(settings: PixelsiftSettings | None = None, models: dict | 
     # A model step whose model is on a server does not take the large-model slot (resources/concurrency.py).
     in_process = {key: getattr(type(resource), "runs_in_process", True) for key, resource in models.items()}
     return Definitions(
-        assets=[*build_pipeline_assets(in_process), *collection_assets, *eval_assets],
+        assets=[*build_pipeline_assets(in_process), *build_collection_assets(in_process), *eval_assets],
         asset_checks=eval_asset_checks,
         jobs=[process_batch_job, refresh_collection_job],
         sensors=[batch_folder_sensor, collection_automation],

@@ -5,7 +5,7 @@ from dagster import AssetSelection, AutomationConditionSensorDefinition, Default
 from dagster_project.execution import executor
 from resources.partitions import batch_partitions
 
-COLLECTION = "collection"  # the group of assets over every batch (near_duplicates)
+COLLECTION = "collection"  # the group of assets over every batch (near_duplicates, collection_clusters, ...)
 
 process_batch_job = define_asset_job(
     "process_batch",
@@ -19,13 +19,15 @@ refresh_collection_job = define_asset_job(
     "refresh_collection",
     selection=AssetSelection.groups(COLLECTION),
     executor_def=executor,
-    description="Materialize the assets over every batch (near_duplicates), after batches changed.",
+    description="Materialize the assets over every batch (near_duplicates, collection_clusters and their labels), "
+    "after batches changed.",
 )
 
-# Evaluates near_duplicates' automation condition; on by default, unlike Dagster's own default sensor.
+# Evaluates the collection assets' automation conditions; on by default, unlike Dagster's own default sensor.
 collection_automation = AutomationConditionSensorDefinition(
     "collection_automation",
     target=AssetSelection.groups(COLLECTION),
     default_status=DefaultSensorStatus.RUNNING,
-    description="Refreshes near_duplicates after a batch's images or embeddings change.",
+    description="Refreshes near_duplicates and the collection's clusters after a batch's images, embeddings or "
+    "captions change.",
 )

@@ -217,9 +217,9 @@ class ParquetWarehouse(ConfigurableIOManager):
         path = self._path(context)
         write_table(obj, path)
         # The partition now holds everything the step's saved chunks did.
-        if context.has_asset_partitions:
-            shutil.rmtree(partial_dir(self.root, "/".join(context.asset_key.path), context.asset_partition_key),
-                          ignore_errors=True)
+        asset = "/".join(context.asset_key.path)
+        shutil.rmtree(partial_dir(self.root, asset, context.asset_partition_key) if context.has_asset_partitions
+                      else Path(self.root) / PARTIAL_DIR / asset, ignore_errors=True)
         context.add_output_metadata({**table_metadata(obj), "path": MetadataValue.path(str(path))})
 
     def load_input(self, context: InputContext) -> pa.Table:
@@ -286,10 +286,11 @@ def _usable_schema(path: Path, root: Path) -> pa.Schema | Problem:
 
 
 def reusable_files(root: str | Path, asset: str) -> list[Path]:
-    """Every readable stored row set of ``asset``: its partitions, and chunks saved by steps that did
-    not finish. A damaged file is skipped with a warning, so one bad batch does not stop the others."""
+    """Every readable stored row set of ``asset``: its partitions (or its one file, for an asset of the
+    whole collection), and chunks saved by steps that did not finish. A damaged file is skipped with a warning, so one bad batch does not stop the others."""
     root = Path(root)
     found = (sorted((root / asset).glob(f"batch=*/{DATA_FILE}"))
+             + [f for f in [collection_file(root, asset)] if f.is_file()]  # an asset of the whole collection
              + sorted((root / PARTIAL_DIR / asset).glob("batch=*/part-*.parquet")))
     readable = []
     for path in found:

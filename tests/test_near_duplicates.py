@@ -156,15 +156,19 @@ def test_a_batch_update_refreshes_the_collection_even_with_batches_never_run(gro
 
 
 def test_pixelsift_run_refreshes_the_collection_after_its_batches(groups, capsys):
-    # The step `pixelsift run` takes after its batches, on the real definitions (the model resources
-    # are placeholders: the collection job calls no model).
+    # The step `pixelsift run` takes after its batches, on the real definitions (the captioner and CLIP
+    # are placeholders: the collection job calls neither; the tiny LLM labels the collection's clusters).
     from dagster_project.cli import _refresh_collection
     from dagster_project.definitions import build_definitions
+    from resources.metadata_llm import MetadataLLMResource
+    from resources.tiny.phi3 import build_tiny_phi3
 
-    _, rows, resources, instance = groups
-    defs = build_definitions(resources["settings"], {"captioner": None, "metadata_llm": None, "clip_embedder": None})
+    root, rows, resources, instance = groups
+    llm = MetadataLLMResource(model=str(build_tiny_phi3(root / "phi3")), device="cpu", dtype="float32")
+    defs = build_definitions(resources["settings"], {"captioner": None, "metadata_llm": llm, "clip_embedder": None})
     assert _refresh_collection(defs, instance, resources["settings"]) is None
-    assert "Copies across all batches: 3 group(s) in" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Copies across all batches: 3 group(s) in" in out and "Clusters across all batches: " in out
 
 def test_hashes_are_read_back_from_the_cache_by_content(groups):
     # Runs last (it changes the fixture's warehouse): a planted far hash in the cache splits a group,

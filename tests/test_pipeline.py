@@ -257,6 +257,16 @@ def test_cli_runs_every_batch_folder_with_all(tmp_path, tiny_models, monkeypatch
     assert "Batch 'home' done" in result.output and "Batch 'trip' done" in result.output
     counts = query(tmp_path / "wh", "select batch, status, count(*) from images group by all order by all")
     assert counts.fetchall() == [("home", "error", 1), ("home", "ok", 1), ("trip", "ok", 2)]
+    # The collection's clusters and labels came after the batches; an explicit recluster of the same
+    # images finds the same groups and keeps their ids.
+    assert "Clusters across all batches:" in result.output
+    ids = "select batch, path, cluster_id from collection_clusters order by all"
+    before = query(tmp_path / "wh", ids).fetchall()
+    assert len(before) == 3 and query(tmp_path / "wh", "select count(*) from collection_cluster_labels").fetchall() == [
+        (len({c for _, _, c in before if c >= 0}),)]
+    recluster = CliRunner().invoke(main, ["recluster"])
+    assert recluster.exit_code == 0, recluster.output
+    assert query(tmp_path / "wh", ids).fetchall() == before
 
     missing = CliRunner().invoke(main, ["run", "--batch", "trip", "--batch", "gone"])
     assert missing.exit_code != 0 and "no batch folder" in missing.output and "gone" in missing.output
