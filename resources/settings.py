@@ -7,6 +7,7 @@ import os
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from resources.concurrency import gpu_count
 from resources.file_limits import MAX_FILE_BYTES, MAX_IMAGE_PIXELS
 
 
@@ -88,4 +89,12 @@ class PixelsiftSettings(ConfigurableResource):
         default_factory=lambda: env_default("BACKFILL_CRON", "0 3 * * *"),
         description="When the `stale_batches_backfill` schedule (off until turned on in the UI) looks for stale "
         "batches and launches one backfill over them: a cron string, in UTC (PIXELSIFT_BACKFILL_CRON).",
+    )
+    gpus: int = Field(
+        default_factory=gpu_count,
+        ge=0,
+        description="GPUs on this machine that large-model steps may use (PIXELSIFT_GPUS; read when the definitions "
+        "load). 0: none, large-model steps share the `pixelsift/large_model` pool's one slot. N: they take the "
+        "`pixelsift/gpu` pool, one slot per GPU across every run, and each step loads its model on a GPU no other "
+        "step holds (docs/pipeline.md, \"Several GPUs\").",
     )
