@@ -14,9 +14,10 @@ needs only the pure helpers here (decoding, palettes) does not import Dagster an
 """
 
 
-def build_pipeline_assets(in_process: dict[str, bool]) -> list:
+def build_pipeline_assets(in_process: dict[str, bool], batches_per_run: int = 0) -> list:
     """The pipeline's assets, the model steps limited to one at a time only where their model runs in
-    process: ``in_process`` maps a model resource key (``captioner``, ``metadata_llm``) to whether it does."""
+    process: ``in_process`` maps a model resource key (``captioner``, ``metadata_llm``) to whether it does.
+    A backfill runs them over ``batches_per_run`` batches per run (0: all), each model loaded once a run."""
     from assets.captions import captions_asset
     from assets.cluster_labels import cluster_labels_asset
     from assets.clip_embeddings import clip_embeddings
@@ -25,9 +26,13 @@ def build_pipeline_assets(in_process: dict[str, bool]) -> list:
     from assets.image_metadata import image_metadata_asset
     from assets.images import images
 
+    from resources.partitions import batches_backfill_policy
+
     captioner, llm = in_process.get("captioner", True), in_process.get("metadata_llm", True)
-    return [images, captions_asset(captioner), color_palettes, image_metadata_asset(llm), clip_embeddings, clusters,
-            cluster_labels_asset(llm)]
+    policy = batches_backfill_policy(batches_per_run)
+    return [a.with_attributes(backfill_policy=policy) for a in (
+        images, captions_asset(captioner), color_palettes, image_metadata_asset(llm), clip_embeddings, clusters,
+        cluster_labels_asset(llm))]
 
 
 def build_collection_assets(in_process: dict[str, bool]) -> list:

@@ -97,6 +97,28 @@ def list_batch_files(batch_dir: Path) -> list[Path]:
     return sorted(listed, key=lambda p: p.relative_to(batch_dir).as_posix())
 
 
+# The images asset's metadata entry holding the signature of the files it read (stale batches are
+# found by comparing it with the folder now: dagster_project/stale_batches.py).
+FOLDER_SIGNATURE = "folder_signature"
+
+
+def files_signature(stats: dict[str, os.stat_result]) -> str:
+    """Changes when a file (by relative name) is added, removed, renamed or rewritten (size or mtime)."""
+    digest = hashlib.sha256()
+    for name, entry in stats.items():
+        # surrogateescape: a file name that is not UTF-8 is still bytes to hash, not a crash of every tick.
+        digest.update(f"{name}\0{entry.st_size}\0{entry.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
+
+
+def folder_signature(folder: Path, files: list[Path] | None = None) -> str:
+    """The signature of the batch folder's files (``files``, when already listed). The folder
+    sensor compares it tick to tick; the ``images`` asset records the one it read.
+    Nothing is opened (a FIFO would block), and no link is followed out of the root (entry_stat)."""
+    files = list_batch_files(folder) if files is None else files
+    return files_signature({p.relative_to(folder).as_posix(): entry_stat(p, folder) for p in files})
+
+
 def entry_stat(path: Path, batch_dir: Path) -> os.stat_result:
     """A listed entry's stat, without opening it: a link's target's while that stays inside the
     images root (a photo rewritten behind a link is a change), else the entry's own."""

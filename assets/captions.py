@@ -3,7 +3,8 @@
 import pyarrow as pa
 from dagster import AssetExecutionContext, AssetsDefinition, ResourceParam, asset
 
-from assets.per_image import assemble, run_image_model
+from assets.batch_range import per_batch
+from assets.per_image import assemble, image_step_fingerprint, run_image_model
 from assets.prompts import CAPTION_PROMPT
 from assets.reuse import ModelStep
 from assets.parquet_schemas import CAPTIONS
@@ -13,6 +14,11 @@ from resources.partitions import batch_partitions
 from resources.backends import Caption, Captioner, fingerprint
 from resources.model_names import portable_model_name
 from resources.settings import PixelsiftSettings
+
+
+def captions_fingerprint(captioner: Captioner) -> str:
+    """What every caption row computed now is stamped with (reuse, and finding stale batches)."""
+    return image_step_fingerprint(fingerprint(model=captioner.fingerprint(), prompt=CAPTION_PROMPT))
 
 
 def _captions(
@@ -29,7 +35,7 @@ def _captions(
 
     results, reused = run_image_model(
         images, ModelStep.of(context, settings, CAPTIONS),
-        fingerprint=fingerprint(model=captioner.fingerprint(), prompt=CAPTION_PROMPT),
+        fingerprint=captions_fingerprint(captioner),
         infer=lambda ims: captioner.caption(ims, CAPTION_PROMPT), to_fields=to_fields,
         chunk_size=captioner.items_per_call,
     )
@@ -41,7 +47,7 @@ def captions_asset(in_process: bool = True) -> AssetsDefinition:
     """The asset; ``in_process`` False (the captioner is on a model server) frees it of the large-model slot."""
     return asset(name="captions", partitions_def=batch_partitions, group_name="pipeline",
                  kinds={"parquet", "pytorch" if in_process else "openai"},
-                 **model_step_limits(in_process))(_captions)
+                 **model_step_limits(in_process))(per_batch(_captions))
 
 
 captions = captions_asset()

@@ -4,7 +4,8 @@ import numpy as np
 import pyarrow as pa
 from dagster import AssetExecutionContext, ResourceParam, asset
 
-from assets.per_image import assemble, run_image_model
+from assets.batch_range import per_batch
+from assets.per_image import assemble, image_step_fingerprint, run_image_model
 from assets.reuse import ModelStep
 from assets.parquet_schemas import clip_embeddings_schema
 from assets.random_weights import note_random_weights
@@ -18,7 +19,13 @@ def _split(e: Embeddings) -> list[tuple[np.ndarray, float]]:
     return list(zip(e.vectors, e.ms))
 
 
+def clip_fingerprint(clip_embedder: ImageEmbedder) -> str:
+    """What every embedding row computed now is stamped with (reuse, and finding stale batches)."""
+    return image_step_fingerprint(clip_embedder.fingerprint())
+
+
 @asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "pytorch"})
+@per_batch
 def clip_embeddings(
     context: AssetExecutionContext,
     images: pa.Table,
@@ -34,7 +41,7 @@ def clip_embeddings(
 
     schema = clip_embeddings_schema(clip_embedder.dim)
     results, reused = run_image_model(
-        images, ModelStep.of(context, settings, schema), fingerprint=clip_embedder.fingerprint(),
+        images, ModelStep.of(context, settings, schema), fingerprint=clip_fingerprint(clip_embedder),
         infer=lambda ims: _split(clip_embedder.embed(ims)), to_fields=to_fields,
         chunk_size=clip_embedder.items_per_call,
     )

@@ -6,6 +6,7 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, AssetsDefinition, Config, ResourceParam, asset
 from pydantic import Field
 
+from assets.batch_range import per_batch
 from assets.caption_checks import unusable_caption
 from assets.fallbacks import cluster_label_fallback
 from assets.llm_schemas import ClusterLabelOutput
@@ -85,7 +86,7 @@ def cluster_labels_asset(in_process: bool = True) -> AssetsDefinition:
     """The asset; ``in_process`` False (the LLM is on a model server) frees it of the large-model slot."""
     return asset(name="cluster_labels", partitions_def=batch_partitions, group_name="pipeline",
                  kinds={"parquet", "pytorch" if in_process else "openai"},
-                 **model_step_limits(in_process))(_cluster_labels)
+                 **model_step_limits(in_process))(per_batch(_cluster_labels))
 
 
 cluster_labels = cluster_labels_asset()

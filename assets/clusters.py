@@ -7,6 +7,7 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, Config, asset
 from pydantic import Field
 
+from assets.batch_range import per_batch
 from assets.clustering import NOISE, cluster_embeddings
 from assets.per_image import Failed, assemble, unique_ok_images
 from assets.parquet_schemas import CLUSTERS, OK
@@ -24,6 +25,7 @@ class ClusteringConfig(Config):
 
 
 @asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet", "scikitlearn"})
+@per_batch
 def clusters(
     context: AssetExecutionContext, config: ClusteringConfig, images: pa.Table, clip_embeddings: pa.Table
 ) -> pa.Table:

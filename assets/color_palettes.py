@@ -5,6 +5,7 @@ from functools import partial
 import pyarrow as pa
 from dagster import AssetExecutionContext, asset
 
+from assets.batch_range import per_batch
 from assets.palette import palette_of_file
 from assets.per_image import Failed, assemble, batch_dir, failure, unique_ok_images
 from assets.parquet_schemas import COLOR_PALETTES
@@ -14,6 +15,7 @@ from resources.settings import PixelsiftSettings
 
 
 @asset(partitions_def=batch_partitions, group_name="pipeline", kinds={"parquet"})
+@per_batch
 def color_palettes(context: AssetExecutionContext, images: pa.Table, settings: PixelsiftSettings) -> pa.Table:
     """Dominant colours as #RRGGBB with pixel shares: k-means in Lab on a 64 px copy, fixed seed."""
     folder = batch_dir(settings, context.partition_key)

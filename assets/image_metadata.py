@@ -8,6 +8,7 @@ import pyarrow as pa
 from dagster import AssetExecutionContext, AssetsDefinition, Config, ResourceParam, asset
 from pydantic import Field
 
+from assets.batch_range import per_batch
 from assets.caption_checks import unusable_caption
 from assets.fallbacks import image_metadata_fallback
 from assets.llm_schemas import ImageMetadataOutput
@@ -31,6 +32,13 @@ class MetadataConfig(Config):
     retry_max_new_tokens: int = Field(default=768, description="Budget of the single retry for invalid output.")
 
 
+def metadata_fingerprint(metadata_llm: StructuredGenerator, config: MetadataConfig, caption_fingerprints: set[str]) -> str:
+    """What every metadata row computed now is stamped with: the LLM, the prompt, the token budgets
+    and the captions' own fingerprints (reuse, and finding stale batches)."""
+    return fingerprint(llm=metadata_llm.fingerprint(), prompt=PROMPT_VERSION,
+                       budgets=[config.max_new_tokens, config.retry_max_new_tokens], captioner=sorted(caption_fingerprints))
+
+
 def _ok_rows(table: pa.Table, *columns: str) -> dict[str, dict]:
     return {r["image_id"]: r for r in table.select(["image_id", "status", *columns]).to_pylist() if r["status"] == OK}
 
@@ -52,8 +60,7 @@ def _image_metadata(
     palettes = _ok_rows(color_palettes, "colors", "ms")
     decode_ms = {r["image_id"]: r["ms"] for r in images.select(["image_id", "ms"]).to_pylist()}
     budgets = [config.max_new_tokens, config.retry_max_new_tokens]
-    fp = fingerprint(llm=metadata_llm.fingerprint(), prompt=PROMPT_VERSION, budgets=budgets,
-                     captioner=sorted({c["fingerprint"] for c in caps.values()}))
+    fp = metadata_fingerprint(metadata_llm, config, {c["fingerprint"] for c in caps.values()})
     path_of = unique_ok_images(images)
 
     def saved_row(image_id: str, fields: dict) -> dict:
@@ -90,7 +97,7 @@ def image_metadata_asset(in_process: bool = True) -> AssetsDefinition:
     """The asset; ``in_process`` False (the LLM is on a model server) frees it of the large-model slot."""
     return asset(name="image_metadata", partitions_def=batch_partitions, group_name="pipeline",
                  kinds={"parquet", "pytorch" if in_process else "openai"},
-                 **model_step_limits(in_process))(_image_metadata)
+                 **model_step_limits(in_process))(per_batch(_image_metadata))
 
 
 image_metadata = image_metadata_asset()

@@ -78,6 +78,12 @@ def _decode(folder: Path, path: str, image_id: str, settings: PixelsiftSettings)
         return exc
 
 
+def image_step_fingerprint(model_fingerprint: str) -> str:
+    """What a per-image model step's rows are stamped with: its model's fingerprint, and how its
+    input pixels were decoded (``run_image_model`` decodes them)."""
+    return hash_settings(model=model_fingerprint, decoding=DECODING)
+
+
 def run_image_model(
     images: pa.Table,
     step: ModelStep,
@@ -89,11 +95,10 @@ def run_image_model(
 ) -> tuple[dict[str, dict | Failed], int]:
     """Run ``infer`` on every decodable image not already done; returns (results by image_id, reused count).
 
-    Result fields always include ``fingerprint`` and ``reused``. Each finished chunk is saved in the
-    asset's schema so that a stopped step resumes from it.
+    ``fingerprint`` is the step's (``image_step_fingerprint``). Result fields always include
+    ``fingerprint`` and ``reused``. Each finished chunk is saved in the asset's schema so that a
+    stopped step resumes from it.
     """
-    # The model's fingerprint, and how its input pixels were decoded (this function decodes them).
-    fingerprint = hash_settings(model=fingerprint, decoding=DECODING)
     paths = unique_ok_images(images)
     earlier, todo = step.split_reusable({image_id: fingerprint for image_id in paths}, key_column="image_id")
     results: dict[str, dict | Failed] = {

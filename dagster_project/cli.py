@@ -96,8 +96,8 @@ def main() -> None:
 def run(batches: tuple[str, ...], all_batches: bool, models: str | None, **tasks) -> None:
     """Materialize every asset of one or more batches and say where the results are.
 
-    Batches run one after another in this process. Only one large model is held at a time, so
-    BLIP-2 and Phi-3.5-mini are loaded again for each batch (tens of seconds per batch).
+    Several batches run as a backfill does: one run over them all, in this process, so BLIP-2 and
+    Phi-3.5-mini are each loaded once, not once per batch (PIXELSIFT_BATCHES_PER_RUN caps a run).
 
     Each task's model comes from these options, else PIXELSIFT_* variables, else pixelsift.toml
     (docs/configuration.md); --models tiny fills only the tasks not named.
@@ -108,7 +108,6 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None, **tasks
     random_tasks = _say_models()  # before the definitions load: a bad configuration is said plainly
     from dagster import DagsterInstance
 
-    from resources.partitions import batch_partitions
     from assets.random_weights import RANDOM_WEIGHTS_TAG
     from dagster_project.run_history import process_tags
     from dagster_project.sensors import batch_folders
@@ -134,22 +133,14 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None, **tasks
     except ConfigError as exc:
         raise click.ClickException(f"model configuration: {exc}") from None
     os.environ.setdefault("PIXELSIFT_STEPS_AT_ONCE", "1")  # in process: one step at a time, each may use every core
-    failed = []
-    for key in keys:
-        # One batch's crash, even outside its run, must not cost the batches after it.
-        try:
-            if not instance.has_dynamic_partition(batch_partitions.name, key):
-                instance.add_dynamic_partitions(batch_partitions.name, [key])
-            result = defs.resolve_job_def("process_batch").execute_in_process(
-                partition_key=key, instance=instance, raise_on_error=False, tags=tags
-            )
-            if result.success:
-                _say_where(settings, key, result.run_id)
-            else:
-                failed.append(f"{key} (run {result.run_id})")
-        except Exception as exc:
-            click.secho(f"error: batch {key!r}: {type(exc).__name__}: {exc}", fg="red", err=True)
-            failed.append(f"{key} ({type(exc).__name__}: {exc})")
+    from dagster_project.batch_runs import run_batches
+
+    # Several batches run as a backfill would: one run over each range of them, each model loaded once.
+    outcome = run_batches(defs, instance, keys, tags=tags, batches_per_run=settings.batches_per_run,
+                          warn=lambda message: click.secho(message, fg="yellow", err=True))
+    for key, run_id in outcome.done:
+        _say_where(settings, key, run_id)
+    failed = [f"{key} ({why})" for key, why in outcome.failed]
     collection_failed = _refresh_collection(defs, instance, settings) if len(failed) < len(keys) else None
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(keys)} batches failed: {', '.join(failed)}; "

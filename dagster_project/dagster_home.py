@@ -35,8 +35,10 @@ def initialize_pools(instance) -> None:
     """Record each pool's limit now, from this one process. Dagster otherwise records a pool's
     default limit at the pool's first use, and two runs first using it at the same moment on a new
     instance could both take the slot (seen with sqlite in tests/test_run_limits.py)."""
-    from resources.concurrency import LARGE_MODEL_POOL
+    from resources.concurrency import GPU_POOL, LARGE_MODEL_POOL, gpu_count
 
+    if gpus := gpu_count():  # one slot per GPU, whatever the default: the setting says how many there are
+        instance.event_log_storage.set_concurrency_slots(GPU_POOL, gpus)
     if instance.get_concurrency_config().pool_config.default_pool_limit is None:
         return  # no limit configured: nothing to record
     info = instance.event_log_storage.get_pool_limits()

@@ -6,6 +6,7 @@ from dagster_project.execution import executor
 from resources.partitions import batch_partitions
 
 COLLECTION = "collection"  # the group of assets over every batch (near_duplicates, collection_clusters, ...)
+PIPELINE = "pipeline"  # the group of the per-batch pipeline assets, which take ranges of batches
 
 process_batch_job = define_asset_job(
     "process_batch",

@@ -1,15 +1,13 @@
 """Watching the images root: a new subfolder becomes a batch partition, a changed one is re-run;
 a changed reference file re-runs only that batch's evaluation."""
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, sensor
 
-from assets.batch_files import BatchOutsideRoot, check_batch_folder, entry_stat, list_batch_files
+from assets.batch_files import BatchOutsideRoot, check_batch_folder, files_signature, folder_signature
 from dagster_project.jobs import process_batch_job
 from resources.batch_keys import InvalidBatchKey, validate_batch_key
 from resources.partitions import batch_partitions
@@ -18,21 +16,6 @@ from evals.baseline import BASELINE_SUFFIXES
 from resources.settings import PixelsiftSettings
 
 EVAL_ASSET_KEYS = [key for definition in eval_assets for key in definition.keys]
-
-
-def files_signature(stats: dict[str, os.stat_result]) -> str:
-    """Changes when a file (by relative name) is added, removed, renamed or rewritten (size or mtime)."""
-    digest = hashlib.sha256()
-    for name, stat in stats.items():
-        # surrogateescape: a file name that is not UTF-8 is still bytes to hash, not a crash of every tick.
-        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()[:16]
-
-
-def folder_signature(folder: Path) -> str:
-    # Nothing is opened (a FIFO would block), and no link is followed out of the root (entry_stat).
-    files = list_batch_files(folder)
-    return files_signature({p.relative_to(folder).as_posix(): entry_stat(p, folder) for p in files})
 
 
 def baseline_signature(baselines_dir: Path, batch: str) -> str:

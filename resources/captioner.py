@@ -22,6 +22,7 @@ from resources.settings import env_default
 from resources.torch_runtime import (
     batch_for_device,
     batch_size_help,
+    large_model_device,
     load_once,
     local_model_dir,
     resolve_device,
@@ -101,6 +102,7 @@ class CaptionerResource(ConfigurableResource):
 
     def _loaded(self) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
         device, dtype = self._resolved()
+        device = large_model_device(self.device)  # on a machine with several GPUs, a free one
         source = _model_source(self.model)
         return load_once(("blip2", source, device, dtype), lambda: _load(source, device, dtype), large=True)
 

@@ -6,7 +6,7 @@ every run of the instance (``concurrency: pools:`` in ``dagster_project/dagster.
 They live here, at the bottom, so asset modules never import the composition root.
 """
 
-from resources.distributed import model_step_placement
+import os
 
 LARGE_MODEL_TAG = "pixelsift/large_model"
 
@@ -25,9 +25,36 @@ LARGE_MODEL_POOL = "pixelsift/large_model"
 MAX_CONCURRENT_STEPS = 2
 
 
+# On a machine with GPUs the large-model steps take this pool instead, one slot per GPU
+# (``PIXELSIFT_GPUS``), and each step holds one GPU of its own (resources/gpu_slots.py). The tag
+# marks them in the UI; the per-run limit of LARGE_MODEL_TAG still applies.
+GPU_POOL = "pixelsift/gpu"
+GPU_TAG = "pixelsift/gpu"
+
+
+def gpu_count() -> int:
+    """GPUs the large-model steps of this instance share (PIXELSIFT_GPUS; 0, the default: none, they
+    share the large-model pool's one slot). Read when the definitions load."""
+    value = os.environ.get("PIXELSIFT_GPUS", "0").strip()
+    if not value.isdigit():
+        raise ValueError(f"PIXELSIFT_GPUS must be a whole number of GPUs, got {value!r}")
+    return int(value)
+
+
+def model_step_pool() -> str:
+    return GPU_POOL if gpu_count() else LARGE_MODEL_POOL
+
 
 def model_step_limits(in_process: bool) -> dict:
-    """The ``@asset`` arguments of a model step: the large-model tag and pool when its model runs in
-    this process; none when it runs on a model server (the server has its own memory and queue).
-    On a cluster the step also asks for its GPUs (``resources/distributed.py``)."""
-    return {"op_tags": LARGE_MODEL | model_step_placement(), "pool": LARGE_MODEL_POOL} if in_process else {}
+    """The ``@asset`` arguments of a model step: the large-model tag and pool (the GPU pool where
+    there are GPUs) when its model runs in this process; none when it runs on a model server (the
+    server has its own memory and queue). On a cluster the step also asks for its GPUs
+    (``resources/distributed.py``)."""
+    from resources.distributed import model_step_placement  # it reads the settings, which read gpu_count here
+
+    if not in_process:
+        return {}
+    tags = LARGE_MODEL | model_step_placement()
+    if gpu_count():
+        return {"op_tags": {**tags, GPU_TAG: "true"}, "pool": GPU_POOL}
+    return {"op_tags": tags, "pool": LARGE_MODEL_POOL}

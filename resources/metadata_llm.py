@@ -134,7 +134,7 @@ class MetadataLLMResource(ConfigurableResource):
         return [Generation(d.text, d.seconds * 1000.0, len(d.token_ids), d.finished) for d in decoded]
 
     def _load(self) -> ChatModel:
-        device = torch_runtime.resolve_device(self.device)
+        device = torch_runtime.large_model_device(self.device)  # on a machine with several GPUs, a free one
         dtype = torch_runtime.resolve_dtype(self.dtype, device)
         key = ("metadata_llm", self.model, device, str(dtype))
         return torch_runtime.load_once(key, lambda: load_chat_model(self.model, device, dtype), large=True)

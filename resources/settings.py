@@ -7,6 +7,7 @@ import os
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from resources.concurrency import gpu_count
 from resources.file_limits import MAX_FILE_BYTES, MAX_IMAGE_PIXELS
 
 
@@ -83,4 +84,24 @@ class PixelsiftSettings(ConfigurableResource):
     model_retries: int = Field(
         default=1,
         description="How many times a failed model batch is retried (then item by item) before errors are recorded.",
+    )
+    batches_per_run: int = Field(
+        default_factory=lambda: int(env_default("BATCHES_PER_RUN", "0")),
+        ge=0,
+        description="Batches in one run of a backfill (UI, schedule, `pixelsift run --all`): each run loads every "
+        "model once for all its batches. 0 = all the backfill's batches in one run; a limit bounds the tables held "
+        "in memory and what one failure fails (PIXELSIFT_BATCHES_PER_RUN; read when the definitions load).",
+    )
+    backfill_cron: str = Field(
+        default_factory=lambda: env_default("BACKFILL_CRON", "0 3 * * *"),
+        description="When the `stale_batches_backfill` schedule (off until turned on in the UI) looks for stale "
+        "batches and launches one backfill over them: a cron string, in UTC (PIXELSIFT_BACKFILL_CRON).",
+    )
+    gpus: int = Field(
+        default_factory=gpu_count,
+        ge=0,
+        description="GPUs on this machine that large-model steps may use (PIXELSIFT_GPUS; read when the definitions "
+        "load). 0: none, large-model steps share the `pixelsift/large_model` pool's one slot. N: they take the "
+        "`pixelsift/gpu` pool, one slot per GPU across every run, and each step loads its model on a GPU no other "
+        "step holds (docs/pipeline.md, \"Several GPUs\").",
     )

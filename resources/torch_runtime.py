@@ -12,7 +12,8 @@ from typing import Any, Callable
 import torch
 
 from resources.backends import ModelLoadError
-from resources.concurrency import MAX_CONCURRENT_STEPS
+from resources.concurrency import MAX_CONCURRENT_STEPS, gpu_count
+from resources.gpu_slots import claim_gpu
 from resources.settings import env_default
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,6 +46,16 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
         return _DTYPES[dtype]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(_DTYPES)}") from None
+
+
+def large_model_device(device: str) -> str:
+    """Where a large model loads: ``device`` resolved, and on a machine with several GPUs
+    (PIXELSIFT_GPUS > 1) a GPU no other step holds, claimed for this process (resources/gpu_slots.py)."""
+    resolved = resolve_device(device)
+    if resolved != "cuda" or gpu_count() < 2:
+        return resolved
+    index = claim_gpu(gpu_count())
+    return resolved if index is None else f"cuda:{index}"
 
 
 # The share of a device's memory a model step may plan to use: a GPU is the step's alone, while

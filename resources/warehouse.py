@@ -195,8 +195,17 @@ def local_root(root: str) -> str:
     return root
 
 
+class BatchTables(dict):
+    """batch key -> that batch's table: what a step over several batches (a run over a range of
+    partitions, as a single-run backfill launches) reads and returns. A step of one batch uses a
+    plain ``pa.Table`` instead (assets/batch_range.py)."""
+
+
 class ParquetWarehouse(ConfigurableIOManager):
-    """Stores each batch partition of each asset as one Parquet file with the table's own schema."""
+    """Stores each batch partition of each asset as one Parquet file with the table's own schema.
+
+    A step over several batches hands over a ``BatchTables``: each batch is written to its own
+    partition, as a run of that batch alone would have written it."""
 
     root: str
 
@@ -205,25 +214,47 @@ class ParquetWarehouse(ConfigurableIOManager):
     def _folder(cls, root: str) -> str:
         return local_root(root)
 
-    def _path(self, context: InputContext | OutputContext) -> Path:
-        asset = "/".join(context.asset_key.path)
-        if not context.has_asset_partitions:  # an asset of the whole collection (near_duplicates)
-            return collection_file(self.root, asset)
-        return partition_file(self.root, asset, context.asset_partition_key)
+    @staticmethod
+    def _batches(context: InputContext | OutputContext) -> list[str] | None:
+        """The batch partitions the step reads or writes; None for an asset of the whole collection."""
+        return list(context.asset_partition_keys) if context.has_asset_partitions else None
 
-    def handle_output(self, context: OutputContext, obj: pa.Table) -> None:
+    def handle_output(self, context: OutputContext, obj: pa.Table | BatchTables) -> None:
+        asset = "/".join(context.asset_key.path)
+        batches = self._batches(context)
+        if batches is None:  # an asset of the whole collection (near_duplicates)
+            self._check_table(obj)
+            write_table(obj, collection_file(self.root, asset))
+            shutil.rmtree(Path(self.root) / PARTIAL_DIR / asset, ignore_errors=True)
+            context.add_output_metadata({**table_metadata(obj),
+                                         "path": MetadataValue.path(str(collection_file(self.root, asset)))})
+            return
+        tables = BatchTables({batches[0]: obj}) if len(batches) == 1 and isinstance(obj, pa.Table) else obj
+        if not isinstance(tables, BatchTables) or sorted(tables) != sorted(batches):
+            raise TypeError(f"{asset}: a step over the batches {batches} must return a BatchTables with exactly "
+                            f"those keys, got {type(obj).__name__}")
+        for batch in batches:
+            self._check_table(tables[batch])
+            write_table(tables[batch], partition_file(self.root, asset, batch))
+            # The partition now holds everything the step's saved chunks did.
+            shutil.rmtree(partial_dir(self.root, asset, batch), ignore_errors=True)
+        if len(batches) == 1:  # several batches: each one's metadata is added by the asset (batch_range.py)
+            path = partition_file(self.root, asset, batches[0])
+            context.add_output_metadata({**table_metadata(tables[batches[0]]), "path": MetadataValue.path(str(path))})
+
+    @staticmethod
+    def _check_table(obj: object) -> None:
         if not isinstance(obj, pa.Table):
             raise TypeError(f"assets stored in the warehouse return a pyarrow.Table, got {type(obj).__name__}")
-        path = self._path(context)
-        write_table(obj, path)
-        # The partition now holds everything the step's saved chunks did.
-        asset = "/".join(context.asset_key.path)
-        shutil.rmtree(partial_dir(self.root, asset, context.asset_partition_key) if context.has_asset_partitions
-                      else Path(self.root) / PARTIAL_DIR / asset, ignore_errors=True)
-        context.add_output_metadata({**table_metadata(obj), "path": MetadataValue.path(str(path))})
 
-    def load_input(self, context: InputContext) -> pa.Table:
-        return read_table(self._path(context))
+    def load_input(self, context: InputContext) -> pa.Table | BatchTables:
+        asset = "/".join(context.asset_key.path)
+        batches = self._batches(context)
+        if batches is None:
+            return read_table(collection_file(self.root, asset))
+        if len(batches) == 1:
+            return read_table(partition_file(self.root, asset, batches[0]))
+        return BatchTables({batch: read_table(partition_file(self.root, asset, batch)) for batch in batches})
 
 
 # --- Damage: a file that cannot be read is left out and named, never fatal to the rest ---------

@@ -4,7 +4,9 @@ for tests/test_run_limits.py to run in child processes. It imports no models, so
 Run as ``python -m tests.large_model_probe ui|cli``: the child first waits until every other child
 is ready, so their runs start together, then runs the job as a run worker of the UI does (``ui``:
 pixelsift's multiprocess executor) or as ``pixelsift run`` does (``cli``: in process). Each step
-records in $PROBE_DIR when it held the model.
+records in $PROBE_DIR when it held the model. ``hold``: one run alone, in process and tagged as
+``pixelsift run`` tags its runs, whose first step holds the model for $PROBE_HOLD_SECONDS (for a
+test to kill it mid-step).
 """
 
 import os
@@ -17,7 +19,7 @@ from dagster import DagsterInstance, execute_job, job, multiprocess_executor, op
 from dagster_project.execution import executor as pixelsift_executor
 from resources.concurrency import LARGE_MODEL, LARGE_MODEL_POOL
 
-HOLD_SECONDS = 2.0
+HOLD_SECONDS = float(os.environ.get("PROBE_HOLD_SECONDS", "2.0"))
 
 # pixelsift's executor as it is (steps, tag limit, forkserver), except that the fork server preloads
 # this module rather than the code location: importing torch there would cost a child tens of seconds.
@@ -30,6 +32,7 @@ executor = multiprocess_executor.configured(
 
 def _hold_the_model(context) -> None:
     started = time.time()
+    (Path(os.environ["PROBE_DIR"]) / f"{context.run_id}-{context.op.name}.holding").touch()
     time.sleep(HOLD_SECONDS)
     out = Path(os.environ["PROBE_DIR"]) / f"{context.run_id}-{context.op.name}.held"
     out.write_text(f"{started} {time.time()}")
@@ -52,6 +55,11 @@ def two_models():
 
 
 def main(kind: str, children: int = 2) -> int:
+    if kind == "hold":
+        from dagster_project.run_history import process_tags
+
+        with DagsterInstance.get() as instance:
+            return 0 if two_models.execute_in_process(instance=instance, tags=process_tags()).success else 1
     ready = Path(os.environ["PROBE_DIR"]) / f"{kind}.ready"
     ready.touch()
     while len(list(ready.parent.glob("*.ready"))) < children:

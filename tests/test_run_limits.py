@@ -2,8 +2,7 @@
 
 Entry points: the ``process_batch`` job (``pixelsift run``, the sensor), the implicit asset job
 (the UI's "Materialize"), a backfill's runs (real backfill daemon iteration), the sensor's run
-requests. There are no schedules yet: a schedule added later must target ``process_batch`` or
-assets, which these tests already cover. The instance side loads the shipped dagster.yaml into a
+requests. The scheduled backfill (``stale_batches_backfill``) requests a backfill like the one here. The instance side loads the shipped dagster.yaml into a
 real DagsterInstance, and two real runs in two processes show the pool keeping their large-model
 steps apart.
 """
@@ -111,14 +110,19 @@ def test_a_backfill_runs_the_asset_job_whose_steps_claim_the_pool(shipped_instan
         ))
         list(execute_backfill_iteration(workspace, logging.getLogger(__name__)))
 
+    # One run of every pipeline asset over both batches (their single-run backfill policy: each model
+    # loads once); the evaluation assets in a run per batch (here the one with no pipeline parent).
     runs = instance.get_runs()
-    assert sorted(run.tags["dagster/partition"] for run in runs) == ["one", "two"]
-    for run in runs:
-        # Queued, not started: the run queue (max_concurrent_runs) decides when they start.
-        assert run.status == DagsterRunStatus.QUEUED
-        assert defs.resolve_job_def(run.job_name).executor_def is executor
-        plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
-        assert {step.key for step in plan.steps if step.pool == LARGE_MODEL_POOL} == LARGE_MODEL_ASSETS
+    [run] = [r for r in runs if "dagster/partition" not in r.tags]
+    assert (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"]) == \
+        ("one", "two")
+    assert {key.to_user_string() for key in run.asset_selection} >= LARGE_MODEL_ASSETS | {"images", "clusters"}
+    assert sorted(r.tags["dagster/partition"] for r in runs if r is not run) == ["one", "two"]
+    # Queued, not started: the run queue (max_concurrent_runs) decides when it starts.
+    assert run.status == DagsterRunStatus.QUEUED
+    assert defs.resolve_job_def(run.job_name).executor_def is executor
+    plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+    assert {step.key for step in plan.steps if step.pool == LARGE_MODEL_POOL} == LARGE_MODEL_ASSETS
 
 
 # --- The shipped instance settings -----------------------------------------------------------
