@@ -19,8 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
-from sklearn.cluster import AgglomerativeClustering
 
 NOISE = -1
 EXACT_LIMIT = 5_000
@@ -76,6 +74,8 @@ def cluster_embeddings(
 
 
 def _agglomerative(unit: np.ndarray, distance_threshold: float) -> np.ndarray:
+    from sklearn.cluster import AgglomerativeClustering  # here: seconds to import, for the clusters step only
+
     return AgglomerativeClustering(
         n_clusters=None, distance_threshold=distance_threshold, metric="cosine", linkage="average"
     ).fit_predict(unit)
@@ -84,6 +84,8 @@ def _agglomerative(unit: np.ndarray, distance_threshold: float) -> np.ndarray:
 def _via_micro_clusters(unit: np.ndarray, distance_threshold: float, chunk: int = 16_384) -> np.ndarray:
     n = len(unit)
     k = min(MICRO_CLUSTERS, n // 10)
+    from scipy import sparse
+
     data = unit.astype(np.float32)
     centroids = data[np.sort(np.random.default_rng(0).choice(n, size=k, replace=False))]
     for _ in range(KMEANS_STEPS):
