@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import sys
@@ -10,7 +9,12 @@ from pathlib import Path
 
 import click
 
-from dagster_project.long_lived import freeze_long_lived, pause_collection, skip_collection_at_exit
+from dagster_project.long_lived import (
+    freeze_long_lived,
+    pause_collection,
+    release_long_lived,
+    skip_collection_at_exit,
+)
 from dagster_project.profiles import PRESETS, ConfigError, resolve_choice
 from resources.batch_keys import batch_key_param
 
@@ -110,7 +114,7 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None, **tasks
     _use_profile(models, **tasks)
     random_tasks = _say_models()  # before the definitions load: a bad configuration is said plainly
     pause_collection()  # until the definitions are loaded, then frozen (dagster_project/long_lived.py)
-    click.get_current_context().call_on_close(gc.enable)  # should loading fail
+    click.get_current_context().call_on_close(release_long_lived)  # when the command ends, or loading fails
     from dagster import DagsterInstance
 
     from resources.partitions import batch_partitions

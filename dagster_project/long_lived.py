@@ -20,14 +20,21 @@ _exit_registered = False
 
 def pause_collection() -> None:
     """No collection while the process imports and builds what it keeps: imports make no garbage
-    worth finding, and each full collection would walk everything loaded so far. Undo with
-    ``freeze_long_lived`` (or ``gc.enable`` if loading fails)."""
+    worth finding, and each full collection would walk everything loaded so far. Then
+    ``freeze_long_lived``, and ``release_long_lived`` when the command ends (or loading fails)."""
     gc.disable()
 
 
 def freeze_long_lived() -> None:
     """Freeze everything loaded so far, and collect again from here on."""
     gc.freeze()
+    gc.enable()
+
+
+def release_long_lived() -> None:
+    """Collect as usual again, frozen objects included: for a command run inside a longer-lived
+    process (the tests' CliRunner), whose later garbage must not stay frozen."""
+    gc.unfreeze()
     gc.enable()
 
 

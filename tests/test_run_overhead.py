@@ -92,3 +92,26 @@ def test_the_timeline_of_a_command_has_each_phase_in_order(tmp_path):
     assert all(start <= end for _, start, end in phases) and phases[0][1] == spawned
     assert "import dagster_project.definitions" not in labels  # --help loads no definitions
     assert format_timeline(phases, spawned).splitlines()[-1].startswith("wall ")
+
+
+def test_run_inside_a_longer_lived_process_leaves_the_collector_as_it_was(tmp_path, monkeypatch):
+    # pixelsift run freezes what it loaded for its own duration only: a test's CliRunner (or any
+    # caller) must not be left with garbage the collector can no longer free.
+    import gc
+
+    from click.testing import CliRunner
+
+    from dagster_project.cli import main
+
+    (tmp_path / "images" / "empty").mkdir(parents=True)
+    for name, value in {"IMAGES_ROOT": "images", "WAREHOUSE_DIR": "wh", "REPORTS_DIR": "reports"}.items():
+        monkeypatch.setenv(f"PIXELSIFT_{name}", str(tmp_path / value))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    frozen = []
+    monkeypatch.setattr("dagster_project.cli.freeze_long_lived", lambda: (gc.freeze(), frozen.append(1)))
+    result = CliRunner().invoke(main, ["run", "--batch", "empty", "--batch", "nowhere", "--models", "tiny"])
+    assert result.exit_code != 0 and "no batch folder" in result.output  # fails before the definitions load
+    assert gc.isenabled() and gc.get_freeze_count() == 0 and not frozen
+    result = CliRunner().invoke(main, ["run", "--batch", "empty", "--models", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert frozen and gc.isenabled() and gc.get_freeze_count() == 0
