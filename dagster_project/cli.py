@@ -142,6 +142,7 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None, **tasks
         defs = build_definitions(settings)
     except ConfigError as exc:
         raise click.ClickException(f"model configuration: {exc}") from None
+    import dagster_project.step_preload  # noqa: F401 - the steps' libraries (torch...), while collection is paused
     freeze_long_lived()
     os.environ.setdefault("PIXELSIFT_STEPS_AT_ONCE", "1")  # in process: one step at a time, each may use every core
     failed = []

@@ -1,5 +1,5 @@
 """What each run's fork server imports after the code location, before it forks a process per step
-(``dagster_project/execution.py``).
+(``dagster_project/execution.py``), and ``pixelsift run`` before its first step.
 
 The code location loads without these libraries (tests/test_architecture.py), so the UI's run
 worker never pays for them; the steps that need them would each import them again in their own
