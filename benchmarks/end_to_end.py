@@ -34,7 +34,8 @@ def run(batch: str, images_root: str, llm: str | None, breakdown: bool = False) 
     arguments = ["run", "--batch", batch, "--models", "tiny"] + (["--metadata-llm", llm] if llm else [])
     if breakdown:
         spawned, exited, marks = timed_command(arguments, env, scratch)
-        print(format_timeline(timeline(spawned, exited, marks, run_spans(scratch / "home")), spawned))
+        print(format_timeline(timeline(spawned, exited, marks, run_spans(scratch / "home")), spawned,
+                              marks["collections"]))
         wall = exited - spawned
     else:
         start = time.perf_counter()

@@ -6,7 +6,7 @@ The real command runs in a child process started as ``python -m benchmarks.run_t
 run ...``: that child only notes the clock around what the command does itself (interpreter start,
 the CLI's import, the first import of torch, transformers, open_clip and the code location,
 ``build_definitions``, each model load and model identity, the command's return, the exit) and
-then calls ``pixelsift``'s own ``main``. Everything the runs did comes from their Dagster event log
+the garbage collector's work, then calls ``pixelsift``'s own ``main``. Everything the runs did comes from their Dagster event log
 (each step's start and end). Module-level imports are the standard library only: the child's
 first mark must come before anything heavy is imported.
 """
@@ -14,6 +14,7 @@ first mark must come before anything heavy is imported.
 from __future__ import annotations
 
 import functools
+import gc
 import importlib.abc
 import importlib.util
 import json
@@ -31,11 +32,22 @@ WATCHED_CALLS = (
 
 
 class _Marks:
-    """Clock readings (time.time(), comparable with the event log's timestamps) kept by the child."""
+    """Clock readings (time.time(), comparable with the event log's timestamps) kept by the child,
+    and the garbage collector's work: collections and seconds by generation."""
 
     def __init__(self) -> None:
         self.points: dict[str, float] = {}
         self.spans: list[tuple[str, float, float]] = []
+        self.collections = {generation: [0, 0.0] for generation in (0, 1, 2)}
+        self._collecting_since = 0.0
+
+    def on_collection(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._collecting_since = time.perf_counter()
+        else:
+            figures = self.collections[info["generation"]]
+            figures[0] += 1
+            figures[1] += time.perf_counter() - self._collecting_since
 
     def span(self, label: str, start: float) -> None:
         self.spans.append((label, start, time.time()))
@@ -105,6 +117,7 @@ def child(marks_path: Path, argv: list[str]) -> int:
     marks = _Marks()
     marks.points["interpreter started"] = time.time()
     sys.meta_path.insert(0, _ImportClock(marks))
+    gc.callbacks.append(marks.on_collection)
     code = 0
     try:
         from dagster_project.cli import main
@@ -115,7 +128,8 @@ def child(marks_path: Path, argv: list[str]) -> int:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         marks.points["command returned"] = time.time()
-        marks_path.write_text(json.dumps({"points": marks.points, "spans": marks.spans}))
+        marks_path.write_text(json.dumps({"points": marks.points, "spans": marks.spans,
+                                          "collections": marks.collections}))
     return code
 
 
@@ -171,8 +185,9 @@ def timeline(spawned: float, exited: float, marks: dict, runs: list[tuple[str, f
     return sorted(phases + [tuple(span) for span in marks["spans"]] + runs, key=lambda p: (p[1], -p[2]))
 
 
-def format_timeline(phases: list[tuple], spawned: float) -> str:
-    """One line a phase: start (s after spawn), duration, label indented under what contains it."""
+def format_timeline(phases: list[tuple], spawned: float, collections: dict | None = None) -> str:
+    """One line a phase: start (s after spawn), duration, label indented under what contains it;
+    then the totals, and the garbage collector's work until the command returned."""
     lines, stack = [f"{'at s':>7} {'takes s':>8}  phase"], []
     for label, start, end in phases:
         while stack and start >= stack[-1]:
@@ -184,6 +199,9 @@ def format_timeline(phases: list[tuple], spawned: float) -> str:
     wall = phases[0][2] - phases[0][1]
     lines.append(f"wall {wall:.2f} s; in steps {steps:.2f} s (model loads {loads:.2f} s); "
                  f"outside any step {wall - steps:.2f} s")
+    if collections:
+        lines.append("garbage collections until the command returned: " + ", ".join(
+            f"generation {generation}: {count} in {seconds:.2f} s" for generation, (count, seconds) in collections.items()))
     return "\n".join(lines)
 
 

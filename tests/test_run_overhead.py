@@ -92,6 +92,7 @@ def test_the_timeline_of_a_command_has_each_phase_in_order(tmp_path):
     assert all(start <= end for _, start, end in phases) and phases[0][1] == spawned
     assert "import dagster_project.definitions" not in labels  # --help loads no definitions
     assert format_timeline(phases, spawned).splitlines()[-1].startswith("wall ")
+    assert set(marks["collections"]) == {"0", "1", "2"}  # collections by generation, as JSON keys
 
 
 def test_run_inside_a_longer_lived_process_leaves_the_collector_as_it_was(tmp_path, monkeypatch):
