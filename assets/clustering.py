@@ -19,8 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
-from sklearn.cluster import AgglomerativeClustering
 
 NOISE = -1
 EXACT_LIMIT = 5_000
@@ -91,6 +89,8 @@ def member_means(vectors: np.ndarray, groups: np.ndarray, n_groups: int) -> tupl
     """(mean vector, member count) of each group 0..n_groups-1 (zeros for an empty group; rows in
     group NOISE count nowhere), in one sparse product: linear in the rows, whatever the number of
     groups, and without copying the rows."""
+    from scipy import sparse  # here: the code location loads without scipy
+
     rows = np.where(groups >= 0, groups, n_groups)  # NOISE into one extra group, dropped below
     members = sparse.csr_matrix((np.ones(len(groups), np.float32), (rows, np.arange(len(groups)))),
                                 shape=(n_groups + 1, len(groups)))
@@ -120,6 +120,8 @@ def nearest_per_group(groups: np.ndarray, distances: np.ndarray, tiebreak: np.nd
 
 
 def _agglomerative(unit: np.ndarray, distance_threshold: float) -> np.ndarray:
+    from sklearn.cluster import AgglomerativeClustering  # here: seconds to import, for the clusters step only
+
     return AgglomerativeClustering(
         n_clusters=None, distance_threshold=distance_threshold, metric="cosine", linkage="average"
     ).fit_predict(unit)
@@ -128,6 +130,8 @@ def _agglomerative(unit: np.ndarray, distance_threshold: float) -> np.ndarray:
 def _via_micro_clusters(unit: np.ndarray, distance_threshold: float, chunk: int = 16_384) -> np.ndarray:
     n = len(unit)
     k = min(MICRO_CLUSTERS, n // 10)
+    from scipy import sparse
+
     data = np.asarray(unit, dtype=np.float32)
     centroids = data[np.sort(np.random.default_rng(0).choice(n, size=k, replace=False))]
     for _ in range(KMEANS_STEPS):

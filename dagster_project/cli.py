@@ -9,6 +9,12 @@ from pathlib import Path
 
 import click
 
+from dagster_project.long_lived import (
+    freeze_long_lived,
+    pause_collection,
+    release_long_lived,
+    skip_collection_at_exit,
+)
 from dagster_project.profiles import PRESETS, ConfigError, resolve_choice
 from resources.batch_keys import batch_key_param
 
@@ -86,6 +92,7 @@ def main() -> None:
 
     Each subfolder of the images root (default data/images) is a batch.
     """
+    skip_collection_at_exit()  # seconds at every exit once torch is loaded (dagster_project/long_lived.py)
 
 
 @main.command()
@@ -106,6 +113,8 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None, **tasks
     """
     _use_profile(models, **tasks)
     random_tasks = _say_models()  # before the definitions load: a bad configuration is said plainly
+    pause_collection()  # until the definitions are loaded, then frozen (dagster_project/long_lived.py)
+    click.get_current_context().call_on_close(release_long_lived)  # when the command ends, or loading fails
     from dagster import DagsterInstance
 
     from assets.random_weights import RANDOM_WEIGHTS_TAG
@@ -132,6 +141,8 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None, **tasks
         defs = build_definitions(settings)
     except ConfigError as exc:
         raise click.ClickException(f"model configuration: {exc}") from None
+    import dagster_project.step_preload  # noqa: F401 - the steps' libraries (torch...), while collection is paused
+    freeze_long_lived()
     os.environ.setdefault("PIXELSIFT_STEPS_AT_ONCE", "1")  # in process: one step at a time, each may use every core
     from dagster_project.batch_runs import run_batches
 

@@ -57,6 +57,9 @@ setting; do not edit by hand.
 (`dagster_project/definitions.py`). Path settings also read `PIXELSIFT_*` environment variables
 (named in each row), which also reach the sensor's runs and `pixelsift run`.
 `PIXELSIFT_TINY_MODELS_DIR` (default `data/models/tiny`) is where tiny models are built;
+`PIXELSIFT_MODEL_HASH_CACHE` (default `$XDG_CACHE_HOME/pixelsift/model_file_hashes.json`, else under
+`~/.cache`) keeps the content hashes that identify a local model's files, so each is read once, not
+in every step process, and again only when it changes;
 `DAGSTER_HOME` (default `data/dagster_home` when started through `pixelsift`) holds run history.
 
 **Which model backs each task** (`captioner`, `metadata_llm` for metadata and cluster labels,

@@ -20,6 +20,11 @@ from resources.concurrency import LARGE_MODEL_TAG, MAX_CONCURRENT_STEPS
 from resources.distributed import ExecutionSettings
 
 CODE_LOCATION_MODULE = "dagster_project.definitions"  # what dagster_project/workspace.yaml loads
+STEP_PRELOAD = "dagster_project.step_preload"  # imports STEP_LIBRARIES, which the code location leaves out
+# The model steps' libraries (torch, transformers, open_clip), the evaluations' (sentence_transformers,
+# sklearn, scipy) and the report's (matplotlib).
+STEP_LIBRARIES = ("torch", "transformers", "open_clip", "sentence_transformers", "sklearn.cluster", "sklearn.metrics",
+                  "scipy.optimize", "matplotlib.figure")
 LARGE_MODEL_STEPS_PER_RUN = 1
 EXECUTOR_NAME = "pixelsift_executor"
 _LIMITS = {"tag_concurrency_limits": [{"key": LARGE_MODEL_TAG, "limit": LARGE_MODEL_STEPS_PER_RUN}]}
@@ -39,12 +44,13 @@ def _multiprocess() -> ExecutorDefinition:
             "max_concurrent": MAX_CONCURRENT_STEPS,
             **_LIMITS,
             # Each step runs in a process forked from a server that has imported the code location
-            # (torch and all) once per run, instead of a fresh interpreter importing it again per step
-            # (`spawn`, Dagster's default): seconds per step instead of tens under load. Forking is safe
+            # and the libraries the steps use (torch and all, STEP_PRELOAD) once per run, instead of a
+            # fresh interpreter importing them again per step (`spawn`, Dagster's default): seconds per
+            # step instead of tens under load. Forking is safe
             # here: the preloading process only imports, it starts no model, thread pool or CUDA context.
             # The module is named: with `forkserver: {}` Dagster 1.13 preloads nothing but itself (an
             # absent preload_modules reads as an empty list, not as "the job's module" its docs promise).
-            "start_method": {"forkserver": {"preload_modules": [CODE_LOCATION_MODULE]}},
+            "start_method": {"forkserver": {"preload_modules": [CODE_LOCATION_MODULE, STEP_PRELOAD]}},
         },
         name=EXECUTOR_NAME,
     )

@@ -150,14 +150,14 @@ def tiny_models_dir() -> Path:
 def ensure_tiny_model(root: Path, name: str) -> Path:
     """Build one tiny model (``blip2``, ``phi3`` or ``clip``) under ``root`` unless already there
     (seeded: same weights every time); marked as random weights for every later reader."""
-    from resources.tiny.blip2 import build_tiny_blip2
-    from resources.tiny.clip import build_tiny_clip
-    from resources.tiny.phi3 import build_tiny_phi3
-
-    build = {"blip2": build_tiny_blip2, "phi3": build_tiny_phi3, "clip": build_tiny_clip}[name]
     target = root / name
     if not (target / ".complete").exists():
-        build(target)
+        # Imported only to build: the builders need torch, which loading the definitions must not.
+        from resources.tiny.blip2 import build_tiny_blip2
+        from resources.tiny.clip import build_tiny_clip
+        from resources.tiny.phi3 import build_tiny_phi3
+
+        {"blip2": build_tiny_blip2, "phi3": build_tiny_phi3, "clip": build_tiny_clip}[name](target)
         (target / ".complete").write_text("built by pixelsift\n")
     marker = target / RANDOM_WEIGHTS_MARKER
     if not marker.exists():

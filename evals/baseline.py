@@ -32,7 +32,6 @@ from typing import Annotated, Any, Iterable, Iterator, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from matplotlib.colors import to_hex
 from pydantic import (
     BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator,
 )
@@ -66,6 +65,8 @@ REFERENCE_FIELDS = (
 def to_hex_color(value: str) -> str:
     """'#RGB', '#RRGGBB' or a CSS colour name -> '#RRGGBB'."""
     try:
+        from matplotlib.colors import to_hex  # here: matplotlib costs every process that loads the definitions
+
         return to_hex(value.strip().lower(), keep_alpha=False).upper()
     except ValueError:
         raise ValueError(f"{value!r} is not a colour (#RRGGBB or a CSS colour name)") from None

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
+
+# scipy and sklearn are imported by the functions that use them: the code location loads this
+# module, and the two cost seconds in every process that loads it (the UI's run worker too).
 
 
 def accuracy(truth: Sequence[str], predicted: Sequence[str | None]) -> float:
@@ -82,6 +83,8 @@ def one_to_one_matches(similarity: np.ndarray, threshold: float) -> list[tuple[i
     eligible = similarity >= threshold
     big = min(similarity.shape) + 1.0
     weights = np.where(eligible, big + similarity, 0.0)
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(weights, maximize=True)
     return [(int(r), int(c)) for r, c in zip(rows, cols) if eligible[r, c]]
 
@@ -152,6 +155,8 @@ def palette_distance(lab_a: np.ndarray, lab_b: np.ndarray) -> float:
     if len(lab_a) == 0 or len(lab_b) == 0:
         return float("nan")
     cost = ciede2000(np.asarray(lab_a)[:, None, :], np.asarray(lab_b)[None, :, :])
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(cost)
     return float(cost[rows, cols].mean())
 
@@ -226,6 +231,8 @@ def partition_agreement(ours: Sequence[int | str], theirs: Sequence[str]) -> tup
     if len(ours) < 2:
         return float("nan"), float("nan")
     ours = [str(x) for x in ours]
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
     return float(adjusted_rand_score(theirs, ours)), float(normalized_mutual_info_score(theirs, ours))
 
 
@@ -238,6 +245,8 @@ def cosine_silhouette(vectors: np.ndarray, labels: Sequence[int], max_items: int
     if not 2 <= n_clusters <= len(labels) - 1:
         return float("nan")
     sample = max_items if len(labels) > max_items else None
+    from sklearn.metrics import silhouette_score
+
     return float(silhouette_score(vectors, labels, metric="cosine", sample_size=sample, random_state=seed))
 
 

@@ -7,16 +7,18 @@ import html
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from assets.image_files import ImageDecodeError, open_image
 from evals.metrics import confusion_matrix
 from evals.settings import EvalSettings
 from evals.summary import headline_rows
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 REPORT_FILE = "report.html"
 SECTIONS = ("headline", "fields", "confusion", "tags", "latency", "worst", "clusters", "coverage")
@@ -34,6 +36,14 @@ FIELD_BARS = [
 ]
 
 
+def _figure(figsize: tuple[float, float]) -> Figure:
+    # matplotlib is imported here, not with the module: the code location loads this module, and
+    # only the eval_report step draws.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
 def png_base64(figure: Figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
@@ -44,7 +54,7 @@ def field_bars(summary: dict[str, Any], settings: EvalSettings) -> Figure:
     """Per-field scores and the headline with its confidence interval, against the target."""
     labels = [label for label, _ in FIELD_BARS] + ["metadata_accuracy"]
     values = [summary[column] or 0.0 for _, column in FIELD_BARS] + [summary["metadata_accuracy"] or 0.0]
-    figure = Figure(figsize=(6, 3.2))
+    figure = _figure(figsize=(6, 3.2))
     ax = figure.subplots()
     colors = ["#7a9cc6"] * len(FIELD_BARS) + ["#2b5d9b"]
     ax.barh(labels, values, color=colors)
@@ -62,7 +72,7 @@ def field_bars(summary: dict[str, Any], settings: EvalSettings) -> Figure:
 
 def confusion_figure(truth: list[str], predicted: list[str | None]) -> Figure:
     labels, matrix = confusion_matrix(truth, predicted)
-    figure = Figure(figsize=(1.2 + 0.5 * len(labels), 1.0 + 0.45 * len(labels)))
+    figure = _figure(figsize=(1.2 + 0.5 * len(labels), 1.0 + 0.45 * len(labels)))
     ax = figure.subplots()
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
@@ -76,7 +86,7 @@ def confusion_figure(truth: list[str], predicted: list[str | None]) -> Figure:
 
 
 def tag_f1_figure(exact: list[float], semantic: list[float]) -> Figure:
-    figure = Figure(figsize=(5, 2.6))
+    figure = _figure(figsize=(5, 2.6))
     ax = figure.subplots()
     bins = np.linspace(0, 1, 11)
     ax.hist([exact, semantic], bins=bins, label=["exact", "semantic"], color=["#bbbbbb", "#2b5d9b"])
@@ -87,7 +97,7 @@ def tag_f1_figure(exact: list[float], semantic: list[float]) -> Figure:
 
 
 def latency_figure(end_to_end_s: list[float], limit_s: float) -> Figure:
-    figure = Figure(figsize=(5, 2.6))
+    figure = _figure(figsize=(5, 2.6))
     ax = figure.subplots()
     ax.hist(end_to_end_s, bins=min(30, max(5, len(end_to_end_s))), color="#7a9cc6")
     if end_to_end_s:

@@ -2,19 +2,18 @@
 
 Like transformers' pipelines, a call is preprocess (images + prompt -> tensors), forward
 (greedy ``generate``), postprocess (token ids -> ``Caption``). The prompt comes from the caller
-(``assets/prompts.py``).
+(``assets/prompts.py``). torch and transformers are imported when the model is first used, not
+with the module: the code location loads this resource without running it (resources/torch_runtime.py).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
 from dagster import ConfigurableResource
 from PIL import Image
 from pydantic import Field
-from transformers import BatchFeature, Blip2ForConditionalGeneration, Blip2Processor
 
 from resources.backends import Caption, fingerprint
 from resources.model_names import model_identity
@@ -22,12 +21,17 @@ from resources.settings import env_default
 from resources.torch_runtime import (
     batch_for_device,
     batch_size_help,
+    device_type,
     large_model_device,
     load_once,
     local_model_dir,
     resolve_device,
     resolve_dtype,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import BatchFeature, Blip2ForConditionalGeneration, Blip2Processor
 
 
 # Peak memory by batch size, BLIP-2 OPT-2.7B in bf16: process RSS on the 2-core CPU
@@ -45,6 +49,8 @@ def _model_source(model: str) -> str:
 
 
 def _load(source: str, device: str, dtype: torch.dtype) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
     processor = Blip2Processor.from_pretrained(source)
     model = Blip2ForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True)
     return model.to(device).eval(), processor
@@ -94,7 +100,7 @@ class CaptionerResource(ConfigurableResource):
         return fingerprint(
             kind="blip2-caption",
             model=model_identity(self.model),  # a local model by its files' hashes, not its path
-            device=torch.device(device).type,
+            device=device_type(device),
             dtype=str(dtype),
             max_new_tokens=self.max_new_tokens,
             min_new_tokens=self.min_new_tokens,
@@ -125,15 +131,17 @@ class CaptionerResource(ConfigurableResource):
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         return inputs
 
-    @torch.inference_mode()
     def _forward(self, model: Blip2ForConditionalGeneration, inputs: BatchFeature) -> torch.Tensor:
-        output = model.generate(
-            **inputs,
-            do_sample=False,
-            num_beams=1,
-            max_new_tokens=self.max_new_tokens,
-            min_new_tokens=self.min_new_tokens,
-        )
+        import torch
+
+        with torch.inference_mode():
+            output = model.generate(
+                **inputs,
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=self.max_new_tokens,
+                min_new_tokens=self.min_new_tokens,
+            )
         # Decoder-only generate returns prompt + continuation; keep the continuation.
         return output[:, inputs["input_ids"].shape[1] :].cpu()
 

@@ -1,17 +1,17 @@
 """open_clip embeddings (``ViT-B-32`` with ``laion2b_s34b_b79k`` weights by default): images for the
-pipeline, and text for search (the same model's text tower, so a query lands in the images' space)."""
+pipeline, and text for search (the same model's text tower, so a query lands in the images' space).
+
+torch and open_clip are imported when they are first needed, not with the module: the code location
+loads this resource without running it (resources/torch_runtime.py).
+"""
 
 from __future__ import annotations
 
 import time
 from functools import lru_cache
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import open_clip
-from open_clip.factory import parse_model_name
-import torch
-import torch.nn.functional as F
 from dagster import ConfigurableResource
 from PIL import Image
 from pydantic import Field
@@ -20,10 +20,13 @@ from resources.backends import Embeddings, ModelLoadError, fingerprint
 from resources.model_names import model_identity
 from resources.parallel import thread_map, worker_count
 from resources.settings import env_default
-from resources.torch_runtime import load_once, local_model_dir, resolve_device, resolve_dtype
+from resources.torch_runtime import device_type, load_once, local_model_dir, resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    import torch
 
 # open_clip's own precision names; "bf16"/"fp16" keep LayerNorms in float32 like the OpenAI release.
-_PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_PRECISION = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
 
 
 def _open_clip_name(model: str, pretrained: str) -> tuple[str, str | None]:
@@ -45,6 +48,9 @@ def _open_clip_name(model: str, pretrained: str) -> tuple[str, str | None]:
 
 @lru_cache(maxsize=None)
 def _embed_dim(name: str) -> int:
+    import open_clip
+    from open_clip.factory import parse_model_name
+
     schema, _ = parse_model_name(name)
     # Built-in names may be spelled "ViT-B/32"; create_model looks them up with "-" too.
     config = open_clip.get_model_config(name if schema else name.replace("/", "-"))
@@ -54,13 +60,17 @@ def _embed_dim(name: str) -> int:
 
 
 def _load(name: str, pretrained: str | None, device: str, dtype: torch.dtype) -> tuple[torch.nn.Module, Callable]:
+    import open_clip
+
     model, _, preprocess = open_clip.create_model_and_transforms(
-        name, pretrained=pretrained, precision=_PRECISION[dtype], device=device
+        name, pretrained=pretrained, precision=_PRECISION[str(dtype)], device=device
     )
     return model.eval(), preprocess
 
 
 def _load_tokenizer(name: str, model: torch.nn.Module) -> Callable:
+    import open_clip
+
     tokenizer = open_clip.get_tokenizer(name)
     vocab = getattr(model, "vocab_size", None)
     known = getattr(tokenizer, "vocab_size", None)
@@ -113,7 +123,7 @@ class ClipEmbedderResource(ConfigurableResource):
             kind="open_clip-image",
             model=model_identity(name),  # a local model by its files' hashes, not its path
             pretrained=pretrained,
-            device=torch.device(device).type,
+            device=device_type(device),
             dtype=str(dtype),
         )
 
@@ -130,15 +140,18 @@ class ClipEmbedderResource(ConfigurableResource):
         vectors = self._embed_batch(model, preprocess, images)
         return Embeddings(vectors=vectors, ms=[(time.perf_counter() - started) * 1000 / len(images)] * len(images))
 
-    @torch.inference_mode()
     def _embed_batch(self, model: torch.nn.Module, preprocess: Callable, images: Sequence[Image.Image]) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
         device, dtype = self._resolved()
-        # Resizing releases the GIL, so preprocessing on threads keeps a GPU fed.
-        tensors = thread_map(lambda image: preprocess(image.convert("RGB")), images, worker_count(0))
-        pixels = torch.stack(tensors).to(device, dtype)
-        # Normalise in float32 so rows are unit length to float32 precision whatever the model dtype.
-        features = F.normalize(model.encode_image(pixels).float(), dim=-1)
-        return features.cpu().numpy()
+        with torch.inference_mode():
+            # Resizing releases the GIL, so preprocessing on threads keeps a GPU fed.
+            tensors = thread_map(lambda image: preprocess(image.convert("RGB")), images, worker_count(0))
+            pixels = torch.stack(tensors).to(device, dtype)
+            # Normalise in float32 so rows are unit length to float32 precision whatever the model dtype.
+            features = F.normalize(model.encode_image(pixels).float(), dim=-1)
+            return features.cpu().numpy()
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32 unit vectors for ``texts`` from the same model (and weights, device, dtype)
@@ -150,6 +163,9 @@ class ClipEmbedderResource(ConfigurableResource):
         name, pretrained = _open_clip_name(self.model, self.pretrained)
         tokenizer = load_once(("open_clip-tokenizer", name, pretrained, device, dtype),
                               lambda: _load_tokenizer(name, model))
+        import torch
+        import torch.nn.functional as F
+
         with torch.inference_mode():
             tokens = tokenizer(list(texts)).to(device)
             return F.normalize(model.encode_text(tokens).float(), dim=-1).cpu().numpy()

@@ -6,6 +6,9 @@ Each prompt is the tokenizer's chat template over the ``Chat`` it is given (buil
 cache is computed once per model and reused (see ``resources/constrained_decoding.py`` for the
 decode loop and its switches). Like transformers' pipelines, a call is preprocess (chat ->
 token ids), forward (constrained decoding), postprocess (token ids -> ``Generation``).
+
+torch, transformers and the decoder modules are imported when the model is first used, not with
+this module: the code location loads this resource without running it (resources/torch_runtime.py).
 """
 
 from __future__ import annotations
@@ -13,21 +16,24 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
 from dagster import ConfigurableResource
 from jinja2 import TemplateError
 from pydantic import BaseModel, Field, PrivateAttr
-from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from resources import torch_runtime
 from resources.backends import Chat, Generation, ModelLoadError, fingerprint
-from resources.constrained_decoding import DecodeStats, Decoded, generate_constrained
-from resources.json_grammar import SchemaGrammars
 from resources.model_names import model_identity
-from resources.prefix_cache import PrefixCache
 from resources.settings import env_default
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from resources.constrained_decoding import DecodeStats, Decoded
+    from resources.json_grammar import SchemaGrammars
+    from resources.prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +77,7 @@ class MetadataLLMResource(ConfigurableResource):
         default=True, description="Feed text the schema forces (keys, punctuation) without sampling it token by token."
     )
 
-    _last_stats: DecodeStats | None = PrivateAttr(default=None)
+    _last_stats: Any = PrivateAttr(default=None)  # DecodeStats | None
 
     @property
     def model_id(self) -> str:
@@ -92,7 +98,7 @@ class MetadataLLMResource(ConfigurableResource):
         return fingerprint(
             kind="metadata_llm",
             model=model_identity(self.model_id),  # a local model by its files' hashes, not its path
-            device=torch.device(device).type,
+            device=torch_runtime.device_type(device),
             dtype=str(torch_runtime.resolve_dtype(self.dtype, device)),
             decoding="greedy",
             jump_forward=self.jump_forward,  # forced text is spelled by us, not chosen by the model
@@ -112,6 +118,10 @@ class MetadataLLMResource(ConfigurableResource):
 
     def _forward(self, loaded: ChatModel, prefix_ids: list[int], prompts: list[list[int]], schema: type[BaseModel],
                  max_new_tokens: int) -> list[Decoded]:
+        import torch
+
+        from resources.constrained_decoding import generate_constrained
+
         with torch.inference_mode():
             decoded, stats = generate_constrained(
                 loaded.model,
@@ -147,6 +157,11 @@ def load_chat_model(model_ref: str, device: str, dtype: torch.dtype) -> ChatMode
     The one place a model is built. Int8 weight-only quantisation is not offered:
     on CPUs with AMX it is slower than bf16 at the batch sizes used (see BENCHMARKS.md).
     """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from resources.json_grammar import SchemaGrammars
+    from resources.prefix_cache import PrefixCache
+
     gguf = gguf_checkpoint(model_ref)
     if gguf is not None:
         tokenizer, model = _load_gguf(gguf, dtype)
@@ -181,6 +196,8 @@ def gguf_checkpoint(model_ref: str) -> Path | None:
 def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     # Unpacked to a plain dense model: the decoder's packed batches need the model's own attention
     # and linear layers, and transformers' packed-GGUF matmul kernels come from the Hub.
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype,
                                                  quantization_config=GgufConfig(dequantize=True))

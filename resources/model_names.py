@@ -8,8 +8,10 @@ model, the hashes of its files, so new weights in the same folder are a new mode
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import tempfile
 import threading
 from pathlib import Path
 
@@ -42,8 +44,8 @@ _hash_lock = threading.Lock()
 
 def model_identity(model_id: str) -> str:
     """A hub id or built-in name as is; a local directory or file as its portable name plus a hash
-    of its files' contents (each hashed once per process and modification; Phi-3.5-mini's 7.6 GB
-    take seconds)."""
+    of its files' contents. Each file is hashed once, not once per process: Phi-3.5-mini's 7.6 GB
+    take seconds, and every model step of a UI run is a process of its own (``hash_cache_file``)."""
     path = Path(model_id.removeprefix("local-dir:")).expanduser()
     if not os.path.isabs(model_id.removeprefix("local-dir:")) and not path.exists():
         return model_id
@@ -57,17 +59,65 @@ def model_identity(model_id: str) -> str:
     return f"{portable_model_name(model_id)}@sha256:{digest.hexdigest()[:16]}"
 
 
+def hash_cache_file() -> Path:
+    """Where file hashes are kept between processes: ``PIXELSIFT_MODEL_HASH_CACHE``, else
+    ``$XDG_CACHE_HOME/pixelsift/model_file_hashes.json`` (``~/.cache/...``)."""
+    configured = os.environ.get("PIXELSIFT_MODEL_HASH_CACHE")
+    if configured:
+        return Path(configured).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pixelsift" / "model_file_hashes.json"
+
+
 def _file_hash(path: Path) -> str:
+    resolved = str(path.resolve())
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    # Any rewrite changes size, mtime or ctime (ctime even when a copy keeps the old mtime).
+    state = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
     with _hash_lock:
+        key = (resolved, *state)
         if key not in _hashes:
-            digest = hashlib.sha256()
-            with path.open("rb") as f:
-                while chunk := f.read(1 << 22):
-                    digest.update(chunk)
-            _hashes[key] = digest.hexdigest()
+            cached = _read_hash_cache().get(resolved, {})
+            if cached.get("state") == state and isinstance(cached.get("sha256"), str):
+                _hashes[key] = cached["sha256"]
+            else:
+                _hashes[key] = _sha256(path)
+                _remember_hash(resolved, state, _hashes[key])
         return _hashes[key]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_hash_cache() -> dict:
+    try:
+        entries = json.loads(hash_cache_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, unreadable or damaged: hash again
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _remember_hash(resolved: str, state: list[int], sha256: str) -> None:
+    """Add one file's hash to the cache file (written whole, then renamed: a reader never sees half
+    of it), dropping files that are gone. A cache that cannot be written only costs a re-hash."""
+    target = hash_cache_file()
+    entries = {name: entry for name, entry in _read_hash_cache().items() if os.path.exists(name)}
+    entries[resolved] = {"state": state, "sha256": sha256}
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(entries, handle)
+        os.replace(tmp, target)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
 
 
 # A file in a model directory that says its weights are random (pixelsift's tiny test models):

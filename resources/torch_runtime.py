@@ -1,4 +1,10 @@
-"""Device and dtype choice, and the once-per-process model cache, shared by all model resources."""
+"""Device and dtype choice, and the once-per-process model cache, shared by all model resources.
+
+torch is imported by the functions that use it, not here: the model resources import this module,
+and the code location loads them, so a module-level import would cost every process that loads the
+definitions (the UI's run worker, every `pixelsift` command) seconds for a library only model
+steps use (tests/test_architecture.py).
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,24 @@ import os
 import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from resources.backends import ModelLoadError
 from resources.concurrency import MAX_CONCURRENT_STEPS, gpu_count
 from resources.gpu_slots import claim_gpu
 from resources.settings import env_default
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_device(device: str) -> str:
     """'auto' picks CUDA when present, else CPU; anything else is passed through."""
     if device == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
@@ -39,13 +48,12 @@ def cpu_supports_bf16() -> bool:
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """'auto' is bf16 on CUDA and on CPUs with native bf16, float32 elsewhere."""
     if dtype == "auto":
-        if device.startswith("cuda") or cpu_supports_bf16():
-            return torch.bfloat16
-        return torch.float32
-    try:
-        return _DTYPES[dtype]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(_DTYPES)}") from None
+        dtype = "bfloat16" if device.startswith("cuda") or cpu_supports_bf16() else "float32"
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(_DTYPES)}")
+    import torch
+
+    return getattr(torch, dtype)
 
 
 def large_model_device(device: str) -> str:
@@ -76,7 +84,7 @@ def batch_for_device(configured: int, device: str, *, cpu_peak_gib: dict[int, fl
     if configured:
         return configured
     resolved = resolve_device(device)
-    if torch.device(resolved).type == "cuda":
+    if device_type(resolved) == "cuda":
         room = GPU_MEMORY_SHARE * gpu_memory_gib(resolved)
         return max((b for b, peak in gpu_peak_gib.items() if peak <= room), default=max(cpu_peak_gib))
     room = HOST_MEMORY_SHARE * host_memory_gib()
@@ -103,8 +111,15 @@ def host_memory_gib(cgroup_limit: Path = Path("/sys/fs/cgroup/memory.max")) -> f
     return total / 2**30
 
 
+def device_type(device: str) -> str:
+    """'cuda' for 'cuda:1', as ``torch.device(device).type`` says, without importing torch."""
+    return device.partition(":")[0]
+
+
 def gpu_memory_gib(device: str) -> float:
     """Total memory of a CUDA device in GiB; 0 where CUDA is not available."""
+    import torch
+
     if not torch.cuda.is_available():
         return 0.0
     return torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
@@ -140,6 +155,8 @@ def threads_per_step() -> int:
 
 
 def apply_thread_budget() -> int:
+    import torch
+
     threads = threads_per_step()
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
@@ -211,6 +228,8 @@ def _release_large() -> None:
         _cache.pop(key, None)
     _large.clear()
     gc.collect()
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

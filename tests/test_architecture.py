@@ -10,6 +10,7 @@ and the layers below it, never one above. The one exception is the entry point, 
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,4 +67,17 @@ def test_assets_and_the_backend_seam_do_not_import_torch():
     code = (f"import sys; import {', '.join(modules)}; "
             "heavy = sorted(m for m in ('torch', 'transformers', 'open_clip') if m in sys.modules); print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_code_location_loads_without_the_model_libraries():
+    # The UI's run worker and fork server, and `pixelsift run` before its first step, load the
+    # definitions; torch, transformers, open_clip, sklearn and matplotlib are for the steps that use
+    # them (they were ~33 s of every UI run's start on a loaded machine).
+    heavy = ("torch", "transformers", "open_clip", "sklearn", "scipy", "matplotlib", "sentence_transformers")
+    code = ("import sys; import dagster_project.definitions as d; assert d.defs.resolve_job_def('process_batch'); "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELSIFT_")} | {"PIXELSIFT_MODELS": "hub"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"

@@ -9,6 +9,7 @@ steps apart.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import subprocess
@@ -23,7 +24,7 @@ from dagster._core.instance.config import PoolGranularity
 
 from dagster_project.dagster_home import initialize_pools, install_instance_settings
 from dagster_project.definitions import defs
-from dagster_project.execution import CODE_LOCATION_MODULE, executor
+from dagster_project.execution import CODE_LOCATION_MODULE, STEP_LIBRARIES, STEP_PRELOAD, executor
 from dagster_project.run_history import free_slots_of_ended_runs
 from dagster_project.sensors import batch_folder_sensor
 from resources.concurrency import LARGE_MODEL, LARGE_MODEL_POOL, LARGE_MODEL_TAG
@@ -58,9 +59,15 @@ def test_the_executor_runs_two_steps_and_one_large_model_at_a_time():
 def test_steps_fork_from_a_server_that_imported_the_code_location_once():
     # Not Dagster's default (spawn: every step imports the code location, torch included, again).
     config = executor.apply_config_mapping({}).value["config"]
-    assert config["start_method"] == {"forkserver": {"preload_modules": [CODE_LOCATION_MODULE]}}
+    assert config["start_method"] == {"forkserver": {"preload_modules": [CODE_LOCATION_MODULE, STEP_PRELOAD]}}
     workspace = yaml.safe_load((ROOT / "dagster_project" / "workspace.yaml").read_text())
     assert [entry["python_module"]["module_name"] for entry in workspace["load_from"]] == [CODE_LOCATION_MODULE]
+
+
+def test_the_fork_server_preloads_libraries_that_exist():
+    # multiprocessing's fork server skips a preload module that fails to import: a misspelt name
+    # would make every step import that library itself, slowly and silently.
+    assert [name for name in STEP_LIBRARIES if importlib.util.find_spec(name) is None] == []
 
 
 def test_process_batch_and_the_ui_materialize_job_share_the_executor():
