@@ -47,6 +47,10 @@ class OneBatch:
     def partition_keys(self) -> list[str]:
         return [self._batch]
 
+    @property
+    def has_partition_key(self) -> bool:  # the step's own is False over a range (assets/reuse.py asks)
+        return True
+
     def add_output_metadata(self, metadata: dict) -> None:
         self._context.add_asset_metadata(metadata, partition_key=self._batch)
 
