@@ -16,6 +16,7 @@ from PIL import Image
 from pydantic import Field
 from transformers import BatchFeature, Blip2ForConditionalGeneration, Blip2Processor
 
+from resources import precision
 from resources.backends import Caption, fingerprint
 from resources.model_names import model_identity
 from resources.settings import env_default
@@ -25,7 +26,6 @@ from resources.torch_runtime import (
     load_once,
     local_model_dir,
     resolve_device,
-    resolve_dtype,
 )
 
 
@@ -43,10 +43,12 @@ def _model_source(model: str) -> str:
     return str(path) if path else model
 
 
-def _load(source: str, device: str, dtype: torch.dtype) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
+def _load(source: str, device: str, chosen: str) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
     processor = Blip2Processor.from_pretrained(source)
-    model = Blip2ForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True)
-    return model.to(device).eval(), processor
+    model = Blip2ForConditionalGeneration.from_pretrained(source, dtype=precision.load_dtype(chosen),
+                                                          use_safetensors=True)
+    # The OPT decoder's lm_head stays float32: it picks every token.
+    return precision.apply_precision(model.to(device).eval(), chosen, keep=("lm_head",)), processor
 
 
 def _generated_lengths(new_ids: torch.Tensor, eos_ids: set[int]) -> list[int]:
@@ -66,7 +68,7 @@ class CaptionerResource(ConfigurableResource):
         description="Hub id, or a local directory holding the model and its processor (PIXELSIFT_CAPTIONER_MODEL).",
     )
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
-    dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
+    dtype: str = Field(default="auto", description=precision.help_text())
     batch_size: int = Field(
         default=0, ge=0, description=batch_size_help("Images per generate call", CPU_PEAK_GIB, GPU_PEAK_GIB),
     )
@@ -83,9 +85,9 @@ class CaptionerResource(ConfigurableResource):
     def items_per_call(self) -> int:
         return batch_for_device(self.batch_size, self.device, cpu_peak_gib=CPU_PEAK_GIB, gpu_peak_gib=GPU_PEAK_GIB)
 
-    def _resolved(self) -> tuple[str, torch.dtype]:
+    def _resolved(self) -> tuple[str, str]:
         device = resolve_device(self.device)
-        return device, resolve_dtype(self.dtype, device)
+        return device, precision.resolve_precision(self.dtype, device, "captioner")
 
     def fingerprint(self) -> str:
         # Batch size is left out: rows are independent (same prompt, no padding).
@@ -94,7 +96,7 @@ class CaptionerResource(ConfigurableResource):
             kind="blip2-caption",
             model=model_identity(self.model),  # a local model by its files' hashes, not its path
             device=torch.device(device).type,
-            dtype=str(dtype),
+            dtype=precision.fingerprint_value(dtype),
             max_new_tokens=self.max_new_tokens,
             min_new_tokens=self.min_new_tokens,
         )
@@ -120,7 +122,7 @@ class CaptionerResource(ConfigurableResource):
         inputs = processor(
             images=[image.convert("RGB") for image in images], text=[prompt] * len(images), return_tensors="pt",
         ).to(model.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)  # float32 for int8 too
         return inputs
 
     @torch.inference_mode()

@@ -21,7 +21,7 @@ from jinja2 import TemplateError
 from pydantic import BaseModel, Field, PrivateAttr
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from resources import torch_runtime
+from resources import precision, torch_runtime
 from resources.backends import Chat, Generation, ModelLoadError, fingerprint
 from resources.constrained_decoding import DecodeStats, Decoded, generate_constrained
 from resources.json_grammar import SchemaGrammars
@@ -61,7 +61,7 @@ class MetadataLLMResource(ConfigurableResource):
         "(PIXELSIFT_METADATA_LLM_MODEL).",
     )
     device: str = Field(default="auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'...")
-    dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
+    dtype: str = Field(default="auto", description=precision.help_text())
     batch_size: int = Field(
         default=0, ge=0,
         description=torch_runtime.batch_size_help("Inputs decoded together", CPU_PEAK_GIB, GPU_PEAK_GIB),
@@ -93,7 +93,7 @@ class MetadataLLMResource(ConfigurableResource):
             kind="metadata_llm",
             model=model_identity(self.model_id),  # a local model by its files' hashes, not its path
             device=torch.device(device).type,
-            dtype=str(torch_runtime.resolve_dtype(self.dtype, device)),
+            dtype=precision.fingerprint_value(self.precision),  # int8 and bf16 change tokens
             decoding="greedy",
             jump_forward=self.jump_forward,  # forced text is spelled by us, not chosen by the model
         )
@@ -133,20 +133,27 @@ class MetadataLLMResource(ConfigurableResource):
     def postprocess(decoded: Sequence[Decoded]) -> list[Generation]:
         return [Generation(d.text, d.seconds * 1000.0, len(d.token_ids), d.finished) for d in decoded]
 
+    @property
+    def precision(self) -> str:
+        """What ``dtype`` means on this device and CPU class (``resources/precision.py``)."""
+        return precision.resolve_precision(self.dtype, torch_runtime.resolve_device(self.device), "metadata_llm")
+
     def _load(self) -> ChatModel:
         device = torch_runtime.resolve_device(self.device)
-        dtype = torch_runtime.resolve_dtype(self.dtype, device)
-        key = ("metadata_llm", self.model, device, str(dtype))
-        return torch_runtime.load_once(key, lambda: load_chat_model(self.model, device, dtype), large=True)
+        chosen = self.precision
+        key = ("metadata_llm", self.model, device, chosen)
+        return torch_runtime.load_once(key, lambda: load_chat_model(self.model, device, chosen), large=True)
 
 
-def load_chat_model(model_ref: str, device: str, dtype: torch.dtype) -> ChatModel:
+def load_chat_model(model_ref: str, device: str, dtype: torch.dtype | str) -> ChatModel:
     """Load model and tokenizer from a hub id, a local directory (safetensors only, no remote code)
-    or a GGUF file.
+    or a GGUF file, in a torch dtype or a precision name (``resources/precision.py``).
 
-    The one place a model is built. Int8 weight-only quantisation is not offered:
-    on CPUs with AMX it is slower than bf16 at the batch sizes used (see BENCHMARKS.md).
+    The one place a model is built. Int8 weight-only quantisation is not offered: on CPUs with
+    AMX it is slower than bf16 at the batch sizes used; dynamic int8 (``dtype='int8'``) is.
     """
+    chosen = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    dtype = precision.load_dtype(chosen)
     gguf = gguf_checkpoint(model_ref)
     if gguf is not None:
         tokenizer, model = _load_gguf(gguf, dtype)
@@ -154,7 +161,8 @@ def load_chat_model(model_ref: str, device: str, dtype: torch.dtype) -> ChatMode
         source = _resolve_source(model_ref)
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
-    model = model.to(device).eval()
+    # lm_head stays float32: one layer of 32 in Phi-3.5, and it picks every token.
+    model = precision.apply_precision(model.to(device).eval(), chosen, keep=("lm_head",))
     stop_ids = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} - {None}
     grammars = SchemaGrammars(tokenizer, model.config.vocab_size, {t for t in stop_ids if t < model.config.vocab_size})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

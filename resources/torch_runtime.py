@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import os
 import threading
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +12,7 @@ import torch
 
 from resources.backends import ModelLoadError
 from resources.concurrency import MAX_CONCURRENT_STEPS
+from resources.precision import cpu_class
 from resources.settings import env_default
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -25,14 +25,9 @@ def resolve_device(device: str) -> str:
     return device
 
 
-@lru_cache(maxsize=1)
 def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX) and torch may use them."""
+    return cpu_class() in ("amx", "avx512_bf16")
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
