@@ -21,7 +21,7 @@ from jinja2 import TemplateError
 from pydantic import BaseModel, Field, PrivateAttr
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from resources import precision, torch_runtime
+from resources import memory_budget, precision, torch_runtime
 from resources.backends import Chat, Generation, ModelLoadError, fingerprint
 from resources.constrained_decoding import DecodeStats, Decoded, generate_constrained
 from resources.json_grammar import SchemaGrammars
@@ -31,10 +31,18 @@ from resources.settings import env_default
 
 log = logging.getLogger(__name__)
 
-# Peak memory by batch size, Phi-3.5-mini in bf16 writing metadata: process RSS on the 2-core CPU
-# (benchmarks/results/full-cpu.json), GPU memory on an H200 (full-cuda.json). The key/value
-# buffers grow with the rows.
-CPU_PEAK_GIB = {32: 11.1, 64: 14.0}
+# Peak RSS of Phi-3.5-mini (3.82B parameters) writing metadata on a CPU (BENCHMARKS.md, "Peak memory
+# by precision"). bf16 at 32 and 64 rows measured (11.1, 14.0 GiB: benchmarks/results/full-cpu.json),
+# float32 at 16 rows measured on an AVX2 EPYC (18.0 GiB, issue 14); weights are parameters x bytes
+# (int8: linear layers 1 byte, embeddings and lm_head float32), a row's key/value cache and
+# activations double in float32 and int8 (float32 activations), int8 loads bf16 before quantising.
+CPU_MEMORY = memory_budget.MemoryModel(
+    "Phi-3.5-mini", 3.82,
+    weights_gib={"bfloat16": 7.12, "float16": 7.12, "float32": 14.23, "int8": 4.11},
+    per_row_gib={"bfloat16": 0.09, "float16": 0.09, "float32": 0.18, "int8": 0.18},
+    overhead_gib=1.1, load_gib={"int8": 7.54},
+)
+# GPU memory by batch size on an H200, bf16 (benchmarks/results/full-cuda.json).
 GPU_PEAK_GIB = {128: 16.3, 256: 25.2, 512: 44.7}
 
 _INPUT_SENTINEL = "\u2063PIXELSIFT_INPUT\u2063"
@@ -64,7 +72,7 @@ class MetadataLLMResource(ConfigurableResource):
     dtype: str = Field(default="auto", description=precision.help_text())
     batch_size: int = Field(
         default=0, ge=0,
-        description=torch_runtime.batch_size_help("Inputs decoded together", CPU_PEAK_GIB, GPU_PEAK_GIB),
+        description=memory_budget.batch_help("Inputs decoded together", CPU_MEMORY, GPU_PEAK_GIB),
     )
     prefix_cache: bool = Field(default=True, description="Prefill the prompt part shared by all inputs once.")
     jump_forward: bool = Field(
@@ -79,8 +87,11 @@ class MetadataLLMResource(ConfigurableResource):
 
     @property
     def items_per_call(self) -> int:
-        return torch_runtime.batch_for_device(self.batch_size, self.device, cpu_peak_gib=CPU_PEAK_GIB,
-                                              gpu_peak_gib=GPU_PEAK_GIB)
+        return memory_budget.step_batch(self.batch_size, torch_runtime.resolve_device(self.device), self.precision,
+                                        self._memory(), GPU_PEAK_GIB)
+
+    def _memory(self) -> memory_budget.MemoryModel:
+        return memory_budget.for_checkpoint(CPU_MEMORY, self.model)
 
     @property
     def last_stats(self) -> DecodeStats | None:
@@ -135,8 +146,13 @@ class MetadataLLMResource(ConfigurableResource):
 
     @property
     def precision(self) -> str:
-        """What ``dtype`` means on this device and CPU class (``resources/precision.py``)."""
-        return precision.resolve_precision(self.dtype, torch_runtime.resolve_device(self.device), "metadata_llm")
+        """What ``dtype`` means on this device and CPU class (``resources/precision.py``); 'auto' on a
+        CPU takes int8 where its first choice would not fit in memory."""
+        device = torch_runtime.resolve_device(self.device)
+        chosen = precision.resolve_precision(self.dtype, device, "metadata_llm")
+        if self.dtype == "auto" and device == "cpu":
+            return memory_budget.fitting_precision(chosen, self._memory())
+        return chosen
 
     def _load(self) -> ChatModel:
         device = torch_runtime.resolve_device(self.device)
