@@ -1,6 +1,7 @@
 """Each precision side by side on one CPU class: speed, and how far its outputs move from float32.
 
     python -m benchmarks.precision --cpu avx2 layers     # Phi-3.5-mini's linear layers, full size
+    python -m benchmarks.precision --cpu avx2 vision     # BLIP-2's ViT-g linear layers, 4 images a call
     python -m benchmarks.precision --cpu avx2 smollm2    # SmolLM2 (trained) writing metadata
 
 ``--cpu avx2`` runs the measurement in a child process capped to AVX2 (``benchmarks/cpu_emulation``);
@@ -65,13 +66,17 @@ def _linear_variant(variant: str, weight):
     return apply_precision(layer, "int8"), torch.float32
 
 
-def measure_layers(tokens_per_call=(1, 16, 64), repeats: int = 7, variants=VARIANTS) -> list[dict]:
+# (out_features, in_features) of each linear layer in one layer of BLIP-2's ViT-g/14 (39 layers).
+BLIP2_VISION_LINEARS = {"qkv": (4224, 1408), "projection": (1408, 1408), "fc1": (6144, 1408), "fc2": (1408, 6144)}
+
+
+def measure_layers(tokens_per_call=(1, 16, 64), repeats: int = 7, variants=VARIANTS, shapes=None) -> list[dict]:
     import torch
 
     from benchmarks.int8 import PHI35_LINEARS
 
     gen = torch.Generator().manual_seed(0)
-    weights = {n: torch.randn(shape, generator=gen) * 0.02 for n, shape in PHI35_LINEARS.items()}
+    weights = {n: torch.randn(shape, generator=gen) * 0.02 for n, shape in (shapes or PHI35_LINEARS).items()}
     rows = []
     with torch.inference_mode():
         for tokens in tokens_per_call:
@@ -122,6 +127,17 @@ def agreement(reference: list[str], other: list[str], tokenizer) -> dict:
             "field_agreement": same_fields / max(total_fields, 1)}
 
 
+def _valid_share(texts: list[str], schema) -> float:
+    valid = 0
+    for text in texts:
+        try:
+            schema.model_validate_json(text)
+            valid += 1
+        except ValueError:
+            pass
+    return valid / max(len(texts), 1)
+
+
 def measure_smollm2(model_dir: str, precisions=("float32", "bfloat16", "int8"), captions=CAPTIONS,
                     rounds: int = 2) -> list[dict]:
     """Seconds per document and agreement with float32, per precision (see the module doc)."""
@@ -145,7 +161,7 @@ def measure_smollm2(model_dir: str, precisions=("float32", "bfloat16", "int8"), 
     rows = []
     for p in precisions:
         row = {"precision": p, "s_per_document": _median(times[p][1:] or times[p]) / len(chats),
-               "process_peak_gib_so_far": peaks[p]}
+               "process_peak_gib_so_far": peaks[p], "valid_documents": _valid_share(texts[p], ImageMetadataOutput)}
         row |= agreement(texts["float32"], texts[p], tokenizer)
         rows.append(row)
     base = rows[0]["s_per_document"]
@@ -156,7 +172,7 @@ def measure_smollm2(model_dir: str, precisions=("float32", "bfloat16", "int8"), 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["layers", "smollm2"])
+    parser.add_argument("part", choices=["layers", "vision", "smollm2"])
     parser.add_argument("--cpu", choices=["native", "avx2"], default="native")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--captions", type=int, default=len(CAPTIONS))
@@ -176,6 +192,8 @@ def main() -> None:
     os.environ.setdefault("PIXELSIFT_STEPS_AT_ONCE", "1")  # every core for the one measurement
     if args.part == "layers":
         rows = measure_layers(repeats=args.repeats)
+    elif args.part == "vision":  # 4 images of 257 patch tokens per call, int8 variants that can win
+        rows = measure_layers((1028,), args.repeats, ("float32", "bfloat16", "int8"), BLIP2_VISION_LINEARS)
     else:
         from resources.smollm2 import smollm2_gguf_path
 

@@ -63,11 +63,11 @@ class MemoryModel:
         return {p: {b: round(self.peak_gib(p, b), 1) for b in batches} for p in self.weights_gib}
 
 
-def memory_room_gib(cgroup_limit: Path = Path("/sys/fs/cgroup/memory.max")) -> float:
+def memory_room_gib() -> float:
     """GiB a model step may plan to use in this process (see the module doc)."""
-    from resources.torch_runtime import host_memory_gib
+    from resources import torch_runtime
 
-    room = HOST_MEMORY_SHARE * host_memory_gib(cgroup_limit)
+    room = HOST_MEMORY_SHARE * torch_runtime.host_memory_gib()
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
         room = min(room, (soft - _address_space_used()) / 2**30)

@@ -12,6 +12,7 @@ import torch
 
 from resources.backends import ModelLoadError
 from resources.concurrency import MAX_CONCURRENT_STEPS
+from resources.memory_budget import HOST_MEMORY_SHARE
 from resources.precision import cpu_class
 from resources.settings import env_default
 
@@ -43,9 +44,8 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 
 # The share of a device's memory a model step may plan to use: a GPU is the step's alone, while
-# RAM also holds the OS, Dagster and the step's other work.
+# RAM also holds the OS, Dagster and the step's other work (resources/memory_budget.py).
 GPU_MEMORY_SHARE = 0.9
-HOST_MEMORY_SHARE = 0.8
 
 
 def batch_for_device(configured: int, device: str, *, cpu_peak_gib: dict[int, float],
@@ -65,14 +65,6 @@ def batch_for_device(configured: int, device: str, *, cpu_peak_gib: dict[int, fl
         return max((b for b, peak in gpu_peak_gib.items() if peak <= room), default=max(cpu_peak_gib))
     room = HOST_MEMORY_SHARE * host_memory_gib()
     return max((b for b, peak in cpu_peak_gib.items() if peak <= room), default=min(cpu_peak_gib))
-
-
-def batch_size_help(what: str, cpu_peak_gib: dict[int, float], gpu_peak_gib: dict[int, float]) -> str:
-    """The ``batch_size`` setting's description, from the same measurements ``batch_for_device`` uses."""
-    small, large = min(cpu_peak_gib), max(cpu_peak_gib)
-    needs = cpu_peak_gib[large] / HOST_MEMORY_SHARE
-    return (f"{what}; 0 = by device, the fastest measured that its memory allows (BENCHMARKS.md): on a CPU "
-            f"{large} ({small} with under {needs:.1f} GiB of RAM), on a GPU up to {max(gpu_peak_gib)}.")
 
 
 def host_memory_gib(cgroup_limit: Path = Path("/sys/fs/cgroup/memory.max")) -> float:
