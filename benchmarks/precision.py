@@ -3,7 +3,6 @@
     python -m benchmarks.precision --cpu avx2 layers     # Phi-3.5-mini's linear layers, full size
     python -m benchmarks.precision --cpu avx2 vision     # BLIP-2's ViT-g linear layers, 4 images a call
     python -m benchmarks.precision --cpu avx2 smollm2    # SmolLM2 (trained) writing metadata
-    python -m benchmarks.precision memory                # peak RSS of loading a 4-layer Phi-3.5
 
 ``--cpu avx2`` runs the measurement in a child process capped to AVX2 (``benchmarks/cpu_emulation``);
 ``native`` uses every instruction this CPU has. Options alternate within each round (A/B
@@ -171,50 +170,9 @@ def measure_smollm2(model_dir: str, precisions=("float32", "bfloat16", "int8"), 
     return rows
 
 
-_LOAD_PEAK = """
-import resource, sys, warnings
-warnings.simplefilter("ignore")
-import torch
-from transformers import AutoModelForCausalLM
-from resources.precision import apply_precision, load_dtype
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=load_dtype(sys.argv[2]))
-model = apply_precision(model.eval(), sys.argv[2], keep=("lm_head",))
-after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-with torch.inference_mode():
-    model(torch.randint(0, 1000, (16, 256)))
-print((after_load - before) / 2**20, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**20)
-"""
-
-
-def measure_load_peaks(layers: int = 4, precisions=("bfloat16", "float32", "int8")) -> list[dict]:
-    """Peak RSS added by loading a Phi-3.5-mini of ``layers`` layers (random weights, saved in bf16
-    like the full-size checkpoints) in each precision, then one 16 x 256-token forward; each in a
-    fresh process. Scaled to 32 layers these check the memory model's weights and int8 load peak."""
-    import tempfile
-
-    import torch
-    from transformers import Phi3ForCausalLM
-
-    from benchmarks.full_size import phi35_mini_config
-
-    with tempfile.TemporaryDirectory() as folder:
-        config = phi35_mini_config(1, 2, 0)
-        config.num_hidden_layers = layers
-        torch.manual_seed(0)
-        Phi3ForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
-        rows = []
-        for p in precisions:
-            out = subprocess.run([sys.executable, "-c", _LOAD_PEAK, folder, p], capture_output=True, text=True,
-                                 check=True).stdout.split()
-            rows.append({"precision": p, "layers": layers, "load_peak_gib": float(out[0]),
-                         "forward_peak_gib": float(out[1])})
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["layers", "vision", "smollm2", "memory"])
+    parser.add_argument("part", choices=["layers", "vision", "smollm2"])
     parser.add_argument("--cpu", choices=["native", "avx2"], default="native")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--captions", type=int, default=len(CAPTIONS))
@@ -234,8 +192,6 @@ def main() -> None:
     os.environ.setdefault("PIXELSIFT_STEPS_AT_ONCE", "1")  # every core for the one measurement
     if args.part == "layers":
         rows = measure_layers(repeats=args.repeats)
-    elif args.part == "memory":
-        rows = measure_load_peaks()
     elif args.part == "vision":  # 4 images of 257 patch tokens per call, int8 variants that can win
         rows = measure_layers((1028,), args.repeats, ("float32", "bfloat16", "int8"), BLIP2_VISION_LINEARS)
     else:
