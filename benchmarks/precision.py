@@ -176,6 +176,7 @@ def main() -> None:
     parser.add_argument("--cpu", choices=["native", "avx2"], default="native")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--captions", type=int, default=len(CAPTIONS))
+    parser.add_argument("--rounds", type=int, default=2, help="smollm2: rounds; 1 times the load too")
     parser.add_argument("--in-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.in_child:
@@ -197,7 +198,7 @@ def main() -> None:
     else:
         from resources.smollm2 import smollm2_gguf_path
 
-        rows = measure_smollm2(str(smollm2_gguf_path()), captions=CAPTIONS[: args.captions])
+        rows = measure_smollm2(str(smollm2_gguf_path()), captions=CAPTIONS[: args.captions], rounds=args.rounds)
     print(json.dumps(rows))
 
 
