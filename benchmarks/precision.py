@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--captions", type=int, default=len(CAPTIONS))
     parser.add_argument("--rounds", type=int, default=2, help="smollm2: rounds; 1 times the load too")
+    parser.add_argument("--model", help="smollm2: a saved copy (tests' cache) instead of unpacking the GGUF")
     parser.add_argument("--in-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.in_child:
@@ -198,7 +199,7 @@ def main() -> None:
     else:
         from resources.smollm2 import smollm2_gguf_path
 
-        rows = measure_smollm2(str(smollm2_gguf_path()), captions=CAPTIONS[: args.captions], rounds=args.rounds)
+        rows = measure_smollm2(args.model or str(smollm2_gguf_path()), captions=CAPTIONS[: args.captions], rounds=args.rounds)
     print(json.dumps(rows))
 
 
