@@ -34,7 +34,7 @@ CPU_CLASSES = {
 
 # What ``auto`` picks per CPU class and stage (BENCHMARKS.md, "CPU classes"). bf16 where the CPU
 # multiplies bf16 natively. Without that, bf16 is converted in software and slower than float32;
-# dynamic int8 is 2.8-3.4x faster per layer under AVX2 but its error is 8x bf16's (2.2% against
+# dynamic int8 is 1.8-3.5x faster per layer under AVX2 but its error is 8x bf16's (2.2% against
 # 0.29% per layer) and on SmolLM2 it kept 1 metadata field in 10 where bf16 kept 9: more change
 # than the default accepts anywhere. It is opt-in, and the fallback where float32 does not fit in
 # memory (resources/memory_budget.py).
