@@ -15,28 +15,26 @@ from dagster import ConfigurableResource
 from PIL import Image
 from pydantic import Field
 
+from resources import memory_budget, precision
 from resources.backends import Caption, fingerprint
 from resources.model_names import model_identity
 from resources.settings import env_default
-from resources.torch_runtime import (
-    batch_for_device,
-    batch_size_help,
-    device_type,
-    large_model_device,
-    load_once,
-    local_model_dir,
-    resolve_device,
-    resolve_dtype,
-)
+from resources.torch_runtime import device_type, large_model_device, load_once, local_model_dir, resolve_device
 
 if TYPE_CHECKING:
     import torch
     from transformers import BatchFeature, Blip2ForConditionalGeneration, Blip2Processor
 
-
-# Peak memory by batch size, BLIP-2 OPT-2.7B in bf16: process RSS on the 2-core CPU
-# (benchmarks/results/full-cpu.json), GPU memory on an H200 (full-cuda.json).
-CPU_PEAK_GIB = {16: 8.5, 32: 9.0}
+# Peak RSS of BLIP-2 OPT-2.7B (3.74B parameters) captioning on a CPU (BENCHMARKS.md, "Peak memory by
+# precision"): bf16 at 16 and 32 images measured (8.5, 9.0 GiB: benchmarks/results/full-cpu.json), the
+# rest derived as for the metadata LLM (resources/metadata_llm.py).
+CPU_MEMORY = memory_budget.MemoryModel(
+    "BLIP-2 OPT-2.7B", 3.74,
+    weights_gib={"bfloat16": 6.97, "float16": 6.97, "float32": 13.93, "int8": 3.87},
+    per_row_gib={"bfloat16": 0.031, "float16": 0.031, "float32": 0.062, "int8": 0.062},
+    overhead_gib=1.0, load_gib={"int8": 7.27}, batches=(1, 2, 4, 8, 16, 32),  # 32: the largest measured
+)
+# GPU memory by batch size on an H200, bf16 (benchmarks/results/full-cuda.json).
 GPU_PEAK_GIB = {64: 8.2, 128: 9.4, 256: 11.7}
 
 
@@ -48,12 +46,14 @@ def _model_source(model: str) -> str:
     return str(path) if path else model
 
 
-def _load(source: str, device: str, dtype: torch.dtype) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
+def _load(source: str, device: str, chosen: str) -> tuple[Blip2ForConditionalGeneration, Blip2Processor]:
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
     processor = Blip2Processor.from_pretrained(source)
-    model = Blip2ForConditionalGeneration.from_pretrained(source, dtype=dtype, use_safetensors=True)
-    return model.to(device).eval(), processor
+    model = Blip2ForConditionalGeneration.from_pretrained(source, dtype=precision.load_dtype(chosen),
+                                                          use_safetensors=True)
+    # The OPT decoder's lm_head stays float32: it picks every token.
+    return precision.apply_precision(model.to(device).eval(), chosen, keep=("lm_head",)), processor
 
 
 def _generated_lengths(new_ids: torch.Tensor, eos_ids: set[int]) -> list[int]:
@@ -73,9 +73,9 @@ class CaptionerResource(ConfigurableResource):
         description="Hub id, or a local directory holding the model and its processor (PIXELSIFT_CAPTIONER_MODEL).",
     )
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
-    dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
+    dtype: str = Field(default="auto", description=precision.help_text())
     batch_size: int = Field(
-        default=0, ge=0, description=batch_size_help("Images per generate call", CPU_PEAK_GIB, GPU_PEAK_GIB),
+        default=0, ge=0, description=memory_budget.batch_help("Images per generate call", CPU_MEMORY, GPU_PEAK_GIB),
     )
     max_new_tokens: int = Field(default=20, ge=1, description="Caption length limit in tokens.")
     min_new_tokens: int = Field(
@@ -88,11 +88,18 @@ class CaptionerResource(ConfigurableResource):
 
     @property
     def items_per_call(self) -> int:
-        return batch_for_device(self.batch_size, self.device, cpu_peak_gib=CPU_PEAK_GIB, gpu_peak_gib=GPU_PEAK_GIB)
+        device, chosen = self._resolved()
+        return memory_budget.step_batch(self.batch_size, device, chosen, self._memory(), GPU_PEAK_GIB)
 
-    def _resolved(self) -> tuple[str, torch.dtype]:
+    def _memory(self) -> memory_budget.MemoryModel:
+        return memory_budget.for_checkpoint(CPU_MEMORY, self.model)
+
+    def _resolved(self) -> tuple[str, str]:
         device = resolve_device(self.device)
-        return device, resolve_dtype(self.dtype, device)
+        chosen = precision.resolve_precision(self.dtype, device, "captioner")
+        if self.dtype == "auto" and device == "cpu":  # int8 where the first choice would not fit
+            chosen = memory_budget.fitting_precision(chosen, self._memory())
+        return device, chosen
 
     def fingerprint(self) -> str:
         # Batch size is left out: rows are independent (same prompt, no padding).
@@ -101,7 +108,7 @@ class CaptionerResource(ConfigurableResource):
             kind="blip2-caption",
             model=model_identity(self.model),  # a local model by its files' hashes, not its path
             device=device_type(device),
-            dtype=str(dtype),
+            dtype=precision.fingerprint_value(dtype),
             max_new_tokens=self.max_new_tokens,
             min_new_tokens=self.min_new_tokens,
         )
@@ -128,7 +135,7 @@ class CaptionerResource(ConfigurableResource):
         inputs = processor(
             images=[image.convert("RGB") for image in images], text=[prompt] * len(images), return_tensors="pt",
         ).to(model.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)  # float32 for int8 too
         return inputs
 
     def _forward(self, model: Blip2ForConditionalGeneration, inputs: BatchFeature) -> torch.Tensor:

@@ -22,7 +22,7 @@ from dagster import ConfigurableResource
 from jinja2 import TemplateError
 from pydantic import BaseModel, Field, PrivateAttr
 
-from resources import torch_runtime
+from resources import memory_budget, precision, torch_runtime
 from resources.backends import Chat, Generation, ModelLoadError, fingerprint
 from resources.model_names import model_identity
 from resources.settings import env_default
@@ -37,10 +37,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Peak memory by batch size, Phi-3.5-mini in bf16 writing metadata: process RSS on the 2-core CPU
-# (benchmarks/results/full-cpu.json), GPU memory on an H200 (full-cuda.json). The key/value
-# buffers grow with the rows.
-CPU_PEAK_GIB = {32: 11.1, 64: 14.0}
+# Peak RSS of Phi-3.5-mini (3.82B parameters) writing metadata on a CPU (BENCHMARKS.md, "Peak memory
+# by precision"). bf16 at 32 and 64 rows measured (11.1, 14.0 GiB: benchmarks/results/full-cpu.json),
+# float32 at 16 rows measured on an AVX2 EPYC (18.0 GiB, issue 14); weights are parameters x bytes
+# (int8: linear layers 1 byte, embeddings and lm_head float32), a row's key/value cache and
+# activations double in float32 and int8 (float32 activations), int8 loads bf16 before quantising.
+CPU_MEMORY = memory_budget.MemoryModel(
+    "Phi-3.5-mini", 3.82,
+    weights_gib={"bfloat16": 7.12, "float16": 7.12, "float32": 14.23, "int8": 4.11},
+    per_row_gib={"bfloat16": 0.09, "float16": 0.09, "float32": 0.18, "int8": 0.18},
+    overhead_gib=1.1, load_gib={"int8": 7.54},
+)
+# GPU memory by batch size on an H200, bf16 (benchmarks/results/full-cuda.json).
 GPU_PEAK_GIB = {128: 16.3, 256: 25.2, 512: 44.7}
 
 _INPUT_SENTINEL = "\u2063PIXELSIFT_INPUT\u2063"
@@ -67,10 +75,10 @@ class MetadataLLMResource(ConfigurableResource):
         "(PIXELSIFT_METADATA_LLM_MODEL).",
     )
     device: str = Field(default="auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'...")
-    dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
+    dtype: str = Field(default="auto", description=precision.help_text())
     batch_size: int = Field(
         default=0, ge=0,
-        description=torch_runtime.batch_size_help("Inputs decoded together", CPU_PEAK_GIB, GPU_PEAK_GIB),
+        description=memory_budget.batch_help("Inputs decoded together", CPU_MEMORY, GPU_PEAK_GIB),
     )
     prefix_cache: bool = Field(default=True, description="Prefill the prompt part shared by all inputs once.")
     jump_forward: bool = Field(
@@ -85,8 +93,11 @@ class MetadataLLMResource(ConfigurableResource):
 
     @property
     def items_per_call(self) -> int:
-        return torch_runtime.batch_for_device(self.batch_size, self.device, cpu_peak_gib=CPU_PEAK_GIB,
-                                              gpu_peak_gib=GPU_PEAK_GIB)
+        return memory_budget.step_batch(self.batch_size, torch_runtime.resolve_device(self.device), self.precision,
+                                        self._memory(), GPU_PEAK_GIB)
+
+    def _memory(self) -> memory_budget.MemoryModel:
+        return memory_budget.for_checkpoint(CPU_MEMORY, self.model)
 
     @property
     def last_stats(self) -> DecodeStats | None:
@@ -99,7 +110,7 @@ class MetadataLLMResource(ConfigurableResource):
             kind="metadata_llm",
             model=model_identity(self.model_id),  # a local model by its files' hashes, not its path
             device=torch_runtime.device_type(device),
-            dtype=str(torch_runtime.resolve_dtype(self.dtype, device)),
+            dtype=precision.fingerprint_value(self.precision),  # int8 and bf16 change tokens
             decoding="greedy",
             jump_forward=self.jump_forward,  # forced text is spelled by us, not chosen by the model
         )
@@ -143,25 +154,37 @@ class MetadataLLMResource(ConfigurableResource):
     def postprocess(decoded: Sequence[Decoded]) -> list[Generation]:
         return [Generation(d.text, d.seconds * 1000.0, len(d.token_ids), d.finished) for d in decoded]
 
+    @property
+    def precision(self) -> str:
+        """What ``dtype`` means on this device and CPU class (``resources/precision.py``); 'auto' on a
+        CPU takes int8 where its first choice would not fit in memory."""
+        device = torch_runtime.resolve_device(self.device)
+        chosen = precision.resolve_precision(self.dtype, device, "metadata_llm")
+        if self.dtype == "auto" and device == "cpu":
+            return memory_budget.fitting_precision(chosen, self._memory())
+        return chosen
+
     def _load(self) -> ChatModel:
         device = torch_runtime.large_model_device(self.device)  # on a machine with several GPUs, a free one
-        dtype = torch_runtime.resolve_dtype(self.dtype, device)
-        key = ("metadata_llm", self.model, device, str(dtype))
-        return torch_runtime.load_once(key, lambda: load_chat_model(self.model, device, dtype), large=True)
+        chosen = self.precision
+        key = ("metadata_llm", self.model, device, chosen)
+        return torch_runtime.load_once(key, lambda: load_chat_model(self.model, device, chosen), large=True)
 
 
-def load_chat_model(model_ref: str, device: str, dtype: torch.dtype) -> ChatModel:
+def load_chat_model(model_ref: str, device: str, dtype: torch.dtype | str) -> ChatModel:
     """Load model and tokenizer from a hub id, a local directory (safetensors only, no remote code)
-    or a GGUF file.
+    or a GGUF file, in a torch dtype or a precision name (``resources/precision.py``).
 
-    The one place a model is built. Int8 weight-only quantisation is not offered:
-    on CPUs with AMX it is slower than bf16 at the batch sizes used (see BENCHMARKS.md).
+    The one place a model is built. Int8 weight-only quantisation is not offered: on CPUs with
+    AMX it is slower than bf16 at the batch sizes used. Dynamic int8 (``dtype='int8'``) is offered.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from resources.json_grammar import SchemaGrammars
     from resources.prefix_cache import PrefixCache
 
+    chosen = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    dtype = precision.load_dtype(chosen)
     gguf = gguf_checkpoint(model_ref)
     if gguf is not None:
         tokenizer, model = _load_gguf(gguf, dtype)
@@ -169,7 +192,8 @@ def load_chat_model(model_ref: str, device: str, dtype: torch.dtype) -> ChatMode
         source = _resolve_source(model_ref)
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
-    model = model.to(device).eval()
+    # lm_head stays float32: one layer of 32 in Phi-3.5, and it picks every token.
+    model = precision.apply_precision(model.to(device).eval(), chosen, keep=("lm_head",))
     stop_ids = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} - {None}
     grammars = SchemaGrammars(tokenizer, model.config.vocab_size, {t for t in stop_ids if t < model.config.vocab_size})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -11,13 +11,14 @@ from __future__ import annotations
 import gc
 import os
 import threading
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from resources.backends import ModelLoadError
 from resources.concurrency import MAX_CONCURRENT_STEPS, gpu_count
 from resources.gpu_slots import claim_gpu
+from resources.memory_budget import HOST_MEMORY_SHARE
+from resources.precision import cpu_class
 from resources.settings import env_default
 
 if TYPE_CHECKING:
@@ -35,14 +36,9 @@ def resolve_device(device: str) -> str:
     return device
 
 
-@lru_cache(maxsize=1)
 def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX) and torch may use them."""
+    return cpu_class() in ("amx", "avx512_bf16")
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
@@ -67,9 +63,8 @@ def large_model_device(device: str) -> str:
 
 
 # The share of a device's memory a model step may plan to use: a GPU is the step's alone, while
-# RAM also holds the OS, Dagster and the step's other work.
+# RAM also holds the OS, Dagster and the step's other work (resources/memory_budget.py).
 GPU_MEMORY_SHARE = 0.9
-HOST_MEMORY_SHARE = 0.8
 
 
 def batch_for_device(configured: int, device: str, *, cpu_peak_gib: dict[int, float],
@@ -89,14 +84,6 @@ def batch_for_device(configured: int, device: str, *, cpu_peak_gib: dict[int, fl
         return max((b for b, peak in gpu_peak_gib.items() if peak <= room), default=max(cpu_peak_gib))
     room = HOST_MEMORY_SHARE * host_memory_gib()
     return max((b for b, peak in cpu_peak_gib.items() if peak <= room), default=min(cpu_peak_gib))
-
-
-def batch_size_help(what: str, cpu_peak_gib: dict[int, float], gpu_peak_gib: dict[int, float]) -> str:
-    """The ``batch_size`` setting's description, from the same measurements ``batch_for_device`` uses."""
-    small, large = min(cpu_peak_gib), max(cpu_peak_gib)
-    needs = cpu_peak_gib[large] / HOST_MEMORY_SHARE
-    return (f"{what}; 0 = by device, the fastest measured that its memory allows (BENCHMARKS.md): on a CPU "
-            f"{large} ({small} with under {needs:.1f} GiB of RAM), on a GPU up to {max(gpu_peak_gib)}.")
 
 
 def host_memory_gib(cgroup_limit: Path = Path("/sys/fs/cgroup/memory.max")) -> float:

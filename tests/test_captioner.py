@@ -118,6 +118,7 @@ def test_model_id_and_fingerprint(blip2_dir):
         captioner(blip2_dir, max_new_tokens=7),
         captioner(blip2_dir, min_new_tokens=2),
         captioner(blip2_dir, dtype="bfloat16"),
+        captioner(blip2_dir, dtype="int8"),
         captioner(Path("/elsewhere/blip2")),
     ]
     assert len({base.fingerprint(), *(c.fingerprint() for c in changed)}) == len(changed) + 1
@@ -144,9 +145,9 @@ def test_tiny_tokenizer_round_trips_any_text():
 
 def test_batch_size_0_is_the_fastest_measured_for_the_device(monkeypatch):
     # Memory sizes are the one thing faked: this machine has no GPU and one size of RAM.
-    for ram, batch in ((24.0, 32), (12.0, 32), (11.0, 16), (4.0, 16)):
+    for ram, batch in ((24.0, 32), (12.0, 32), (10.5, 8)):
         monkeypatch.setattr(torch_runtime, "host_memory_gib", lambda ram=ram: ram)
-        assert CaptionerResource(device="cpu").items_per_call == batch, ram
+        assert CaptionerResource(device="cpu", dtype="bfloat16").items_per_call == batch, ram
     monkeypatch.setattr(torch_runtime, "gpu_memory_gib", lambda device: 80.0)
     assert CaptionerResource(device="cuda").items_per_call == 256
     monkeypatch.setattr(torch_runtime, "gpu_memory_gib", lambda device: 8.0)

@@ -115,6 +115,7 @@ def test_fingerprint_follows_what_changes_outputs(model_dir):
     assert base.fingerprint() == MetadataLLMResource(model=model_dir, dtype="float32", prefix_cache=False).fingerprint()
     for changed in (
         MetadataLLMResource(model=model_dir, dtype="bfloat16"),
+        MetadataLLMResource(model=model_dir, dtype="int8"),
         MetadataLLMResource(model=model_dir, dtype="float32", jump_forward=False),
         MetadataLLMResource(model=model_dir + "-other", dtype="float32"),
     ):
@@ -123,9 +124,9 @@ def test_fingerprint_follows_what_changes_outputs(model_dir):
 
 def test_batch_size_0_is_the_fastest_measured_for_the_device(monkeypatch):
     # Memory sizes are the one thing faked: this machine has no GPU and one size of RAM.
-    for ram, batch in ((64.0, 64), (18.0, 64), (16.0, 32), (8.0, 32)):
+    for ram, batch in ((64.0, 64), (18.0, 64), (16.0, 32), (11.0, 4)):
         monkeypatch.setattr(torch_runtime, "host_memory_gib", lambda ram=ram: ram)
-        assert MetadataLLMResource(device="cpu").items_per_call == batch, ram
+        assert MetadataLLMResource(device="cpu", dtype="bfloat16").items_per_call == batch, ram
     for memory, batch in ((141.0, 512), (80.0, 512), (40.0, 256), (24.0, 128), (12.0, 64)):
         monkeypatch.setattr(torch_runtime, "gpu_memory_gib", lambda device, m=memory: m)
         assert MetadataLLMResource(device="cuda:1").items_per_call == batch, memory

@@ -1,0 +1,56 @@
+"""Run a benchmark as if on an AVX2-only CPU (Intel Core before AVX-512, AMD Zen 2/3), on a CPU with more.
+
+The four variables cap what each kernel library may use: torch's own kernels
+(``ATEN_CPU_CAPABILITY``), oneDNN's (``ONEDNN_MAX_CPU_ISA``: bf16 matmuls, no AMX), MKL's
+(``MKL_ENABLE_INSTRUCTIONS``: float32 GEMM) and FBGEMM's (``FBGEMM_ENABLE_INSTRUCTIONS``: the x86
+engine's dynamic int8 linear layers, no VNNI). They must be set before torch is imported, so an
+emulated measurement runs in a child process. torch and oneDNN report what they use (checked
+below); FBGEMM does not, so its cap shows only in the int8 timings.
+Memory bandwidth, caches and clock stay this machine's: emulated figures are estimates.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+            "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}
+
+_PROBE = """
+import warnings, torch
+warnings.simplefilter("ignore")
+print("capability", torch.backends.cpu.get_cpu_capability(), flush=True)
+torch.backends.quantized.engine = "onednn"
+layer = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(256, 256)), {torch.nn.Linear})
+with torch.inference_mode():
+    layer(torch.randn(4, 256))
+"""
+
+
+def emulated_env(cpu: str) -> dict[str, str]:
+    """The environment of a child process measuring CPU class ``cpu`` ('native' or 'avx2')."""
+    if cpu == "native":
+        return {k: v for k, v in os.environ.items() if k not in AVX2_ENV}
+    if cpu == "avx2":
+        return os.environ | AVX2_ENV
+    raise ValueError(f"unknown CPU class {cpu!r}; choose native or avx2")
+
+
+def check_emulation(cpu: str) -> dict[str, str]:
+    """What the kernels really use under ``emulated_env(cpu)``: torch's capability, oneDNN's ISA and
+    its int8 matmul implementation (from ONEDNN_VERBOSE), so a table says what it measured."""
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=emulated_env(cpu) | {"ONEDNN_VERBOSE": "1"},
+                         capture_output=True, text=True, check=True).stdout
+    found = {"cpu": cpu}
+    for line in out.splitlines():
+        if line.startswith("capability "):
+            found["torch_capability"] = line.split()[1]
+        elif ",info,cpu,isa:" in line:
+            found["onednn_isa"] = line.split("isa:", 1)[1]
+        elif ",exec,cpu,matmul," in line:
+            found["onednn_int8_matmul"] = line.split(",")[6]
+    if cpu == "avx2" and (found.get("torch_capability") != "AVX2" or "AVX2" not in found.get("onednn_isa", "")):
+        raise RuntimeError(f"AVX2 emulation did not take: {found}")
+    return found

@@ -1,0 +1,207 @@
+"""Each precision side by side on one CPU class: speed, and how far its outputs move from float32.
+
+    python -m benchmarks.precision --cpu avx2 layers     # Phi-3.5-mini's linear layers, full size
+    python -m benchmarks.precision --cpu avx2 vision     # BLIP-2's ViT-g linear layers, 4 images a call
+    python -m benchmarks.precision --cpu avx2 smollm2    # SmolLM2 (trained) writing metadata
+
+``--cpu avx2`` runs the measurement in a child process capped to AVX2 (``benchmarks/cpu_emulation``);
+``native`` uses every instruction this CPU has. Options alternate within each round (A/B
+interleaved), so a neighbour's load falls on all of them alike; medians are reported.
+
+layers: one Phi-3.5-mini decoder layer's four linear layers (x 32 = the model's matmuls) per
+tokens-per-call, with random weights of the trained model's scale; error is relative L2 against
+float32 on the same inputs.
+smollm2: the metadata LLM resource as the pipeline runs it (chat template, prefix cache, xgrammar
+constrained greedy decoding, ImageMetadataOutput, 384-token budget) on the same captions in each
+precision; agreement counts tokens equal to float32's at the same position, documents equal
+whole, and fields with equal values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+VARIANTS = ("float32", "bfloat16", "int8", "int8-onednn", "int8-weights")
+
+CAPTIONS = [
+    "a cat sleeping on a wooden table next to a window",
+    "people walking on the beach at sunset",
+    "a red car parked in front of a brick building",
+    "a bowl of ramen with an egg and green onions",
+    "a snowy mountain peak under a clear blue sky",
+    "two children playing football in a park",
+    "a laptop and a cup of coffee on a desk",
+    "an old lighthouse on a rocky coast at dusk",
+]
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _linear_variant(variant: str, weight):
+    """A callable x -> x @ weight.T computing as ``variant`` does, and the input dtype it takes."""
+    import torch
+
+    if variant == "float32":
+        return (lambda x: torch.nn.functional.linear(x, weight)), torch.float32
+    if variant == "bfloat16":
+        w = weight.bfloat16()
+        return (lambda x: torch.nn.functional.linear(x, w)), torch.bfloat16
+    if variant == "int8-weights":  # int8 weights, float32 activations and accumulation
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
+        q = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        return (lambda x: torch.ops.aten._weight_int8pack_mm(x, q, scale)), torch.float32
+    from resources.precision import apply_precision
+
+    torch.backends.quantized.engine = "onednn" if variant == "int8-onednn" else "x86"
+    layer = torch.nn.Sequential(torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False))
+    layer[0].weight.data = weight.clone()
+    return apply_precision(layer, "int8"), torch.float32
+
+
+# (out_features, in_features) of each linear layer in one layer of BLIP-2's ViT-g/14 (39 layers).
+BLIP2_VISION_LINEARS = {"qkv": (4224, 1408), "projection": (1408, 1408), "fc1": (6144, 1408), "fc2": (1408, 6144)}
+
+
+def measure_layers(tokens_per_call=(1, 16, 64), repeats: int = 7, variants=VARIANTS, shapes=None) -> list[dict]:
+    import torch
+
+    from benchmarks.int8 import PHI35_LINEARS
+
+    gen = torch.Generator().manual_seed(0)
+    weights = {n: torch.randn(shape, generator=gen) * 0.02 for n, shape in (shapes or PHI35_LINEARS).items()}
+    rows = []
+    with torch.inference_mode():
+        for tokens in tokens_per_call:
+            inputs = {n: torch.randn(tokens, w.shape[1], generator=gen) for n, w in weights.items()}
+            refs = {n: torch.nn.functional.linear(inputs[n], w) for n, w in weights.items()}
+            built = {}
+            for variant in variants:
+                engine = torch.backends.quantized.engine
+                built[variant] = {n: _linear_variant(variant, w) for n, w in weights.items()}
+                torch.backends.quantized.engine = engine
+            times = {v: [] for v in variants}
+            for _ in range(repeats + 1):  # the first round warms up
+                for variant in variants:
+                    torch.backends.quantized.engine = "onednn" if variant == "int8-onednn" else "x86"
+                    started = time.perf_counter()
+                    for n, (fn, dtype) in built[variant].items():
+                        fn(inputs[n].to(dtype))
+                    times[variant].append(time.perf_counter() - started)
+            for variant in variants:
+                torch.backends.quantized.engine = "onednn" if variant == "int8-onednn" else "x86"
+                errors = [float((fn(inputs[n].to(dtype)).float() - refs[n]).norm() / refs[n].norm())
+                          for n, (fn, dtype) in built[variant].items()]
+                rows.append({"tokens_per_call": tokens, "variant": variant,
+                             "ms_per_layer": 1000 * _median(times[variant][1:]),
+                             "max_relative_error_vs_float32": max(errors)})
+            base = next(r["ms_per_layer"] for r in rows if r["tokens_per_call"] == tokens and r["variant"] == "float32")
+            for r in rows:
+                if r["tokens_per_call"] == tokens:
+                    r["speedup_vs_float32"] = base / r["ms_per_layer"]
+    return rows
+
+
+def agreement(reference: list[str], other: list[str], tokenizer) -> dict:
+    """How close ``other``'s documents are to ``reference``'s (same inputs, same order)."""
+    same_tokens = total_tokens = same_fields = total_fields = 0
+    for ref, got in zip(reference, other):
+        ref_ids, got_ids = tokenizer(ref)["input_ids"], tokenizer(got)["input_ids"]
+        same_tokens += sum(a == b for a, b in zip(ref_ids, got_ids))
+        total_tokens += max(len(ref_ids), len(got_ids))
+        try:
+            ref_doc, got_doc = json.loads(ref), json.loads(got)
+        except ValueError:
+            continue
+        total_fields += len(ref_doc)
+        same_fields += sum(got_doc.get(k) == v for k, v in ref_doc.items())
+    return {"token_agreement": same_tokens / max(total_tokens, 1),
+            "documents_equal": sum(a == b for a, b in zip(reference, other)) / max(len(reference), 1),
+            "field_agreement": same_fields / max(total_fields, 1)}
+
+
+def _valid_share(texts: list[str], schema) -> float:
+    valid = 0
+    for text in texts:
+        try:
+            schema.model_validate_json(text)
+            valid += 1
+        except ValueError:
+            pass
+    return valid / max(len(texts), 1)
+
+
+def measure_smollm2(model_dir: str, precisions=("float32", "bfloat16", "int8"), captions=CAPTIONS,
+                    rounds: int = 2) -> list[dict]:
+    """Seconds per document and agreement with float32, per precision (see the module doc)."""
+    import resource
+
+    from assets.llm_schemas import ImageMetadataOutput
+    from assets.prompts import metadata_chat
+    from resources.metadata_llm import MetadataLLMResource
+
+    chats = [metadata_chat(c) for c in captions]
+    llms = {p: MetadataLLMResource(model=model_dir, device="cpu", dtype=p, batch_size=len(chats)) for p in precisions}
+    texts, times, peaks = {}, {p: [] for p in precisions}, {}
+    for _ in range(rounds):
+        for p, llm in llms.items():  # interleaved; the first call of each precision also loads it
+            started = time.perf_counter()
+            out = llm.generate_json(chats, schema=ImageMetadataOutput, max_new_tokens=384)
+            times[p].append(time.perf_counter() - started)
+            texts[p] = [g.text for g in out]
+            peaks[p] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    tokenizer = llms[precisions[0]]._load().tokenizer
+    rows = []
+    for p in precisions:
+        row = {"precision": p, "s_per_document": _median(times[p][1:] or times[p]) / len(chats),
+               "process_peak_gib_so_far": peaks[p], "valid_documents": _valid_share(texts[p], ImageMetadataOutput)}
+        row |= agreement(texts["float32"], texts[p], tokenizer)
+        rows.append(row)
+    base = rows[0]["s_per_document"]
+    for row in rows:
+        row["speedup_vs_float32"] = base / row["s_per_document"]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=["layers", "vision", "smollm2"])
+    parser.add_argument("--cpu", choices=["native", "avx2"], default="native")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--captions", type=int, default=len(CAPTIONS))
+    parser.add_argument("--rounds", type=int, default=2, help="smollm2: rounds; 1 times the load too")
+    parser.add_argument("--model", help="smollm2: a saved copy (tests' cache) instead of unpacking the GGUF")
+    parser.add_argument("--in-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if not args.in_child:
+        from benchmarks.cpu_emulation import check_emulation, emulated_env
+
+        checked = check_emulation(args.cpu)
+        child = subprocess.run([sys.executable, "-m", "benchmarks.precision", *sys.argv[1:], "--in-child"],
+                               env=emulated_env(args.cpu), capture_output=True, text=True)
+        if child.returncode:
+            sys.exit(child.stderr)
+        print(json.dumps({"emulation": checked, "rows": json.loads(child.stdout)}, indent=1))
+        return
+    warnings.simplefilter("ignore")
+    os.environ.setdefault("PIXELSIFT_STEPS_AT_ONCE", "1")  # every core for the one measurement
+    if args.part == "layers":
+        rows = measure_layers(repeats=args.repeats)
+    elif args.part == "vision":  # 4 images of 257 patch tokens per call, int8 variants that can win
+        rows = measure_layers((1028,), args.repeats, ("float32", "bfloat16", "int8"), BLIP2_VISION_LINEARS)
+    else:
+        from resources.smollm2 import smollm2_gguf_path
+
+        rows = measure_smollm2(args.model or str(smollm2_gguf_path()), captions=CAPTIONS[: args.captions], rounds=args.rounds)
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Numeric precision of a model step, chosen for the CPU class it runs on.
+
+A precision is a model resource's ``dtype`` setting: ``float32``, ``bfloat16``, ``float16`` or
+``int8`` (dynamic int8: every linear layer's weights int8 per output channel, its activations
+quantised per call, everything else float32; CPU only). ``auto`` is the fastest measured option
+whose outputs stay within the measured agreement with float32 (BENCHMARKS.md, "CPU classes").
+
+The CPU class comes from /proc/cpuinfo, capped by the vector capability torch itself uses, so
+``ATEN_CPU_CAPABILITY=avx2`` (how this project emulates an AVX2-only CPU) makes ``auto`` choose
+what it would choose there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where a model is built: the code location loads this module
+    import torch
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("float32", "bfloat16", "float16", "int8")
+_TORCH_DTYPES = ("float32", "bfloat16", "float16")
+
+# Most capable first: the class is the first whose flags the CPU has.
+CPU_CLASSES = {
+    "amx": ("amx_bf16",),
+    "avx512_bf16": ("avx512_bf16",),
+    "avx512": ("avx512f",),
+    "avx2": ("avx2", "fma"),
+}
+
+# What ``auto`` picks per CPU class and stage (BENCHMARKS.md, "CPU classes"). bf16 where the CPU
+# multiplies bf16 natively. Without that, bf16 is converted in software and slower than float32;
+# dynamic int8 is 1.8-3.5x faster per layer under AVX2 but its error is 8x bf16's (2.2% against
+# 0.29% per layer) and on SmolLM2 it kept 1 metadata field in 10 where bf16 kept 9: more change
+# than the default accepts anywhere. It is opt-in, and the fallback where float32 does not fit in
+# memory (resources/memory_budget.py).
+AUTO_CPU = {
+    "metadata_llm": {"amx": "bfloat16", "avx512_bf16": "bfloat16", "avx512": "float32", "avx2": "float32",
+                     "other": "float32"},
+    "captioner": {"amx": "bfloat16", "avx512_bf16": "bfloat16", "avx512": "float32", "avx2": "float32",
+                  "other": "float32"},
+}
+
+
+def help_text() -> str:
+    """The ``dtype`` setting's description, from the same table ``resolve_precision`` reads."""
+    return ("'auto', " + ", ".join(repr(p) for p in PRECISIONS) + ". 'int8' quantises every linear layer "
+            "(int8 weights and activations, CPU only); 'auto' is bf16 on CUDA, and on a CPU the measured choice "
+            "for its class (BENCHMARKS.md, 'CPU classes'): bf16 with AMX or AVX512-BF16, else float32.")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+# The classes torch's own capability allows: under ATEN_CPU_CAPABILITY=avx2 nothing above avx2.
+_CAPABILITY_CEILING = {"AVX512": ("amx", "avx512_bf16", "avx512", "avx2"), "AVX2": ("avx2",)}
+
+
+@lru_cache(maxsize=1)
+def cpu_class() -> str:
+    """'amx', 'avx512_bf16', 'avx512', 'avx2' or 'other' for this machine (see the module doc)."""
+    return classify(cpu_flags(), torch_capability())
+
+
+def torch_capability() -> str:
+    """The vector capability torch's kernels use, as ``torch.backends.cpu.get_cpu_capability()``
+    says, without importing torch: the CPU's own, unless ATEN_CPU_CAPABILITY caps it."""
+    forced = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().upper()
+    return forced or "AVX512"  # no cap: classify() takes the class from the CPU's flags
+
+
+def classify(flags: frozenset[str], capability: str) -> str:
+    allowed = _CAPABILITY_CEILING.get(capability, ())
+    for name, needed in CPU_CLASSES.items():
+        if name in allowed and all(flag in flags for flag in needed):
+            return name
+    return "other"
+
+
+def resolve_precision(dtype: str, device: str, stage: str) -> str:
+    """The precision a ``dtype`` setting means on ``device`` ('cpu', 'cuda', 'cuda:1') for ``stage``."""
+    if dtype == "auto":
+        if device.partition(":")[0] == "cuda":
+            return "bfloat16"
+        return AUTO_CPU[stage][cpu_class()]
+    if dtype not in PRECISIONS:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(PRECISIONS)}")
+    if dtype == "int8" and device.partition(":")[0] != "cpu":
+        raise ValueError("dtype 'int8' (dynamic int8 linear layers) runs on CPU only; use bfloat16 on a GPU")
+    return dtype
+
+
+def fingerprint_value(precision: str) -> str:
+    """How a precision enters a reuse fingerprint: the plain dtypes as fingerprints held them
+    before int8 existed (``torch.float32``), so results stored then are still reused."""
+    if precision == "int8":
+        return "int8-dynamic"
+    if precision not in _TORCH_DTYPES:
+        raise ValueError(f"unknown precision {precision!r}")
+    return f"torch.{precision}"  # str(torch.float32), as fingerprints held it
+
+
+def load_dtype(precision: str) -> torch.dtype:
+    """The dtype weights are loaded in: int8 loads bf16 (half the memory of float32 while quantising)."""
+    import torch
+
+    return torch.bfloat16 if precision == "int8" else getattr(torch, precision)
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype of activations, and of the layers int8 leaves unquantised."""
+    import torch
+
+    return torch.float32 if precision == "int8" else getattr(torch, precision)
+
+
+def apply_precision(model: torch.nn.Module, precision: str, keep: tuple[str, ...] = ()) -> torch.nn.Module:
+    """``model`` (loaded in ``load_dtype(precision)``) in ``precision``: for int8 each linear layer
+    is quantised one at a time, so the peak is the bf16 model plus one layer in float32, not a
+    whole float32 copy. Linear layers whose name ends with one of ``keep`` stay float32."""
+    if precision != "int8":
+        return model
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices, once per layer
+        for name, module in list(model.named_modules()):
+            for child_name, child in list(module.named_children()):
+                full = f"{name}.{child_name}" if name else child_name
+                if type(child) is not torch.nn.Linear or full.endswith(keep):
+                    continue
+                child.float().qconfig = per_channel_dynamic_qconfig
+                setattr(module, child_name, DynamicInt8Linear.from_float(child))
+    return model.float()  # embeddings, norms and kept layers: float32 compute
