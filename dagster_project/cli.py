@@ -149,9 +149,13 @@ def run(batches: tuple[str, ...], all_batches: bool, models: str | None, **tasks
     # Several batches run as a backfill would: one run over each range of them, each model loaded once.
     outcome = run_batches(defs, instance, keys, tags=tags, batches_per_run=settings.batches_per_run,
                           warn=lambda message: click.secho(message, fg="yellow", err=True))
-    for key, run_id in outcome.done:
-        _say_where(settings, key, run_id)
     failed = [f"{key} ({why})" for key, why in outcome.failed]
+    for key, run_id in outcome.done:
+        try:  # one batch's summary failing must not hide the others' or the collection's refresh
+            _say_where(settings, key, run_id)
+        except Exception as exc:
+            click.secho(f"error: batch {key!r}: {type(exc).__name__}: {exc}", fg="red", err=True)
+            failed.append(f"{key} ({type(exc).__name__}: {exc})")
     collection_failed = _refresh_collection(defs, instance, settings) if len(failed) < len(keys) else None
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(keys)} batches failed: {', '.join(failed)}; "

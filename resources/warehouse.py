@@ -204,7 +204,7 @@ class BatchTables(dict):
 class ParquetWarehouse(ConfigurableIOManager):
     """Stores each batch partition of each asset as one Parquet file with the table's own schema.
 
-    A step over several batches hands over a ``BatchTables``: each batch is written to its own
+    A step over several batches hands over a `BatchTables`: each batch is written to its own
     partition, as a run of that batch alone would have written it."""
 
     root: str

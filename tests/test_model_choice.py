@@ -75,7 +75,7 @@ def test_steps_on_a_server_leave_the_large_model_pool():
     graph = build_definitions(models=models).resolve_asset_graph()
     pooled = {k.to_user_string() for k in graph.get_all_asset_keys()
               if graph.get(k).assets_def.is_executable and graph.get(k).assets_def.op.pool == LARGE_MODEL_POOL}
-    assert pooled == {"image_metadata", "cluster_labels"}
+    assert pooled == {"image_metadata", "cluster_labels", "collection_cluster_labels"}
 
 
 def test_cli_options_become_the_variables_every_process_reads(model_env, tmp_path):
