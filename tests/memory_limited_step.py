@@ -22,6 +22,8 @@ from assets.prompts import metadata_chat
 from resources.memory_budget import MemoryBudgetError, _address_space_used, memory_room_gib
 from resources.metadata_llm import MetadataLLMResource
 
+START_RSS_GIB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # torch and the imports, before any limit
+
 
 def phase(model_dir: str, budget_gib: float, batch_size: int, run: bool) -> dict:
     limit = _address_space_used() + int(budget_gib * 2**30)
@@ -39,6 +41,7 @@ def phase(model_dir: str, budget_gib: float, batch_size: int, run: bool) -> dict
     except MemoryError:
         report["outcome"] = "MemoryError"
     report["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    report["start_rss_gib"] = round(START_RSS_GIB, 2)
     return report
 
 
