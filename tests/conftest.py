@@ -97,3 +97,19 @@ def model_env(monkeypatch):
         monkeypatch.setenv(name, "")  # records the variable's state before the test, restored after it
         monkeypatch.delenv(name)
     return monkeypatch
+
+
+# The per-batch pipeline assets whose step holds a large model (tests/test_run_limits.py, test_gpu_pool.py).
+LARGE_MODEL_ASSETS = {"captions", "image_metadata", "cluster_labels"}
+
+
+@pytest.fixture
+def shipped_home(tmp_path, monkeypatch) -> Path:
+    """A temporary DAGSTER_HOME holding the dagster.yaml pixelsift ships."""
+    from dagster_project.dagster_home import install_instance_settings
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    install_instance_settings(home)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home

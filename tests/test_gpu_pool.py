@@ -19,22 +19,13 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
 from assets import build_pipeline_assets
-from dagster_project.dagster_home import initialize_pools, install_instance_settings
+from dagster_project.dagster_home import initialize_pools
 from dagster_project.run_history import fail_stale_runs, free_slots_of_ended_runs
 from resources.concurrency import GPU_POOL, GPU_TAG, LARGE_MODEL_POOL
 from resources.gpu_slots import claim_gpu
+from tests.conftest import LARGE_MODEL_ASSETS
 
 ROOT = Path(__file__).resolve().parents[1]
-LARGE_MODEL_ASSETS = {"captions", "image_metadata", "cluster_labels"}
-
-
-@pytest.fixture
-def shipped_home(tmp_path, monkeypatch):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    install_instance_settings(home)
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    return home
 
 
 def pools(assets) -> dict[str, tuple[str | None, dict]]:

@@ -22,25 +22,19 @@ import yaml
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 from dagster._core.instance.config import PoolGranularity
 
-from dagster_project.dagster_home import initialize_pools, install_instance_settings
+from dagster_project.dagster_home import initialize_pools
 from dagster_project.definitions import defs
 from dagster_project.execution import CODE_LOCATION_MODULE, STEP_LIBRARIES, STEP_PRELOAD, executor
 from dagster_project.run_history import free_slots_of_ended_runs
 from dagster_project.sensors import batch_folder_sensor
 from resources.concurrency import LARGE_MODEL, LARGE_MODEL_POOL, LARGE_MODEL_TAG
+from tests.conftest import LARGE_MODEL_ASSETS
 from tests.one_op_job import quick
 
 ROOT = Path(__file__).resolve().parents[1]
-LARGE_MODEL_ASSETS = {"captions", "image_metadata", "cluster_labels"}
-
-
 @pytest.fixture
-def shipped_instance(tmp_path, monkeypatch):
+def shipped_instance(shipped_home):
     """A real instance on a temporary DAGSTER_HOME holding the dagster.yaml pixelsift ships."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    install_instance_settings(home)
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
     with DagsterInstance.get() as instance:
         initialize_pools(instance)  # as `pixelsift run` and `pixelsift ui` do before any run
         yield instance
