@@ -3,6 +3,7 @@
     python -m benchmarks.precision --cpu avx2 layers     # Phi-3.5-mini's linear layers, full size
     python -m benchmarks.precision --cpu avx2 vision     # BLIP-2's ViT-g linear layers, 4 images a call
     python -m benchmarks.precision --cpu avx2 smollm2    # SmolLM2 (trained) writing metadata
+    python -m benchmarks.precision --cpu avx2 smollm2 --gguf Q4_1,Q8_0,F16   # and on llama.cpp's kernels
 
 ``--cpu avx2`` runs the measurement in a child process capped to AVX2 (``benchmarks/cpu_emulation``);
 ``native`` uses every instruction this CPU has. Options alternate within each round (A/B
@@ -14,7 +15,10 @@ float32 on the same inputs.
 smollm2: the metadata LLM resource as the pipeline runs it (chat template, prefix cache, xgrammar
 constrained greedy decoding, ImageMetadataOutput, 384-token budget) on the same captions in each
 precision; agreement counts tokens equal to float32's at the same position, documents equal
-whole, and fields with equal values.
+whole, and fields with equal values. ``--gguf`` adds the ``llama_cpp`` backend on GGUF files of
+the same weights: the shipped Q4_1 (what float32 is unpacked from), and Q8_0 / F16 / Q4_K_M
+written from it by llama.cpp's quantiser (``quantised_smollm2``); on ``--cpu avx2`` llama.cpp is
+the build for that class when ``benchmarks/llama_cpp_build.py`` made one.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 VARIANTS = ("float32", "bfloat16", "int8", "int8-onednn", "int8-weights")
 
@@ -138,17 +143,47 @@ def _valid_share(texts: list[str], schema) -> float:
     return valid / max(len(texts), 1)
 
 
+def quantised_smollm2(quant: str, cache: Path | None = None) -> Path:
+    """SmolLM2 as a GGUF file in ``quant``: the shipped Q4_1, or one llama.cpp's quantiser writes from
+    it (kept in ``~/.cache/pixelsift/gguf``). Every variant holds the same trained weights, re-rounded."""
+    import ctypes
+
+    from resources.smollm2 import smollm2_gguf_path
+
+    shipped = smollm2_gguf_path()
+    if quant == "Q4_1":
+        return shipped
+    cache = cache or Path.home() / ".cache" / "pixelsift" / "gguf"
+    out = cache / shipped.name.replace("Q4_1", quant)
+    if not out.exists():
+        import llama_cpp
+
+        cache.mkdir(parents=True, exist_ok=True)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
+        params.allow_requantize = True  # the source is already quantised (Q4_1)
+        partial = out.with_suffix(".partial")
+        if llama_cpp.llama_model_quantize(str(shipped).encode(), str(partial).encode(), ctypes.byref(params)):
+            raise RuntimeError(f"llama.cpp could not write {quant} from {shipped}")
+        partial.rename(out)
+    return out
+
+
 def measure_smollm2(model_dir: str, precisions=("float32", "bfloat16", "int8"), captions=CAPTIONS,
-                    rounds: int = 2) -> list[dict]:
-    """Seconds per document and agreement with float32, per precision (see the module doc)."""
+                    rounds: int = 2, gguf: tuple[str, ...] = ()) -> list[dict]:
+    """Seconds per document and agreement with float32, per precision and GGUF file (see the module doc)."""
     import resource
 
     from assets.llm_schemas import ImageMetadataOutput
     from assets.prompts import metadata_chat
+    from resources.llama_cpp_llm import LlamaCppLLMResource
     from resources.metadata_llm import MetadataLLMResource
 
     chats = [metadata_chat(c) for c in captions]
     llms = {p: MetadataLLMResource(model=model_dir, device="cpu", dtype=p, batch_size=len(chats)) for p in precisions}
+    llms |= {f"llama.cpp {q}": LlamaCppLLMResource(model=str(quantised_smollm2(q)), batch_size=len(chats))
+             for q in gguf}
+    precisions = tuple(llms)
     texts, times, peaks = {}, {p: [] for p in precisions}, {}
     for _ in range(rounds):
         for p, llm in llms.items():  # interleaved; the first call of each precision also loads it
@@ -178,6 +213,8 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=len(CAPTIONS))
     parser.add_argument("--rounds", type=int, default=2, help="smollm2: rounds; 1 times the load too")
     parser.add_argument("--model", help="smollm2: a saved copy (tests' cache) instead of unpacking the GGUF")
+    parser.add_argument("--gguf", default="", help="smollm2: also the llama_cpp backend on these GGUF "
+                        "quantisations, comma-separated (Q4_1 = the shipped file, Q8_0, F16, Q4_K_M)")
     parser.add_argument("--in-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.in_child:
@@ -199,7 +236,8 @@ def main() -> None:
     else:
         from resources.smollm2 import smollm2_gguf_path
 
-        rows = measure_smollm2(args.model or str(smollm2_gguf_path()), captions=CAPTIONS[: args.captions], rounds=args.rounds)
+        rows = measure_smollm2(args.model or str(smollm2_gguf_path()), captions=CAPTIONS[: args.captions],
+                               rounds=args.rounds, gguf=tuple(q for q in args.gguf.split(",") if q))
     print(json.dumps(rows))
 
 

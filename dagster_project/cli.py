@@ -15,7 +15,7 @@ from dagster_project.long_lived import (
     release_long_lived,
     skip_collection_at_exit,
 )
-from dagster_project.profiles import PRESETS, ConfigError, resolve_choice
+from dagster_project.profiles import BACKENDS, PRESETS, ConfigError, resolve_choice
 from resources.batch_keys import batch_key_param
 
 EXAMPLE_QUERY = (
@@ -39,12 +39,13 @@ def _use_profile(models: str | None, **tasks) -> None:
 
 def _task_variables(config: str | None = None, captioner: str | None = None, metadata_llm: str | None = None,
                     clip: str | None = None, captioner_server: tuple[str, ...] = (),
-                    metadata_llm_server: tuple[str, ...] = ()) -> dict[str, str]:
+                    metadata_llm_server: tuple[str, ...] = (), metadata_llm_backend: str | None = None) -> dict[str, str]:
     """The PIXELSIFT_* variables (dagster_project/profiles.py) that the model options stand for."""
     variables = {"PIXELSIFT_CONFIG": config and str(Path(config).resolve()), "PIXELSIFT_CAPTIONER_MODEL": captioner,
                  "PIXELSIFT_METADATA_LLM_MODEL": metadata_llm, "PIXELSIFT_CLIP_MODEL": clip,
                  "PIXELSIFT_CAPTIONER_BASE_URLS": ",".join(captioner_server),
-                 "PIXELSIFT_METADATA_LLM_BASE_URLS": ",".join(metadata_llm_server)}
+                 "PIXELSIFT_METADATA_LLM_BASE_URLS": ",".join(metadata_llm_server),
+                 "PIXELSIFT_METADATA_LLM_BACKEND": metadata_llm_backend}
     return {name: value for name, value in variables.items() if value}
 
 
@@ -65,6 +66,10 @@ def models_option(command):
                      "captions (repeat for several)."),
         click.option("--metadata-llm-server", multiple=True, help="Base URL of an OpenAI-compatible server for "
                      "the LLM (repeat for several)."),
+        click.option("--metadata-llm-backend", type=click.Choice(BACKENDS["metadata_llm"]), default=None,
+                     help="Where the LLM runs: transformers (in-process, default), llama_cpp (a GGUF file on "
+                     "llama.cpp's CPU kernels, in-process: fastest on CPUs without bf16 units) or openai "
+                     "(implied by --metadata-llm-server)."),
     ]
     for option in reversed(options):
         command = option(command)

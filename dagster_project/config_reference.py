@@ -22,6 +22,7 @@ from evals.semantic import SentenceEncoder
 from evals.settings import EvalSettings
 from resources.captioner import CaptionerResource
 from resources.clip_embedder import ClipEmbedderResource
+from resources.llama_cpp_llm import LlamaCppLLMResource
 from resources.metadata_llm import MetadataLLMResource
 from resources.openai_backends import OpenAICaptionerResource, OpenAIStructuredResource
 from resources.distributed import ExecutionSettings
@@ -34,9 +35,12 @@ RESOURCES: list[tuple[str, type[BaseModel]]] = [
     ("clip_embedder", ClipEmbedderResource),
     ("captioner", OpenAICaptionerResource),
     ("metadata_llm", OpenAIStructuredResource),
+    ("metadata_llm", LlamaCppLLMResource),
     ("eval_settings", EvalSettings),
     ("sentence_encoder", SentenceEncoder),
 ]
+# The resources of a backend other than the default (transformers), as profiles.py names them.
+BACKEND_OF = {OpenAICaptionerResource: "openai", OpenAIStructuredResource: "openai", LlamaCppLLMResource: "llama_cpp"}
 ASSET_CONFIGS: list[tuple[str, type[BaseModel]]] = [
     ("image_metadata", MetadataConfig),
     ("clusters", ClusteringConfig),
@@ -65,10 +69,13 @@ in every step process, and again only when it changes;
 **Which model backs each task** (`captioner`, `metadata_llm` for metadata and cluster labels,
 `clip_embedder`) is chosen per task, when the definitions load (`dagster_project/profiles.py`):
 the backend (`transformers`, in-process, the default; `openai`, an OpenAI-compatible model server,
-see docs/serving.md) and any setting of that backend's resource below. Strongest first:
+see docs/serving.md; `llama_cpp`, the metadata LLM as a GGUF file on llama.cpp's CPU kernels,
+in-process, the fast path on CPUs without bf16 units: BENCHMARKS.md, "CPU classes") and any
+setting of that backend's resource below. Strongest first:
 
 1. `pixelsift run` / `pixelsift ui` options `--captioner`, `--metadata-llm`, `--clip` (model),
-   `--captioner-server`, `--metadata-llm-server` (base URL, repeatable; picks `openai`), `--config`;
+   `--captioner-server`, `--metadata-llm-server` (base URL, repeatable; picks `openai`),
+   `--metadata-llm-backend`, `--config`;
 2. variables `PIXELSIFT_<TASK>_BACKEND`, `PIXELSIFT_<TASK>_MODEL`, `PIXELSIFT_<TASK>_BASE_URLS`
    (comma-separated), TASK = `CAPTIONER`, `METADATA_LLM` or `CLIP`;
 3. `pixelsift.toml` in the working directory (or the file `PIXELSIFT_CONFIG` names), one table per task;
@@ -123,7 +130,7 @@ def render() -> str:
         out.append(f"## {title}\n")
         for key, model in entries:
             doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
-            backend = " backend `openai`" if getattr(model, "runs_in_process", True) is False else ""
+            backend = f" backend `{BACKEND_OF[model]}`" if model in BACKEND_OF else ""
             out += [f"### `{key}`{backend} ({model.__name__})", "", doc, "", *_table(model), ""]
     return "\n".join(out).rstrip() + "\n"
 

@@ -2,8 +2,9 @@
 
 Three tasks: ``captioner``, ``metadata_llm`` (image metadata and cluster labels) and
 ``clip_embedder``. Each gets a backend (``transformers``: in-process, the default; ``openai``: an
-OpenAI-compatible model server, captions and the LLM only) and settings (any field of that
-backend's resource, docs/configuration.md). Where a setting comes from, strongest first:
+OpenAI-compatible model server, captions and the LLM only; ``llama_cpp``: the LLM as a GGUF file
+on llama.cpp's kernels, in-process) and settings (any field of that backend's resource,
+docs/configuration.md). Where a setting comes from, strongest first:
 
 1. ``pixelsift run`` / ``pixelsift ui`` options: they set the variables of 2, so that the UI's code
    server and the sensor's runs, which load the definitions in other processes, see them too;
@@ -36,7 +37,7 @@ TINY_WARNING = "random weights, outputs are MEANINGLESS (for checking an install
 
 # Task (resource key) -> the PIXELSIFT_<NAME>_* variables' NAME, and the backends it may use.
 ENV_NAMES = {"captioner": "CAPTIONER", "metadata_llm": "METADATA_LLM", "clip_embedder": "CLIP"}
-BACKENDS = {"captioner": ("transformers", "openai"), "metadata_llm": ("transformers", "openai"),
+BACKENDS = {"captioner": ("transformers", "openai"), "metadata_llm": ("transformers", "openai", "llama_cpp"),
             "clip_embedder": ("transformers",)}
 _TINY_BUILDERS = {"captioner": "blip2", "metadata_llm": "phi3", "clip_embedder": "clip"}
 
@@ -139,6 +140,9 @@ def resolve_choice(environ: Mapping[str, str] | None = None, cwd: Path | None = 
         if backend == "openai" and settings.get("model") == TINY:
             raise ConfigError(f"{task}: the tiny models run in-process; give a served model name for the "
                               "openai backend")
+        if backend == "llama_cpp" and settings.get("model") == TINY:
+            raise ConfigError(f"{task}: the tiny models are transformers checkpoints; give the llama_cpp "
+                              "backend a GGUF file")
         tasks[task] = TaskChoice(task, backend, settings, tuple(sources))
     return ModelChoice(tasks)
 
@@ -184,6 +188,8 @@ def task_resource(choice: TaskChoice):
     # would cost every command (and every worker process it starts) seconds.
     elif choice.task == "captioner":
         from resources.captioner import CaptionerResource as cls
+    elif choice.backend == "llama_cpp":
+        from resources.llama_cpp_llm import LlamaCppLLMResource as cls
     elif choice.task == "metadata_llm":
         from resources.metadata_llm import MetadataLLMResource as cls
     else:

@@ -22,13 +22,17 @@ Three switches save work on top of the plain loop:
 
 With prefix caching and jump-forward off and a batch of one, this is the naive reference
 loop: the whole prompt prefilled, then one token per forward call.
+
+The loop decides what each row feeds and which token it takes; an ``Engine`` runs the model:
+``TorchEngine`` here (packed steps over a transformers model), or llama.cpp's kernels
+(``resources/llama_cpp_engine.py``). Both get the same rows, grammar and jump-forward policy.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 import xgrammar as xgr
@@ -48,6 +52,91 @@ _FIRST_GROWTH = 128  # generated tokens the row buffers hold before they first g
 Chooser = Callable[[int, Sequence[int], torch.Tensor], int]
 
 _BIT = torch.arange(32, dtype=torch.int32)
+
+
+# One step's input for one row: (the row's slot in its batch, its tokens, the position of the first).
+Feed = tuple[int, Sequence[int], int]
+
+
+class RowBatch(Protocol):
+    """The model state of one batch of rows, each continuing the shared prefix."""
+
+    padding: int  # query slots the last step computed only to align rows (a statistic)
+
+    def step(self, feeds: Sequence[Feed]) -> torch.Tensor:
+        """Run the rows' new tokens (feeds in ascending slot order); return each fed row's
+        next-token logits, one row of logits per feed, float, on the model's device."""
+
+    def finish(self, slots: Sequence[int]) -> None:
+        """These rows feed nothing more: their state may be freed."""
+
+
+class Engine(Protocol):
+    """What the decode loop needs from a model runtime."""
+
+    def reserve(self, rows: int, prefix_tokens: int, longest_suffix: int, max_new_tokens: int) -> None:
+        """Make room for a batch of ``rows`` before its prefix is looked up (may drop cached prefixes)."""
+
+    def prefix(self, token_ids: tuple[int, ...]) -> tuple[object, bool]:
+        """The shared prefix's state, and whether it had to be prefilled now (a miss)."""
+
+    def rows(self, prefix: object | None, rows: int, longest_prompt: int, max_new_tokens: int) -> RowBatch:
+        """A batch of ``rows`` empty rows after ``prefix`` (None: no shared prefix)."""
+
+
+class TorchEngine:
+    """A transformers model: packed steps (``resources/packed_batch.py``), prefixes in a ``PrefixCache``."""
+
+    def __init__(self, model: PreTrainedModel, prefix_cache: PrefixCache | None = None):
+        use_packed_attention(model)
+        self.model = model
+        self.cache = prefix_cache if prefix_cache is not None else PrefixCache()
+
+    def reserve(self, rows: int, prefix_tokens: int, longest_suffix: int, max_new_tokens: int) -> None:
+        pass  # buffers are allocated per batch and grow as rows do
+
+    def prefix(self, token_ids: tuple[int, ...]) -> tuple[SharedPrefix, bool]:
+        return self.cache.get(self.model, token_ids)
+
+    def rows(self, prefix: SharedPrefix | None, rows: int, longest_prompt: int, max_new_tokens: int) -> _TorchRows:
+        return _TorchRows(self.model, prefix, rows, capacity=longest_prompt + min(max_new_tokens, _FIRST_GROWTH))
+
+
+class _TorchRows:
+    def __init__(self, model: PreTrainedModel, prefix: SharedPrefix | None, rows: int, capacity: int):
+        self.model = model
+        self.state = PackedRows(model, prefix, rows, capacity)
+        self.order = list(range(rows))  # the buffers' row order; finished rows stay until compaction
+        self.done: set[int] = set()
+        self.padding = 0
+
+    def step(self, feeds: Sequence[Feed]) -> torch.Tensor:
+        device = self.model.device
+        fed = {slot: len(tokens) for slot, tokens, _ in feeds}
+        counts = [fed.get(slot, 0) for slot in self.order]  # finished rows feed nothing
+        ids = [t for _, tokens, _ in feeds for t in tokens]
+        positions = [p for _, tokens, first in feeds for p in range(first, first + len(tokens))]
+        mask = self.state.plan(counts)
+        ends = torch.tensor([c for c in counts if c], device=device).cumsum(0)
+        out = self.model(
+            input_ids=torch.tensor([ids], device=device),
+            attention_mask=mask,
+            position_ids=torch.tensor([positions], device=device),
+            cache=self.state,
+            use_cache=True,
+            logits_to_keep=ends - 1,  # each fed row's last token: its next-token logits
+            packed=self.state,
+        )
+        self.padding = len(self.order) * max(counts) - sum(counts)
+        return out.logits[0]
+
+    def finish(self, slots: Sequence[int]) -> None:
+        self.done.update(slots)
+        alive = [slot for slot in self.order if slot not in self.done]
+        # Compacting copies every row's cache, so it waits until half the rows have finished.
+        if alive and 2 * len(alive) <= len(self.order):
+            self.state.select([j for j, slot in enumerate(self.order) if slot not in self.done])
+            self.order = alive
 
 
 @dataclass
@@ -75,6 +164,7 @@ class Decoded:
 @dataclass
 class _Row:
     index: int  # position of the row's prompt in the caller's input
+    slot: int  # position of the row in its batch (the engine's name for it)
     matcher: xgr.GrammarMatcher
     pending: list[int]  # chosen tokens not yet run through the model
     next_position: int
@@ -96,36 +186,58 @@ def generate_constrained(
     jump_forward: bool = False,
     choose: Chooser | None = None,
 ) -> tuple[list[Decoded], DecodeStats]:
+    """``decode_constrained`` on a transformers model; the prefix is cached in ``prefix_cache``
+    (None: no prefix caching). ``pad_token_id`` is accepted for callers of padded batching and
+    not needed: steps are packed."""
+    return decode_constrained(
+        TorchEngine(model, prefix_cache), grammars, grammar, prompts, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, prefix_ids=prefix_ids, reuse_prefix=prefix_cache is not None,
+        jump_forward=jump_forward, choose=choose,
+    )
+
+
+def decode_constrained(
+    engine: Engine,
+    grammars: SchemaGrammars,
+    grammar: xgr.CompiledGrammar,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    prefix_ids: Sequence[int] = (),
+    reuse_prefix: bool = True,
+    jump_forward: bool = False,
+    choose: Chooser | None = None,
+) -> tuple[list[Decoded], DecodeStats]:
     """One grammar-constrained greedy decode per prompt (token ids of the full prompt).
 
-    ``prefix_ids`` is the tokenised shared part of the prompts; with a ``prefix_cache`` the
+    ``prefix_ids`` is the tokenised shared part of the prompts; with ``reuse_prefix`` the
     longest token prefix that it shares with every prompt is prefilled once and reused.
     (Tokenisers may merge across the prefix/suffix boundary, so that can be a few tokens
     shorter than ``prefix_ids``.) ``choose`` replaces greedy argmax (see ``Chooser``).
-    ``pad_token_id`` is accepted for callers of padded batching and not needed: steps are packed.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     stats = DecodeStats()
-    use_packed_attention(model)
     results: list[Decoded | None] = [None] * len(prompts)
     if not prompts:
         return [], stats
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    shared = _shared_length(prefix_ids, prompts) if prefix_cache is not None else 0
+    shared = _shared_length(prefix_ids, prompts) if reuse_prefix else 0
 
     # Similar lengths in a batch mean less padding; results go back in input order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         began = time.perf_counter()
+        engine.reserve(len(batch), shared, max(len(prompts[i]) for i in batch) - shared, max_new_tokens)
         prefix = None
         if shared:
             t = time.perf_counter()
-            prefix, missed = prefix_cache.get(model, tuple(prompts[batch[0]][:shared]))
+            prefix, missed = engine.prefix(tuple(prompts[batch[0]][:shared]))
             if missed:
                 stats.forward_calls += 1
                 stats.prefill_tokens += shared
@@ -133,12 +245,13 @@ def generate_constrained(
             else:
                 stats.prefix_hits += 1
         rows = _decode_batch(
-            model,
+            engine,
             grammars,
             grammar,
             batch,
             [prompts[i] for i in batch],
             prefix=prefix,
+            start=shared if prefix is not None else 0,
             max_new_tokens=max_new_tokens,
             jump_forward=jump_forward,
             choose=choose,
@@ -161,22 +274,22 @@ def _shared_length(prefix_ids: Sequence[int], prompts: Sequence[Sequence[int]]) 
 
 
 def _decode_batch(
-    model: PreTrainedModel,
+    engine: Engine,
     grammars: SchemaGrammars,
     grammar: xgr.CompiledGrammar,
     indices: list[int],
     prompts: list[Sequence[int]],
     *,
-    prefix: SharedPrefix | None,
+    prefix: object | None,
+    start: int,
     max_new_tokens: int,
     jump_forward: bool,
     choose: Chooser | None,
     stats: DecodeStats,
 ) -> list[_Row]:
-    device = model.device
-    start = len(prefix.token_ids) if prefix is not None else 0
     rows = [
-        _Row(i, xgr.GrammarMatcher(grammar), list(p[start:]), next_position=start) for i, p in zip(indices, prompts)
+        _Row(i, slot, xgr.GrammarMatcher(grammar), list(p[start:]), next_position=start)
+        for slot, (i, p) in enumerate(zip(indices, prompts))
     ]
     if jump_forward:
         t = time.perf_counter()
@@ -184,34 +297,21 @@ def _decode_batch(
             _jump_forward(row, grammars, max_new_tokens, stats)  # e.g. '{"primary_category": "'
             row.done = len(row.generated) >= max_new_tokens
         stats.grammar_seconds += time.perf_counter() - t
-    live = [row for row in rows if not row.done]  # rows still decoding, in the cache's batch order
+    live = [row for row in rows if not row.done]  # rows still decoding, in slot order
     if not live:
         return rows
     stats.prefill_tokens += sum(len(p) - start for p, row in zip(prompts, rows) if not row.done)
-    longest = max(len(row.pending) for row in live)
-    state = PackedRows(model, prefix, len(live), capacity=longest + min(max_new_tokens, _FIRST_GROWTH))
+    state = engine.rows(prefix, len(rows), max(len(row.pending) for row in live), max_new_tokens)
+    state.finish([row.slot for row in rows if row.done])
     bitmask = xgr.allocate_token_bitmask(len(live), grammars.vocab_size)
     filler = xgr.BatchGrammarMatcher()  # fills the rows' masks on several threads where there are cores
 
-    rows_in_cache = list(live)  # the cache's row order; finished rows stay until compaction
     while live:
         t = time.perf_counter()
-        counts = [0 if row.done else len(row.pending) for row in rows_in_cache]  # finished rows feed nothing
-        ids, positions = _packed_step(live, device)
-        mask = state.plan(counts)
-        ends = torch.tensor([c for c in counts if c], device=device).cumsum(0)
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=state,
-            use_cache=True,
-            logits_to_keep=ends - 1,  # each live row's last token: its next-token logits
-            packed=state,
-        )
+        logits = state.step([_feed(row) for row in live])
         launched = time.perf_counter() - t
         stats.forward_calls += 1
-        stats.padding_tokens += len(rows_in_cache) * max(counts) - sum(counts)
+        stats.padding_tokens += state.padding
 
         # On a GPU the forward call may still be running: the masks are filled on the CPU meanwhile.
         t = time.perf_counter()
@@ -219,29 +319,24 @@ def _decode_batch(
         filler.batch_fill_next_token_bitmask([row.matcher for row in live], masks)
         stats.grammar_seconds += time.perf_counter() - t
         t = time.perf_counter()
-        greedy = _masked_argmax(out.logits[0], masks, grammars.vocab_size)
+        greedy = _masked_argmax(logits, masks, grammars.vocab_size)
         stats.model_seconds += launched + time.perf_counter() - t
 
         _accept(live, greedy, masks, grammars, max_new_tokens, jump_forward, choose, stats)
 
+        finished = [row.slot for row in live if row.done]
         live = [row for row in live if not row.done]
-        # Compacting copies every row's cache, so it waits until half the rows have finished.
-        if live and 2 * len(live) <= len(rows_in_cache):
-            state.select([j for j, row in enumerate(rows_in_cache) if not row.done])
-            rows_in_cache = list(live)
+        if finished:
+            state.finish(finished)
     return rows
 
 
-def _packed_step(live: list[_Row], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every live row's pending tokens, one row after another, as one sequence with each row's positions."""
-    ids: list[int] = []
-    positions: list[int] = []
-    for row in live:
-        ids += row.pending
-        positions += range(row.next_position, row.next_position + len(row.pending))
-        row.next_position += len(row.pending)
-        row.pending = []
-    return torch.tensor([ids], device=device), torch.tensor([positions], device=device)
+def _feed(row: _Row) -> Feed:
+    """The row's pending tokens, to be run now; its positions advance past them."""
+    feed = (row.slot, row.pending, row.next_position)
+    row.next_position += len(row.pending)
+    row.pending = []
+    return feed
 
 
 def _masked_argmax(logits: torch.Tensor, masks: torch.Tensor, vocab_size: int) -> list[int]:

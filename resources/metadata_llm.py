@@ -120,9 +120,9 @@ class MetadataLLMResource(ConfigurableResource):
             return []
         loaded = self._load()
         prefix_ids, prompts = self.preprocess(loaded, chats)
-        check_context_window(prompts, max_new_tokens, loaded.model.config)
+        check_context_window(prompts, max_new_tokens, getattr(loaded.model.config, "max_position_embeddings", None))
         decoded = self._forward(loaded, prefix_ids, prompts, schema, max_new_tokens)
-        return self.postprocess(decoded)
+        return postprocess(decoded)
 
     def preprocess(self, loaded: ChatModel, chats: Sequence[Chat]) -> tuple[list[int], list[list[int]]]:
         return prompt_ids(loaded.tokenizer, chats)
@@ -150,10 +150,6 @@ class MetadataLLMResource(ConfigurableResource):
         log.info("metadata LLM: %d inputs, %s", len(prompts), stats)
         return decoded
 
-    @staticmethod
-    def postprocess(decoded: Sequence[Decoded]) -> list[Generation]:
-        return [Generation(d.text, d.seconds * 1000.0, len(d.token_ids), d.finished) for d in decoded]
-
     @property
     def precision(self) -> str:
         """What ``dtype`` means on this device and CPU class (``resources/precision.py``); 'auto' on a
@@ -169,6 +165,10 @@ class MetadataLLMResource(ConfigurableResource):
         chosen = self.precision
         key = ("metadata_llm", self.model, device, chosen)
         return torch_runtime.load_once(key, lambda: load_chat_model(self.model, device, chosen), large=True)
+
+
+def postprocess(decoded: Sequence[Decoded]) -> list[Generation]:
+    return [Generation(d.text, d.seconds * 1000.0, len(d.token_ids), d.finished) for d in decoded]
 
 
 def load_chat_model(model_ref: str, device: str, dtype: torch.dtype | str) -> ChatModel:
@@ -220,12 +220,19 @@ def gguf_checkpoint(model_ref: str) -> Path | None:
 def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     # Unpacked to a plain dense model: the decoder's packed batches need the model's own attention
     # and linear layers, and transformers' packed-GGUF matmul kernels come from the Hub.
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers import AutoModelForCausalLM, GgufConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = load_gguf_tokenizer(gguf)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype,
                                                  quantization_config=GgufConfig(dequantize=True))
     return tokenizer, model
+
+
+def load_gguf_tokenizer(gguf: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer and chat template a GGUF file carries."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
 def _resolve_source(model_ref: str) -> str:
@@ -261,9 +268,9 @@ class PromptTooLong(ValueError):
     """A prompt and its token budget do not fit the model's context window (that input falls back)."""
 
 
-def check_context_window(prompts: Sequence[Sequence[int]], max_new_tokens: int, config) -> None:
-    """Raise before decoding when a prompt plus its budget would run past the positions the model knows."""
-    window = getattr(config, "max_position_embeddings", None)
+def check_context_window(prompts: Sequence[Sequence[int]], max_new_tokens: int, window: int | None) -> None:
+    """Raise before decoding when a prompt plus its budget would run past the ``window`` of positions
+    the model knows (None: unknown, not checked)."""
     longest = max(len(p) for p in prompts)
     if window and longest + max_new_tokens > window:
         raise PromptTooLong(f"prompt of {longest} tokens + budget of {max_new_tokens} exceeds the model's "
