@@ -7,6 +7,9 @@ They live here, at the bottom, so asset modules never import the composition roo
 """
 
 import os
+from typing import Any, Callable
+
+from dagster import asset
 
 LARGE_MODEL_TAG = "pixelsift/large_model"
 
@@ -43,6 +46,23 @@ def gpu_count() -> int:
 
 def model_step_pool() -> str:
     return GPU_POOL if gpu_count() else LARGE_MODEL_POOL
+
+
+def model_step(in_process: bool, **asset_args: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``@asset(**asset_args)`` for a model step, with its limits (``model_step_limits``); in the
+    large-model pool its compute also holds this machine's large-model lock while it runs
+    (``resources/large_model_lock.py``), which keeps two runs' models apart even when the pool's
+    claim in the instance's database lets both through."""
+    from resources.large_model_lock import holds_large_model_slot  # it imports LARGE_MODEL_POOL from here
+
+    limits = model_step_limits(in_process)
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        if limits.get("pool") == LARGE_MODEL_POOL:
+            fn = holds_large_model_slot(fn)
+        return asset(**asset_args, **limits)(fn)
+
+    return decorate
 
 
 def model_step_limits(in_process: bool) -> dict:

@@ -1,4 +1,5 @@
-"""A job whose two steps stand in for large-model steps (same pool, tag and executor settings as pixelsift's),
+"""A job whose two steps stand in for large-model steps (same pool, tag, machine-wide lock and executor
+settings as pixelsift's: ``resources/concurrency.py``, ``resources/large_model_lock.py``),
 for tests/test_run_limits.py to run in child processes. It imports no models, so a child starts fast.
 
 Run as ``python -m tests.large_model_probe ui|cli``: the child first waits until every other child
@@ -18,6 +19,7 @@ from dagster import DagsterInstance, execute_job, job, multiprocess_executor, op
 
 from dagster_project.execution import executor as pixelsift_executor
 from resources.concurrency import LARGE_MODEL, LARGE_MODEL_POOL
+from resources.large_model_lock import holds_large_model_slot
 
 HOLD_SECONDS = float(os.environ.get("PROBE_HOLD_SECONDS", "2.0"))
 
@@ -39,11 +41,13 @@ def _hold_the_model(context) -> None:
 
 
 @op(pool=LARGE_MODEL_POOL, tags=LARGE_MODEL)
+@holds_large_model_slot  # as model_step wraps a large-model asset's compute
 def first_model(context):
     _hold_the_model(context)
 
 
 @op(pool=LARGE_MODEL_POOL, tags=LARGE_MODEL)
+@holds_large_model_slot
 def second_model(context):
     _hold_the_model(context)
 
