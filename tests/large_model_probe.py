@@ -7,7 +7,8 @@ is ready, so their runs start together, then runs the job as a run worker of the
 pixelsift's multiprocess executor) or as ``pixelsift run`` does (``cli``: in process). Each step
 records in $PROBE_DIR when it held the model. ``hold``: one run alone, in process and tagged as
 ``pixelsift run`` tags its runs, whose first step holds the model for $PROBE_HOLD_SECONDS (for a
-test to kill it mid-step).
+test to kill it mid-step). ``lock``: one run of one step that holds the machine-wide lock but takes
+no slot of the pool, as a step does when the pool's claim let two runs through.
 """
 
 import os
@@ -52,6 +53,17 @@ def second_model(context):
     _hold_the_model(context)
 
 
+@op(tags=LARGE_MODEL)
+@holds_large_model_slot
+def model_past_the_pool(context):
+    _hold_the_model(context)
+
+
+@job
+def lock_only():
+    model_past_the_pool()
+
+
 @job(executor_def=executor)
 def two_models():
     first_model()
@@ -59,6 +71,9 @@ def two_models():
 
 
 def main(kind: str, children: int = 2) -> int:
+    if kind == "lock":
+        with DagsterInstance.get() as instance:
+            return 0 if lock_only.execute_in_process(instance=instance).success else 1
     if kind == "hold":
         from dagster_project.run_history import process_tags
 
