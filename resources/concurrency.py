@@ -1,8 +1,10 @@
 """What limits how many steps run side by side: the tag and the pool of a step holding a large model.
 
-Assets carry both. The tag limits steps within one run (the executor in
+Assets carry both (``model_step``). The tag limits steps within one run (the executor in
 ``dagster_project/execution.py`` allows one tagged step at a time); the pool limits them across
-every run of the instance (``concurrency: pools:`` in ``dagster_project/dagster.yaml``: one slot).
+every run of the instance (``concurrency: pools:`` in ``dagster_project/dagster.yaml``: one slot),
+and a lock file per slot keeps that so on this machine when the pool's claim does not
+(``resources/large_model_lock.py``).
 They live here, at the bottom, so asset modules never import the composition root.
 """
 

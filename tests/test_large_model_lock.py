@@ -1,5 +1,5 @@
-"""The machine-wide large-model lock (resources/large_model_lock.py) on its own: real processes
-contending for it on a real instance, its re-entrancy, and one lock file per slot of the pool.
+"""The machine-wide large-model lock (resources/large_model_lock.py): which steps hold it, real
+processes contending for it on a real instance, its re-entrancy, and one lock file per slot of the pool.
 
 The pool keeps steps apart too; the steps here take no slot of it (``tests/large_model_probe.py``
 ``lock``), as when SQLite's pool claim lets two runs through, so only the lock stands between them.
@@ -18,10 +18,13 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, job, op
 
+from assets import build_pipeline_assets
 from dagster_project.dagster_home import initialize_pools
+from dagster_project.definitions import defs
 from resources.concurrency import LARGE_MODEL_POOL
 from resources.file_locks import release, try_claim
 from resources.large_model_lock import holds_large_model_slot, lock_paths
+from tests.conftest import LARGE_MODEL_ASSETS
 
 ROOT = Path(__file__).resolve().parents[1]
 WAITING = "Waiting for another run's large-model step to finish"
@@ -32,6 +35,22 @@ def instance(shipped_home):
     with DagsterInstance.get() as instance:
         initialize_pools(instance)  # the pool's one slot, as `pixelsift run` and `pixelsift ui` record it
         yield instance
+
+
+def _holds_the_lock(assets_def) -> bool:
+    """Whether the asset's compute runs inside ``holds_large_model_slot`` (its wrapper's code)."""
+    return assets_def.op.compute_fn.decorated_fn.__code__ is holds_large_model_slot(lambda context: None).__code__
+
+
+def test_every_step_in_the_large_model_pool_and_no_other_holds_the_lock(monkeypatch):
+    graph = defs.resolve_asset_graph()
+    executable = [graph.get(key).assets_def for key in graph.get_all_asset_keys()
+                  if graph.get(key).assets_def.is_executable]
+    locked = {a.key.to_user_string() for a in executable if _holds_the_lock(a)}
+    assert locked == {a.key.to_user_string() for a in executable if a.op.pool == LARGE_MODEL_POOL}
+    assert locked == LARGE_MODEL_ASSETS | {"collection_cluster_labels"}
+    monkeypatch.setenv("PIXELSIFT_GPUS", "2")  # each step then holds a GPU's lock instead (resources/gpu_slots.py)
+    assert [a for a in build_pipeline_assets({}) if _holds_the_lock(a)] == []
 
 
 def _holder(tmp_path: Path, seconds: float, log: bool = True) -> subprocess.Popen:
