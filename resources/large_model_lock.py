@@ -88,7 +88,14 @@ def _wait_for_slot(context: Any) -> Claim | None:
         context.log.info(f"Waiting for another run's large-model step to finish: it holds the lock on {names} "
                          f"(one large model at a time on this machine; the pool {LARGE_MODEL_POOL} has {slots} slot(s)).")
 
-    claim = wait_for_claim(paths, on_wait=say_waiting)
+    try:
+        claim = wait_for_claim(paths, on_wait=say_waiting)
+    except OSError as exc:  # BlockingIOError (held) is waited on; this is a folder that cannot hold the files
+        # Only where the instance's folder is not writable, so its storage is not SQLite (which
+        # writes there) but Postgres, whose pool claim does not race: the pool alone keeps the limit.
+        context.log.warning(f"Could not take the large-model lock {paths[0]} ({exc}); this step runs with the "
+                            f"limit of the pool {LARGE_MODEL_POOL} alone.")
+        return None
     if waited:
         context.log.info(f"Took the large-model lock {paths[claim.index]} after {time.monotonic() - started:.1f} s.")
     return claim

@@ -108,9 +108,9 @@ def test_steps_of_other_runs_wait_for_the_holder_and_a_killed_holder_frees_it(in
     assert sum(WAITING in log for log in "".join(logs + outputs).splitlines()) == 2  # once per waiting step
 
 
-def _run(fn) -> None:
+def _run(fn) -> list[str]:
     """``fn(context)`` as the compute of a one-step job on the shipped instance, in a thread that must
-    end within a minute (a lock taken twice would wait for ever)."""
+    end within a minute (a lock taken twice would wait for ever); the run's log messages."""
 
     @op
     @holds_large_model_slot
@@ -127,7 +127,8 @@ def _run(fn) -> None:
                                   daemon=True)
         worker.start()
         worker.join(timeout=60)
-    assert outcome and outcome[0].success, "the step did not finish: it waited for a lock it held"
+        assert outcome and outcome[0].success, "the step did not finish: it waited for a lock it held"
+        return [entry.user_message for entry in instance.all_logs(outcome[0].run_id)]
 
 
 def test_a_step_that_nests_takes_the_lock_once(instance):
@@ -166,3 +167,13 @@ def test_a_pool_of_two_slots_lets_two_steps_hold_models(instance, tmp_path):
     [(log, returncode)] = seen
     assert returncode == 0 and WAITING not in log
     assert len(list(tmp_path.glob("*.held"))) == 1
+
+
+def test_a_folder_that_cannot_hold_the_lock_files_leaves_the_step_to_the_pool(instance):
+    # Where the instance's folder is read-only (a Postgres instance's pod); here a file is where the folder would be.
+    (Path(instance.root_directory) / "locks").write_text("")
+    ran = []
+    messages = _run(lambda context: ran.append(True))
+    assert ran == [True]
+    [warning] = [m for m in messages if "Could not take the large-model lock" in m]
+    assert "locks/large_model0.lock" in warning and "pool pixelsift/large_model alone" in warning
