@@ -1,7 +1,7 @@
 """Stage 2, ``captions``: one sentence per image from BLIP-2."""
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetsDefinition, ResourceParam, asset
+from dagster import AssetExecutionContext, AssetsDefinition, ResourceParam
 
 from assets.batch_range import per_batch
 from assets.per_image import assemble, image_step_fingerprint, run_image_model
@@ -9,7 +9,7 @@ from assets.prompts import CAPTION_PROMPT
 from assets.reuse import ModelStep
 from assets.parquet_schemas import CAPTIONS
 from assets.random_weights import note_random_weights
-from resources.concurrency import model_step_limits
+from resources.concurrency import model_step
 from resources.partitions import batch_partitions
 from resources.backends import Caption, Captioner, fingerprint
 from resources.model_names import portable_model_name
@@ -45,9 +45,8 @@ def _captions(
 
 def captions_asset(in_process: bool = True) -> AssetsDefinition:
     """The asset; ``in_process`` False (the captioner is on a model server) frees it of the large-model slot."""
-    return asset(name="captions", partitions_def=batch_partitions, group_name="pipeline",
-                 kinds={"parquet", "pytorch" if in_process else "openai"},
-                 **model_step_limits(in_process))(per_batch(_captions))
+    return model_step(in_process, name="captions", partitions_def=batch_partitions, group_name="pipeline",
+                      kinds={"parquet", "pytorch" if in_process else "openai"})(per_batch(_captions))
 
 
 captions = captions_asset()

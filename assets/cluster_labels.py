@@ -3,7 +3,7 @@
 from collections import defaultdict
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetsDefinition, Config, ResourceParam, asset
+from dagster import AssetExecutionContext, AssetsDefinition, Config, ResourceParam
 from pydantic import Field
 
 from assets.batch_range import per_batch
@@ -16,7 +16,7 @@ from assets.random_weights import note_random_weights
 from assets.reuse import ModelStep
 from assets.structured_output import run_structured_stage
 from resources.backends import StructuredGenerator, fingerprint
-from resources.concurrency import model_step_limits
+from resources.concurrency import model_step
 from resources.model_names import portable_model_name
 from resources.partitions import batch_partitions
 from resources.settings import PixelsiftSettings
@@ -84,9 +84,8 @@ def label_clusters(config: ClusterLabelConfig, step: ModelStep, metadata_llm: St
 
 def cluster_labels_asset(in_process: bool = True) -> AssetsDefinition:
     """The asset; ``in_process`` False (the LLM is on a model server) frees it of the large-model slot."""
-    return asset(name="cluster_labels", partitions_def=batch_partitions, group_name="pipeline",
-                 kinds={"parquet", "pytorch" if in_process else "openai"},
-                 **model_step_limits(in_process))(per_batch(_cluster_labels))
+    return model_step(in_process, name="cluster_labels", partitions_def=batch_partitions, group_name="pipeline",
+                      kinds={"parquet", "pytorch" if in_process else "openai"})(per_batch(_cluster_labels))
 
 
 cluster_labels = cluster_labels_asset()

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from dagster import (AssetExecutionContext, AssetKey, AssetOut, AssetsDefinition, ResourceParam, asset, multi_asset,
+from dagster import (AssetExecutionContext, AssetKey, AssetOut, AssetsDefinition, ResourceParam, multi_asset,
                      Output)
 from pydantic import Field
 
@@ -34,7 +34,7 @@ from assets.parquet_schemas import COLLECTION_CLUSTER_CENTROIDS, COLLECTION_CLUS
 from assets.random_weights import note_random_weights
 from assets.reuse import ModelStep
 from resources.backends import StructuredGenerator
-from resources.concurrency import model_step_limits
+from resources.concurrency import model_step
 from resources.settings import PixelsiftSettings
 from resources.warehouse import collection_file, connect, damage
 
@@ -256,10 +256,9 @@ AFTER_CLUSTERS_OR_CAPTIONS = AFTER_ANY_BATCH.with_label("after the collection's 
 
 def collection_cluster_labels_asset(in_process: bool = True) -> AssetsDefinition:
     """The labels asset; ``in_process`` False (the LLM is on a model server) frees it of the large-model slot."""
-    return asset(name="collection_cluster_labels", group_name="collection", io_manager_key="io_manager",
-                 kinds={"parquet", "pytorch" if in_process else "openai"}, deps=[AssetKey("captions")],
-                 automation_condition=AFTER_CLUSTERS_OR_CAPTIONS,
-                 **model_step_limits(in_process))(_collection_cluster_labels)
+    return model_step(in_process, name="collection_cluster_labels", group_name="collection",
+                      io_manager_key="io_manager", kinds={"parquet", "pytorch" if in_process else "openai"},
+                      deps=[AssetKey("captions")], automation_condition=AFTER_CLUSTERS_OR_CAPTIONS)(_collection_cluster_labels)
 
 
 collection_cluster_labels = collection_cluster_labels_asset()

@@ -5,7 +5,7 @@ scene type, palette, suggested cluster name) plus how it was produced.
 """
 
 import pyarrow as pa
-from dagster import AssetExecutionContext, AssetsDefinition, Config, ResourceParam, asset
+from dagster import AssetExecutionContext, AssetsDefinition, Config, ResourceParam
 from pydantic import Field
 
 from assets.batch_range import per_batch
@@ -19,7 +19,7 @@ from assets.random_weights import note_random_weights
 from assets.reuse import ModelStep
 from assets.structured_output import run_structured_stage
 from resources.backends import StructuredGenerator, fingerprint
-from resources.concurrency import model_step_limits
+from resources.concurrency import model_step
 from resources.model_names import portable_model_name
 from resources.partitions import batch_partitions
 from resources.settings import PixelsiftSettings
@@ -95,9 +95,8 @@ def _image_metadata(
 
 def image_metadata_asset(in_process: bool = True) -> AssetsDefinition:
     """The asset; ``in_process`` False (the LLM is on a model server) frees it of the large-model slot."""
-    return asset(name="image_metadata", partitions_def=batch_partitions, group_name="pipeline",
-                 kinds={"parquet", "pytorch" if in_process else "openai"},
-                 **model_step_limits(in_process))(per_batch(_image_metadata))
+    return model_step(in_process, name="image_metadata", partitions_def=batch_partitions, group_name="pipeline",
+                      kinds={"parquet", "pytorch" if in_process else "openai"})(per_batch(_image_metadata))
 
 
 image_metadata = image_metadata_asset()

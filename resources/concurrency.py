@@ -1,12 +1,17 @@
 """What limits how many steps run side by side: the tag and the pool of a step holding a large model.
 
-Assets carry both. The tag limits steps within one run (the executor in
+Assets carry both (``model_step``). The tag limits steps within one run (the executor in
 ``dagster_project/execution.py`` allows one tagged step at a time); the pool limits them across
-every run of the instance (``concurrency: pools:`` in ``dagster_project/dagster.yaml``: one slot).
+every run of the instance (``concurrency: pools:`` in ``dagster_project/dagster.yaml``: one slot),
+and a lock file per slot keeps that so on this machine when the pool's claim does not
+(``resources/large_model_lock.py``).
 They live here, at the bottom, so asset modules never import the composition root.
 """
 
 import os
+from typing import Any, Callable
+
+from dagster import asset
 
 LARGE_MODEL_TAG = "pixelsift/large_model"
 
@@ -43,6 +48,23 @@ def gpu_count() -> int:
 
 def model_step_pool() -> str:
     return GPU_POOL if gpu_count() else LARGE_MODEL_POOL
+
+
+def model_step(in_process: bool, **asset_args: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``@asset(**asset_args)`` for a model step, with its limits (``model_step_limits``); in the
+    large-model pool its compute also holds this machine's large-model lock while it runs
+    (``resources/large_model_lock.py``), which keeps two runs' models apart even when the pool's
+    claim in the instance's database lets both through."""
+    from resources.large_model_lock import holds_large_model_slot  # it imports LARGE_MODEL_POOL from here
+
+    limits = model_step_limits(in_process)
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        if limits.get("pool") == LARGE_MODEL_POOL:
+            fn = holds_large_model_slot(fn)
+        return asset(**asset_args, **limits)(fn)
+
+    return decorate
 
 
 def model_step_limits(in_process: bool) -> dict:

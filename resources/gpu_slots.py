@@ -2,18 +2,18 @@
 
 The Dagster pool ``pixelsift/gpu`` (one slot per GPU: ``PIXELSIFT_GPUS``, resources/concurrency.py)
 bounds how many large-model steps run at once across every run of the instance; this picks their
-devices, so two large models never share one. A claim is an exclusive lock (``flock``) on one file
-per device, held by the step's process until it exits: the kernel drops it with the process, so a
-crashed or killed step's GPU is free again at once, with no daemon and no clean-up.
+devices, so two large models never share one. A claim is an exclusive lock on one file per device
+(``resources/file_locks.py``), held by the step's process until it exits: the kernel drops it with
+the process, so a crashed or killed step's GPU is free again at once, with no daemon and no clean-up.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import tempfile
 from pathlib import Path
 
+from resources.file_locks import try_claim
 from resources.settings import env_default
 
 _held: dict[int, int] = {}  # device index -> the open lock file of this process
@@ -30,17 +30,11 @@ def claim_gpu(count: int, where: Path | None = None) -> int | None:
     if _held:
         return next(iter(_held))
     where = where or lock_dir()
-    where.mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        fd = os.open(where / f"gpu{index}.lock", os.O_CREAT | os.O_RDWR, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        _held[index] = fd
-        return index
-    return None
+    claim = try_claim([where / f"gpu{index}.lock" for index in range(count)])
+    if claim is None:
+        return None
+    _held[claim.index] = claim.fd
+    return claim.index
 
 
 def release_gpus() -> None:

@@ -1,4 +1,5 @@
-"""A job whose two steps stand in for large-model steps (same pool, tag and executor settings as pixelsift's),
+"""A job whose two steps stand in for large-model steps (same pool, tag, machine-wide lock and executor
+settings as pixelsift's: ``resources/concurrency.py``, ``resources/large_model_lock.py``),
 for tests/test_run_limits.py to run in child processes. It imports no models, so a child starts fast.
 
 Run as ``python -m tests.large_model_probe ui|cli``: the child first waits until every other child
@@ -6,7 +7,8 @@ is ready, so their runs start together, then runs the job as a run worker of the
 pixelsift's multiprocess executor) or as ``pixelsift run`` does (``cli``: in process). Each step
 records in $PROBE_DIR when it held the model. ``hold``: one run alone, in process and tagged as
 ``pixelsift run`` tags its runs, whose first step holds the model for $PROBE_HOLD_SECONDS (for a
-test to kill it mid-step).
+test to kill it mid-step). ``lock``: one run of one step that holds the machine-wide lock but takes
+no slot of the pool, as a step does when the pool's claim let two runs through.
 """
 
 import os
@@ -18,6 +20,7 @@ from dagster import DagsterInstance, execute_job, job, multiprocess_executor, op
 
 from dagster_project.execution import executor as pixelsift_executor
 from resources.concurrency import LARGE_MODEL, LARGE_MODEL_POOL
+from resources.large_model_lock import holds_large_model_slot
 
 HOLD_SECONDS = float(os.environ.get("PROBE_HOLD_SECONDS", "2.0"))
 
@@ -39,13 +42,26 @@ def _hold_the_model(context) -> None:
 
 
 @op(pool=LARGE_MODEL_POOL, tags=LARGE_MODEL)
+@holds_large_model_slot  # as model_step wraps a large-model asset's compute
 def first_model(context):
     _hold_the_model(context)
 
 
 @op(pool=LARGE_MODEL_POOL, tags=LARGE_MODEL)
+@holds_large_model_slot
 def second_model(context):
     _hold_the_model(context)
+
+
+@op(tags=LARGE_MODEL)
+@holds_large_model_slot
+def model_past_the_pool(context):
+    _hold_the_model(context)
+
+
+@job
+def lock_only():
+    model_past_the_pool()
 
 
 @job(executor_def=executor)
@@ -55,6 +71,9 @@ def two_models():
 
 
 def main(kind: str, children: int = 2) -> int:
+    if kind == "lock":
+        with DagsterInstance.get() as instance:
+            return 0 if lock_only.execute_in_process(instance=instance).success else 1
     if kind == "hold":
         from dagster_project.run_history import process_tags
 

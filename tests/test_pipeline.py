@@ -225,6 +225,7 @@ def test_cli_runs_the_tiny_profile_and_queries(tmp_path, tiny_models):
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "meaningless" in run.stderr
+    assert (tmp_path / "home" / "locks" / "large_model0.lock").exists()  # its model steps took the machine's lock
     for name in PER_IMAGE + ["cluster_labels"]:
         assert "batch=sample" in run.stdout and name in run.stdout
         assert partition_file(tmp_path / "wh", name, "sample").exists()

@@ -193,3 +193,6 @@ def test_two_runs_at_once_never_hold_large_models_together(shipped_instance, tmp
     runs = shipped_instance.get_runs()
     assert len(runs) == 2 and all(run.status == DagsterRunStatus.SUCCESS for run in runs)
     assert shipped_instance.event_log_storage.get_concurrency_info(LARGE_MODEL_POOL).claimed_slots == []
+    # The steps also took the machine-wide lock beside the instance (resources/large_model_lock.py),
+    # which keeps them apart when SQLite's pool claim lets both runs through.
+    assert [path.name for path in (Path(shipped_instance.root_directory) / "locks").iterdir()] == ["large_model0.lock"]
