@@ -213,6 +213,8 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=len(CAPTIONS))
     parser.add_argument("--rounds", type=int, default=2, help="smollm2: rounds; 1 times the load too")
     parser.add_argument("--model", help="smollm2: a saved copy (tests' cache) instead of unpacking the GGUF")
+    parser.add_argument("--precisions", default="float32,bfloat16,int8",
+                        help="smollm2: the transformers precisions, comma-separated; float32 (the reference) first")
     parser.add_argument("--gguf", default="", help="smollm2: also the llama_cpp backend on these GGUF "
                         "quantisations, comma-separated (Q4_1 = the shipped file, Q8_0, F16, Q4_K_M)")
     parser.add_argument("--in-child", action="store_true", help=argparse.SUPPRESS)
@@ -237,7 +239,8 @@ def main() -> None:
         from resources.smollm2 import smollm2_gguf_path
 
         rows = measure_smollm2(args.model or str(smollm2_gguf_path()), captions=CAPTIONS[: args.captions],
-                               rounds=args.rounds, gguf=tuple(q for q in args.gguf.split(",") if q))
+                               rounds=args.rounds, precisions=tuple(args.precisions.split(",")),
+                               gguf=tuple(q for q in args.gguf.split(",") if q))
     print(json.dumps(rows))
 
 

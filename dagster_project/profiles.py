@@ -22,6 +22,7 @@ in the log, in the run's tags and in the eval report (``assets/random_weights.py
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class TaskChoice:
     backend: str
     settings: dict[str, Any]
     sources: tuple[str, ...]  # where the choice was made (variables, file, preset)
+    why: str = ""  # why this backend, when no setting named it
 
     @property
     def random_weights(self) -> bool:
@@ -62,7 +64,8 @@ class TaskChoice:
         where = ", ".join(self.sources)
         urls = f" at {', '.join(self.settings['base_urls'])}" if "base_urls" in self.settings else ""
         warning = f": {TINY_WARNING}" if self.random_weights else ""
-        return f"{self.task}: {self.backend} {model}{urls} [{where}]{warning}"
+        why = f" ({self.why})" if self.why else ""
+        return f"{self.task}: {self.backend}{why} {model}{urls} [{where}]{warning}"
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,9 @@ def resolve_choice(environ: Mapping[str, str] | None = None, cwd: Path | None = 
             if value:
                 settings[key] = [u.strip() for u in value.split(",") if u.strip()] if key == "base_urls" else value
                 sources.append(variable)
-        backend = settings.pop("backend", None) or ("openai" if "base_urls" in settings else "transformers")
+        backend, why = settings.pop("backend", None), ""
+        if backend is None:
+            backend, why = ("openai", "") if "base_urls" in settings else default_backend(task, settings)
         if backend not in BACKENDS[task]:
             raise ConfigError(f"{task}: backend {backend!r} ({', '.join(sources)}): choose one of "
                               f"{', '.join(BACKENDS[task])}")
@@ -143,8 +148,57 @@ def resolve_choice(environ: Mapping[str, str] | None = None, cwd: Path | None = 
         if backend == "llama_cpp" and settings.get("model") == TINY:
             raise ConfigError(f"{task}: the tiny models are transformers checkpoints; give the llama_cpp "
                               "backend a GGUF file")
-        tasks[task] = TaskChoice(task, backend, settings, tuple(sources))
+        tasks[task] = TaskChoice(task, backend, settings, tuple(sources), why)
     return ModelChoice(tasks)
+
+
+# CPU classes (resources/precision.py) without bf16 matrix units, where the metadata LLM runs several
+# times faster on llama.cpp's quantised kernels than on torch's float32 (BENCHMARKS.md, "CPU classes").
+LLAMA_CPP_CLASSES = ("avx512", "avx2", "other")
+
+
+def default_backend(task: str, settings: Mapping[str, Any], cpu: str | None = None,
+                    llama_cpp_installed: bool | None = None, gpu: bool | None = None) -> tuple[str, str]:
+    """The backend of a task no setting names, and why: ``transformers``, except the metadata LLM on
+    a CPU of ``LLAMA_CPP_CLASSES`` with no GPU and llama-cpp-python installed, when its model is the
+    default or a GGUF file and no transformers-only setting (``dtype``, ``device``) is given:
+    ``llama_cpp`` there. (The arguments after the first two are this machine's facts, for tests.)"""
+    model = settings.get("model")
+    if task != "metadata_llm" or model == TINY or set(settings) - _SHARED_LLM_SETTINGS:
+        return "transformers", ""
+    if model is not None and not _is_gguf(str(model)):
+        return "transformers", ""  # a saved model or a hub id: llama.cpp needs a GGUF file
+    if cpu is None:
+        from resources.precision import cpu_class
+
+        cpu = cpu_class()
+    if cpu not in LLAMA_CPP_CLASSES or (_has_gpu() if gpu is None else gpu):
+        return "transformers", ""
+    if llama_cpp_installed is None:
+        llama_cpp_installed = importlib.util.find_spec("llama_cpp") is not None
+    if not llama_cpp_installed:
+        return "transformers", (f"{cpu} CPU: pip install -e '.[llama-cpp]' for llama.cpp's kernels, several "
+                                "times faster here")
+    return "llama_cpp", f"auto: {cpu} CPU, no bf16 units"
+
+
+# Settings both LLM backends take: with any other (dtype, device) the choice stays transformers.
+_SHARED_LLM_SETTINGS = {"model", "batch_size", "prefix_cache", "jump_forward"}
+
+
+def _is_gguf(model: str) -> bool:
+    from resources.backends import ModelLoadError
+    from resources.metadata_llm import gguf_checkpoint
+
+    try:
+        return gguf_checkpoint(model) is not None
+    except ModelLoadError:  # a .gguf that is not there (the step says so) or a folder of several
+        return True
+
+
+def _has_gpu() -> bool:
+    """An NVIDIA or AMD GPU driver is loaded (checked without importing torch)."""
+    return any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/kfd"))
 
 
 def tiny_models_dir() -> Path:

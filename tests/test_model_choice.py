@@ -107,3 +107,30 @@ def test_cli_options_become_the_variables_every_process_reads(model_env, tmp_pat
     assert choice.tasks["metadata_llm"].settings == {"model": "smollm2", "base_urls": ["http://127.0.0.1:8080/v1"]}
     assert choice.random_weight_tasks() == ["captioner", "clip_embedder"]
     assert "warning: model captioner: transformers tiny" in result.output
+
+
+def test_the_llm_runs_on_llama_cpp_by_default_only_where_it_is_the_fast_path(tmp_path):
+    from dagster_project.profiles import default_backend
+
+    gguf = tmp_path / "phi.Q8_0.gguf"
+    gguf.write_bytes(b"GGUF")
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "config.json").write_text("{}")
+
+    def backend(settings=None, task="metadata_llm", cpu="avx2", installed=True, gpu=False):
+        return default_backend(task, settings or {}, cpu=cpu, llama_cpp_installed=installed, gpu=gpu)[0]
+
+    # CPUs without bf16 units, no GPU: the default model and GGUF files run on llama.cpp's kernels.
+    assert backend() == backend({"model": str(gguf)}) == backend(cpu="avx512") == "llama_cpp"
+    assert backend({"model": str(gguf), "batch_size": 8}) == "llama_cpp"
+    # Everywhere else, or where llama.cpp cannot take the model or a setting, transformers.
+    assert backend(cpu="amx") == backend(cpu="avx512_bf16") == backend(gpu=True) == "transformers"
+    assert backend({"model": str(saved)}) == backend({"model": "microsoft/Phi-3.5-mini-instruct"}) == "transformers"
+    assert backend({"model": "tiny"}) == backend({"dtype": "int8"}) == backend(task="captioner") == "transformers"
+    fallback, why = default_backend("metadata_llm", {}, cpu="avx2", llama_cpp_installed=False, gpu=False)
+    assert fallback == "transformers" and "pip install -e '.[llama-cpp]'" in why
+    # A backend named anywhere wins over the default.
+    named = resolve_choice({"PIXELSIFT_METADATA_LLM_BACKEND": "transformers", "PIXELSIFT_METADATA_LLM_MODEL": str(gguf)},
+                           tmp_path)
+    assert named.tasks["metadata_llm"].backend == "transformers" and not named.tasks["metadata_llm"].why
