@@ -80,8 +80,9 @@ class Engine(Protocol):
     def prefix(self, token_ids: tuple[int, ...]) -> tuple[object, bool]:
         """The shared prefix's state, and whether it had to be prefilled now (a miss)."""
 
-    def rows(self, prefix: object | None, rows: int, longest_prompt: int, max_new_tokens: int) -> RowBatch:
-        """A batch of ``rows`` empty rows after ``prefix`` (None: no shared prefix)."""
+    def rows(self, prefix: object | None, rows: int, longest_suffix: int, max_new_tokens: int) -> RowBatch:
+        """A batch of ``rows`` empty rows after ``prefix`` (None: no shared prefix), each first feeding
+        at most ``longest_suffix`` prompt tokens."""
 
 
 class TorchEngine:
@@ -98,8 +99,8 @@ class TorchEngine:
     def prefix(self, token_ids: tuple[int, ...]) -> tuple[SharedPrefix, bool]:
         return self.cache.get(self.model, token_ids)
 
-    def rows(self, prefix: SharedPrefix | None, rows: int, longest_prompt: int, max_new_tokens: int) -> _TorchRows:
-        return _TorchRows(self.model, prefix, rows, capacity=longest_prompt + min(max_new_tokens, _FIRST_GROWTH))
+    def rows(self, prefix: SharedPrefix | None, rows: int, longest_suffix: int, max_new_tokens: int) -> _TorchRows:
+        return _TorchRows(self.model, prefix, rows, capacity=longest_suffix + min(max_new_tokens, _FIRST_GROWTH))
 
 
 class _TorchRows:

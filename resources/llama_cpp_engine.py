@@ -134,7 +134,7 @@ class LlamaCppEngine:
         self._prefix = token_ids
         return token_ids, True
 
-    def rows(self, prefix: tuple[int, ...] | None, rows: int, longest_prompt: int, max_new_tokens: int) -> _LlamaRows:
+    def rows(self, prefix: tuple[int, ...] | None, rows: int, longest_suffix: int, max_new_tokens: int) -> _LlamaRows:
         memory = self._memory()
         for slot in range(rows):
             self._L.llama_memory_seq_rm(memory, slot + 1, -1, -1)  # left over by a batch that raised
