@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 _PREFIX_SEQ = 0  # the shared prefix's sequence; row r of a batch is sequence r + 1
 _CELL_ROUNDING = 256  # llama.cpp pads the cache to this many cells anyway
 _MAX_BATCH_TOKENS = 2048  # tokens per llama_decode call; a longer step is split
+_UBATCH_TOKENS = 512  # tokens llama.cpp computes at once within a call (its default): bounds its buffers
 
 
 class LlamaDecodeError(RuntimeError):
@@ -49,12 +50,13 @@ def _llama():
 
 
 _LOG_CALLBACK = None  # kept alive: llama.cpp holds the pointer
-_GGML_LOG_LEVEL_WARN = 3  # ggml.h's enum ggml_log_level: DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
+_GGML_LOG_LEVEL_WARN, _GGML_LOG_LEVEL_ERROR = 3, 4  # ggml.h's enum ggml_log_level
 
 
 def _route_logs(llama_cpp) -> None:
-    """llama.cpp's own log lines (thousands while loading) go to Python logging at debug level,
-    its warnings and errors at warning level."""
+    """llama.cpp's own log lines (thousands while loading) go to Python logging at debug level, its
+    warnings at info level (with one cache for all rows it warns that a row may outgrow the model's
+    window; the loop checks every prompt against it), its errors at warning level."""
     global _LOG_CALLBACK
     if _LOG_CALLBACK is not None:
         return
@@ -62,8 +64,8 @@ def _route_logs(llama_cpp) -> None:
     def forward(level: int, text: bytes, _user) -> None:
         message = text.decode("utf-8", errors="replace").rstrip()
         if message:
-            serious = _GGML_LOG_LEVEL_WARN <= level < _GGML_LOG_LEVEL_WARN + 2
-            log.log(logging.WARNING if serious else logging.DEBUG, "llama.cpp: %s", message)
+            python_level = {_GGML_LOG_LEVEL_WARN: logging.INFO, _GGML_LOG_LEVEL_ERROR: logging.WARNING}
+            log.log(python_level.get(level, logging.DEBUG), "llama.cpp: %s", message)
 
     _LOG_CALLBACK = llama_cpp.llama_log_callback(forward)
     llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
@@ -151,7 +153,8 @@ class LlamaCppEngine:
             self._ctx, self._prefix = None, None
         params = L.llama_context_default_params()
         params.n_ctx = cells
-        params.n_batch = params.n_ubatch = min(_MAX_BATCH_TOKENS, cells)
+        params.n_batch = min(_MAX_BATCH_TOKENS, cells)
+        params.n_ubatch = min(_UBATCH_TOKENS, cells)
         params.n_seq_max = sequences
         params.kv_unified = self.unified_cache
         params.n_threads = params.n_threads_batch = self.threads

@@ -41,10 +41,10 @@ DEFAULT_REPO = "bartowski/Phi-3.5-mini-instruct-GGUF"
 DEFAULT_FILE = "Phi-3.5-mini-instruct-Q8_0.gguf"
 
 # Peak RSS of Phi-3.5-mini Q8_0 (3.82B parameters, a 3.8 GiB file, memory-mapped) writing metadata:
-# the weights, and per row its share of the float16 key/value cache (32 layers x 2 x 3072 x 2 bytes
-# = 384 KiB a token) for a suffix and the first attempt's 384-token budget, plus its logits.
+# the weights, and per row the float16 key/value cache the context reserves (32 layers x 2 x 3072 x
+# 2 bytes = 384 KiB a token) for a suffix and the retry's 768-token budget, plus its logits.
 CPU_MEMORY = memory_budget.MemoryModel(
-    "Phi-3.5-mini (GGUF Q8_0)", 3.82, weights_gib={"gguf": 3.78}, per_row_gib={"gguf": 0.18}, overhead_gib=1.2,
+    "Phi-3.5-mini (GGUF Q8_0)", 3.82, weights_gib={"gguf": 3.78}, per_row_gib={"gguf": 0.32}, overhead_gib=1.2,
     batches=(1, 2, 4, 8, 16),
 )
 
@@ -99,13 +99,13 @@ class LlamaCppLLMResource(ConfigurableResource):
         return memory_budget.for_checkpoint(CPU_MEMORY, self.model)
 
     def fingerprint(self) -> str:
-        import llama_cpp  # its kernels decide the arithmetic, so their version is part of the identity
-
+        local = gguf_checkpoint(self.model)
         return fingerprint(
             kind="metadata_llm",
             backend="llama_cpp",
-            model=model_identity(str(self._gguf_path())),  # the file's hash: its quantisation included
-            kernels=f"llama.cpp via llama-cpp-python {llama_cpp.__version__}",
+            # A local file by its hash (its quantisation included); a hub file by name, not downloaded for this.
+            model=model_identity(str(local)) if local else f"{self.model}/{self.gguf_file}",
+            kernels=f"llama.cpp via llama-cpp-python {_llama_cpp_version()}",  # they decide the arithmetic
             decoding="greedy",
             jump_forward=self.jump_forward,
         )
@@ -153,6 +153,15 @@ def load_gguf_chat(path: Path, threads: int) -> GgufChat:
     stops = set(engine.end_of_generation) | ({tokenizer.eos_token_id} - {None})
     grammars = SchemaGrammars(tokenizer, engine.vocab_size, {t for t in stops if t < engine.vocab_size})
     return GgufChat(engine, tokenizer, grammars)
+
+
+def _llama_cpp_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama-cpp-python")
+    except PackageNotFoundError:
+        raise ModelLoadError("the llama_cpp backend needs llama-cpp-python: pip install -e '.[llama-cpp]'") from None
 
 
 def _download(repo: str, filename: str) -> Path:
