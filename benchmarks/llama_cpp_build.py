@@ -1,6 +1,7 @@
 """Build llama.cpp for one CPU class from the source the pinned llama-cpp-python vendors.
 
     python -m benchmarks.llama_cpp_build avx2      # tools + a llama-cpp-python for AVX2-only CPUs
+    python -m benchmarks.llama_cpp_build avx512    # AVX-512 (VNNI, BF16) without AMX
     python -m benchmarks.llama_cpp_build native    # what this machine has (AMX, AVX-512 here)
 
 This machine has AMX and AVX-512, so an AVX2-only CPU (AMD Zen 2/3, Intel Core before AVX-512)
@@ -40,19 +41,22 @@ from pathlib import Path
 TOOLS = ("llama-batched-bench", "llama-bench", "llama-quantize")
 
 # The instruction-set options of ggml/CMakeLists.txt in the vendored llama.cpp.
-_X86_OFF_FOR_AVX2 = ("AVX_VNNI", "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16",
-                     "AMX_TILE", "AMX_INT8", "AMX_BF16")
+_AVX2 = ("SSE42", "AVX", "AVX2", "FMA", "F16C", "BMI2")
+_AVX512 = ("AVX_VNNI", "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16")
+_AMX = ("AMX_TILE", "AMX_INT8", "AMX_BF16")
 CLASSES: dict[str, list[str]] = {
+    # -march=native: on this Xeon that includes ggml's AMX kernels, which crash here (see BENCHMARKS.md).
     "native": ["-DGGML_NATIVE=ON"],
-    "avx2": ["-DGGML_NATIVE=OFF",
-             *(f"-DGGML_{o}=ON" for o in ("SSE42", "AVX", "AVX2", "FMA", "F16C", "BMI2")),
-             *(f"-DGGML_{o}=OFF" for o in _X86_OFF_FOR_AVX2)],
+    "avx2": ["-DGGML_NATIVE=OFF", *(f"-DGGML_{o}=ON" for o in _AVX2), *(f"-DGGML_{o}=OFF" for o in _AVX512 + _AMX)],
+    # AVX-512 with VNNI and BF16, no AMX: AMD Zen 4/5, Intel Cooper Lake (and this Xeon without its AMX).
+    "avx512": ["-DGGML_NATIVE=OFF", *(f"-DGGML_{o}=ON" for o in _AVX2 + _AVX512), *(f"-DGGML_{o}=OFF" for o in _AMX)],
 }
 # What llama_print_system_info() must say for each class (key: required value).
 EXPECTED_FEATURES: dict[str, dict[str, str]] = {
     "native": {},
     "avx2": {"AVX2": "1", "FMA": "1", "F16C": "1", "AVX512": None, "AVX512_VNNI": None, "AVX512_BF16": None,
              "AVX_VNNI": None, "AMX_INT8": None},
+    "avx512": {"AVX2": "1", "AVX512": "1", "AVX512_VNNI": "1", "AVX512_BF16": "1", "AMX_INT8": None},
 }
 COMMON_ARGS = [
     "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON",
@@ -129,8 +133,9 @@ def assemble_python(cpu: str) -> Path:
     shutil.copytree(package, target / "llama_cpp", ignore=shutil.ignore_patterns("__pycache__", "lib"))
     lib = target / "llama_cpp" / "lib"
     lib.mkdir()
-    for path in bin_dir(cpu).glob("lib*.so*"):
-        shutil.copy2(path, lib / path.name, follow_symlinks=True)
+    for pattern in ("libllama.so*", "libggml*.so*"):  # what llama_cpp loads, not the tools' own libraries
+        for path in bin_dir(cpu).glob(pattern):
+            shutil.copy2(path, lib / path.name, follow_symlinks=True)
     return target
 
 

@@ -1,7 +1,7 @@
 """The metadata LLM on llama.cpp per CPU class: seconds per image from llama-batched-bench.
 
     python -m benchmarks.llama_cpp_cpu --cpu avx2 native --quant Q8_0 Q4_K_M
-    python -m benchmarks.llama_cpp_cpu --quick        # tiny model, native build: checks it runs
+    python -m benchmarks.llama_cpp_cpu --quick        # tiny model, avx2 build: checks it runs
 
 Builds come from ``benchmarks/llama_cpp_build`` (``avx2`` emulates an AVX2-only CPU on this one),
 models from ``benchmarks/gguf_shapes`` (random weights, Phi-3.5-mini's shapes). The workload is
@@ -126,7 +126,9 @@ def seconds_per_image(work: Workload, n: int, suffix_tps: float, run: dict) -> d
 
 
 def run(cpus: list[str], quants: list[str], npl: list[int], threads: int, ntg: int, quick: bool,
-        f16_npl: list[int], timeout: float) -> dict:
+        f16_npl: list[int], timeout: float, out: Path | None = None) -> dict:
+    """Every row, with the JSON rewritten after each (``complete`` false until the end) so a long run
+    stopped early keeps what it measured."""
     shapes = gguf_shapes.SHAPES["tiny" if quick else "phi35"]
     work = metadata_workload()
     _, vocab = gguf_shapes._tokenizer_fields()
@@ -137,7 +139,7 @@ def run(cpus: list[str], quants: list[str], npl: list[int], threads: int, ntg: i
               "workload": asdict(work), "threads": threads, "ntg_measured": ntg,
               "model": {"shapes": asdict(shapes), "vocab": vocab, "note": gguf_shapes.vocab_note(shapes, vocab)},
               "transformers_fp32_avx2_s_per_image": TRANSFORMERS_FP32_AVX2_S_PER_IMAGE,
-              "builds": {}, "rows": [], "llama_bench": []}
+              "builds": {}, "rows": [], "llama_bench": [], "complete": False}
     for cpu in cpus:
         if not llama_cpp_build.is_built(cpu):
             raise SystemExit(f"llama.cpp is not built for {cpu}: python -m benchmarks.llama_cpp_build {cpu}")
@@ -162,9 +164,18 @@ def run(cpus: list[str], quants: list[str], npl: list[int], threads: int, ntg: i
                 row["peak_rss_gib"] = round(row["peak_rss_gib"], 2) if row["peak_rss_gib"] else None
                 result["rows"].append(row)
                 print(_format_row(row), flush=True)
+                _save(result, out)
         result["llama_bench"].append({"cpu": cpu, "quant": quants[0],
                                       **llama_bench(cpu, models[quants[0]], threads, timeout, quick)})
+    result["complete"] = True
+    _save(result, out)
     return result
+
+
+def _save(result: dict, out: Path | None) -> None:
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _cpu_flags() -> set[str]:
@@ -193,17 +204,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ntg", type=int, default=32, help="tokens decoded per sequence in the measurement")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per tool run")
-    parser.add_argument("--quick", action="store_true", help="tiny model, native build, npl 1 and 2: checks it runs")
+    parser.add_argument("--quick", action="store_true", help="tiny model, avx2 build, npl 1 and 2: checks it runs")
     parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/llama-cpp-cpu.json; "
                                                  "--quick writes none unless given)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.cpu, args.quant, args.npl, args.f16_npl, args.ntg = ["native"], ["Q8_0"], [1, 2], [1], 4
-    result = run(args.cpu, args.quant, args.npl, args.threads, args.ntg, args.quick, args.f16_npl, args.timeout)
+        args.cpu, args.quant, args.npl, args.f16_npl, args.ntg = ["avx2"], ["Q8_0"], [1, 2], [1], 4
     out = args.out or (None if args.quick else RESULTS / "llama-cpp-cpu.json")
+    run(args.cpu, args.quant, args.npl, args.threads, args.ntg, args.quick, args.f16_npl, args.timeout, out)
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")
 
 

@@ -42,7 +42,7 @@ def test_avx2_build_has_avx2_and_nothing_newer():
     assert not {"AVX512", "AVX512_VNNI", "AVX512_BF16", "AVX_VNNI", "AMX_INT8"} & set(features)
 
 
-@pytest.mark.skipif(not llama_cpp_build.is_built("native"), reason=NOT_BUILT.format("native"))
+@pytest.mark.skipif(not llama_cpp_build.is_built("avx2"), reason=NOT_BUILT.format("avx2"))
 def test_quick_run_measures_seconds_per_image_and_peak_memory(tmp_path):
     out = tmp_path / "llama-cpp-cpu.json"
     done = subprocess.run([sys.executable, "-m", "benchmarks.llama_cpp_cpu", "--quick", "--out", str(out)],
@@ -50,7 +50,7 @@ def test_quick_run_measures_seconds_per_image_and_peak_memory(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["workload"]["generated"] > result["workload"]["suffix"] > 0
-    assert [(r["cpu"], r["quant"], r["npl"]) for r in result["rows"]] == [("native", "Q8_0", 1), ("native", "Q8_0", 2)]
+    assert [(r["cpu"], r["quant"], r["npl"]) for r in result["rows"]] == [("avx2", "Q8_0", 1), ("avx2", "Q8_0", 2)]
     for row in result["rows"]:
         assert math.isfinite(row["s_per_image"]) and row["s_per_image"] > row["s_decode"] > 0
         assert row["s_per_image_forced_as_prefill"] <= row["s_per_image"]
