@@ -123,7 +123,8 @@ def write_f16(shapes: Shapes, path: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     writer = GGUFWriter(partial, "llama")
-    writer.add_name(f"random weights with {shapes.name} shapes (benchmark only)")
+    # Not the model's name: llama.cpp changes the tokenizer for a name containing "phi3" or "phi-3".
+    writer.add_name(f"random weights with {shapes.layers} layers of {shapes.hidden} (benchmark)")
     writer.add_context_length(4096)
     writer.add_embedding_length(shapes.hidden)
     writer.add_block_count(shapes.layers)

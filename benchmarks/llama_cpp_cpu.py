@@ -195,6 +195,18 @@ def _format_row(row: dict) -> str:
             f"load {row['load_average']}")
 
 
+def markdown(result: dict) -> str:
+    """The rows as the BENCHMARKS.md table."""
+    lines = ["| build | quant | GGUF GiB | npl | suffix prefill t/s | decode t/s (all sequences) | metadata s/image "
+             "| forced tokens as prefill | peak RSS GiB | load avg |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['cpu']} | {r['quant']} | {r['gguf_gib']} | {r['npl']} | {r['suffix_prefill_tps']:.1f} | "
+                     f"{r['decode_tps']:.2f} | **{r['s_per_image']:.2f}** | {r['s_per_image_forced_as_prefill']:.2f} | "
+                     f"{r['peak_rss_gib']} | {r['load_average'][0]}-{r['load_average'][1]} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu", nargs="+", default=["avx2", "native"], choices=list(llama_cpp_build.CLASSES))
@@ -207,7 +219,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model, avx2 build, npl 1 and 2: checks it runs")
     parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/llama-cpp-cpu.json; "
                                                  "--quick writes none unless given)")
+    parser.add_argument("--table", type=Path, help="print a results JSON as the BENCHMARKS.md table, and stop")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(args.table.read_text())))
+        return
     if args.quick:
         args.cpu, args.quant, args.npl, args.f16_npl, args.ntg = ["avx2"], ["Q8_0"], [1, 2], [1], 4
     out = args.out or (None if args.quick else RESULTS / "llama-cpp-cpu.json")
