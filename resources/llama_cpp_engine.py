@@ -83,9 +83,10 @@ class LlamaCppEngine:
         _route_logs(L)
         L.llama_backend_init()
         params = L.llama_model_default_params()
-        # No extra weight buffers (AMX tiles, repacked layouts): in virtual machines that report AMX but
-        # do not grant its tile registers, those kernels die on the first call (benchmarks/llama_server.py).
-        params.use_extra_bufts = False
+        # ggml's AMX kernels die on some machines that report AMX (virtual machines that do not grant
+        # the tile registers, llama.cpp #20824): where the build has them, no extra weight buffers.
+        # Elsewhere (AVX2, AVX-512) they are the repacked layouts that make its quantised kernels fast.
+        params.use_extra_bufts = b"AMX_INT8 = 1" not in L.llama_print_system_info()
         self._model = L.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {path} (not a GGUF model it supports?)")

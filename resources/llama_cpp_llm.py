@@ -14,6 +14,7 @@ are loaded when the step first needs them, not when the definitions load.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +41,14 @@ log = logging.getLogger(__name__)
 DEFAULT_REPO = "bartowski/Phi-3.5-mini-instruct-GGUF"
 DEFAULT_FILE = "Phi-3.5-mini-instruct-Q8_0.gguf"
 
-# Peak RSS of Phi-3.5-mini Q8_0 (3.82B parameters, a 3.8 GiB file, memory-mapped) writing metadata:
-# the weights, and per row the float16 key/value cache the context reserves (32 layers x 2 x 3072 x
-# 2 bytes = 384 KiB a token) for a suffix and the retry's 768-token budget, plus its logits.
+# Peak RSS of a step writing metadata with Phi-3.5-mini (3.82B parameters): the GGUF file (Q8_0
+# 3.8 GiB; Q4_K_M 2.2), and per row the float16 key/value cache llama.cpp allocates and clears up
+# front (32 layers x 2 x 3072 x 2 bytes = 384 KiB a token) for its suffix and the retry's 768-token
+# budget; the rest (torch and xgrammar for the masks, the tokenizer, llama.cpp's buffers) fitted to
+# 9.75 GiB measured with Q4_K_M at 32 rows and a 384-token budget (BENCHMARKS.md, "CPU classes").
 CPU_MEMORY = memory_budget.MemoryModel(
-    "Phi-3.5-mini (GGUF Q8_0)", 3.82, weights_gib={"gguf": 3.78}, per_row_gib={"gguf": 0.32}, overhead_gib=1.2,
-    batches=(1, 2, 4, 8, 16),
+    "Phi-3.5-mini (GGUF Q8_0)", 3.82, weights_gib={"gguf": 3.78}, per_row_gib={"gguf": 0.3}, overhead_gib=2.8,
+    batches=(1, 2, 4, 8, 16),  # 32 rows were 2% faster than 16 (6.12 against 6.23 s), for 2.4 GiB more
 )
 
 
@@ -96,7 +99,12 @@ class LlamaCppLLMResource(ConfigurableResource):
         return self._last_stats
 
     def _memory(self) -> memory_budget.MemoryModel:
-        return memory_budget.for_checkpoint(CPU_MEMORY, self.model)
+        """The default model's figures; a local file's scaled by its parameters, its weights its size."""
+        local = gguf_checkpoint(self.model)
+        if local is None:
+            return CPU_MEMORY
+        scaled = memory_budget.for_checkpoint(CPU_MEMORY, str(local))
+        return dataclasses.replace(scaled, weights_gib={"gguf": local.stat().st_size / 2**30})
 
     def fingerprint(self) -> str:
         local = gguf_checkpoint(self.model)

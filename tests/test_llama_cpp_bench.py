@@ -56,3 +56,15 @@ def test_quick_run_measures_seconds_per_image_and_peak_memory(tmp_path):
         assert row["s_per_image_forced_as_prefill"] <= row["s_per_image"]
         assert row["peak_rss_gib"] > 0
     assert result["llama_bench"][0]["tg4"] > 0
+
+
+def test_the_metadata_stage_in_process_on_a_gguf_writes_the_workload_documents(tmp_path):
+    # benchmarks/llama_cpp_metadata: the llama_cpp backend's decode loop, steered to the workload's
+    # documents (it raises if they are not reproduced), on random weights of a tiny shape.
+    path = gguf_shapes.write_f16(gguf_shapes.SHAPES["tiny"], tmp_path / "tiny.gguf")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.llama_cpp_metadata", "--gguf", str(path), "--count", "3",
+                           "--batch", "2", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(done.stdout)
+    assert row["images"] == 3 and row["s_per_image"] > 0 and row["forward_calls"] > 0
+    assert row["jump_forward_tokens"] > 0 and row["generated_tokens_per_image"] > 50  # whole documents
