@@ -177,8 +177,8 @@ def default_backend(task: str, settings: Mapping[str, Any], cpu: str | None = No
     if llama_cpp_installed is None:
         llama_cpp_installed = importlib.util.find_spec("llama_cpp") is not None
     if not llama_cpp_installed:
-        return "transformers", (f"{cpu} CPU: pip install -e '.[llama-cpp]' for llama.cpp's kernels, several "
-                                "times faster here")
+        return "transformers", (f"{cpu} CPU: pip install -e '.[llama-cpp]' for llama.cpp's kernels, about 4x "
+                                "faster here")
     return "llama_cpp", f"auto: {cpu} CPU, no bf16 units"
 
 

@@ -72,7 +72,8 @@ class LlamaCppLLMResource(ConfigurableResource):
         "(then `gguf_file` names the file) (PIXELSIFT_METADATA_LLM_MODEL).",
     )
     gguf_file: str = Field(default=DEFAULT_FILE, description="The file to download when `model` is a hub "
-                           "repository (Q8_0: 8-bit weights, the closest to the original of the usual quantisations).")
+                           "repository. Q8_0 kept SmolLM2's documents as close to float32 as bf16 does; Q4_K_M, 1.26x "
+                           "faster, moved them further (BENCHMARKS.md, 'CPU classes').")
     batch_size: int = Field(
         default=0, ge=0,
         description=f"Inputs decoded together; 0 = the largest of {', '.join(map(str, CPU_MEMORY.batches))} whose "

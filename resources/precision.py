@@ -40,7 +40,8 @@ CPU_CLASSES = {
 # dynamic int8 is 1.8-3.5x faster per layer under AVX2 but its error is 8x bf16's (2.2% against
 # 0.29% per layer) and on SmolLM2 it kept 1 metadata field in 10 where bf16 kept 9: more change
 # than the default accepts anywhere. It is opt-in, and the fallback where float32 does not fit in
-# memory (resources/memory_budget.py).
+# memory (resources/memory_budget.py). On the classes without bf16 the metadata LLM's default is not
+# torch at all but llama.cpp's Q8_0 kernels (dagster_project/profiles.py, LLAMA_CPP_CLASSES).
 AUTO_CPU = {
     "metadata_llm": {"amx": "bfloat16", "avx512_bf16": "bfloat16", "avx512": "float32", "avx2": "float32",
                      "other": "float32"},
