@@ -132,16 +132,16 @@ def resolve_choice(environ: Mapping[str, str] | None = None, cwd: Path | None = 
             if value:
                 settings[key] = [u.strip() for u in value.split(",") if u.strip()] if key == "base_urls" else value
                 sources.append(variable)
-        backend, why = settings.pop("backend", None), ""
-        if backend is None:
-            backend, why = ("openai", "") if "base_urls" in settings else default_backend(task, settings)
-        if backend not in BACKENDS[task]:
-            raise ConfigError(f"{task}: backend {backend!r} ({', '.join(sources)}): choose one of "
-                              f"{', '.join(BACKENDS[task])}")
         if not sources:  # not named anywhere: the preset decides
             sources = [f"{preset_source} {preset}" if preset_source != "default" else "default"]
             if preset == TINY:
                 settings["model"] = TINY
+        backend, why = settings.pop("backend", None), ""
+        if backend is None:  # the default depends on the model (a tiny one is a transformers checkpoint)
+            backend, why = ("openai", "") if "base_urls" in settings else default_backend(task, settings)
+        if backend not in BACKENDS[task]:
+            raise ConfigError(f"{task}: backend {backend!r} ({', '.join(sources)}): choose one of "
+                              f"{', '.join(BACKENDS[task])}")
         if backend == "openai" and settings.get("model") == TINY:
             raise ConfigError(f"{task}: the tiny models run in-process; give a served model name for the "
                               "openai backend")

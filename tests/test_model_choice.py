@@ -134,3 +134,20 @@ def test_the_llm_runs_on_llama_cpp_by_default_only_where_it_is_the_fast_path(tmp
     named = resolve_choice({"PIXELSIFT_METADATA_LLM_BACKEND": "transformers", "PIXELSIFT_METADATA_LLM_MODEL": str(gguf)},
                            tmp_path)
     assert named.tasks["metadata_llm"].backend == "transformers" and not named.tasks["metadata_llm"].why
+
+
+def test_on_a_cpu_without_bf16_units_the_presets_still_choose_as_before(monkeypatch, tmp_path):
+    # This machine's facts replaced by an AVX2-only one's: the hub preset's LLM goes to llama.cpp,
+    # the tiny preset's stays the tiny transformers model (a CI machine may be either class).
+    import resources.precision
+
+    from dagster_project import profiles
+
+    monkeypatch.setattr(resources.precision, "cpu_class", lambda: "avx2")
+    monkeypatch.setattr(profiles, "_has_gpu", lambda: False)
+    monkeypatch.setattr(profiles.importlib.util, "find_spec", lambda name: object())
+    tiny = resolve_choice({"PIXELSIFT_MODELS": "tiny"}, tmp_path).tasks["metadata_llm"]
+    assert (tiny.backend, tiny.settings["model"]) == ("transformers", "tiny")
+    hub = resolve_choice({}, tmp_path).tasks["metadata_llm"]
+    assert hub.backend == "llama_cpp" and "avx2" in hub.describe()
+    assert model_resources("tiny")["metadata_llm"].model.endswith("phi3")
