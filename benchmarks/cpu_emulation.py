@@ -30,11 +30,19 @@ with torch.inference_mode():
 
 
 def emulated_env(cpu: str) -> dict[str, str]:
-    """The environment of a child process measuring CPU class ``cpu`` ('native' or 'avx2')."""
+    """The environment of a child process measuring CPU class ``cpu`` ('native' or 'avx2'). For
+    avx2, llama.cpp too is the AVX2-only build where ``benchmarks/llama_cpp_build.py`` made one
+    (first on the child's PYTHONPATH); without it llama.cpp would use every instruction this CPU has."""
     if cpu == "native":
         return {k: v for k, v in os.environ.items() if k not in AVX2_ENV}
     if cpu == "avx2":
-        return os.environ | AVX2_ENV
+        from benchmarks.llama_cpp_build import is_built, python_dir
+
+        env = os.environ | AVX2_ENV
+        if is_built("avx2"):
+            paths = [str(python_dir("avx2")), os.getcwd(), env.get("PYTHONPATH", "")]
+            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        return env
     raise ValueError(f"unknown CPU class {cpu!r}; choose native or avx2")
 
 

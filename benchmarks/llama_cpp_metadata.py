@@ -83,12 +83,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.cpu == "avx2" and not args.in_child:
         from benchmarks.cpu_emulation import emulated_env
-        from benchmarks.llama_cpp_build import check_features, python_dir
+        from benchmarks.llama_cpp_build import check_features
 
-        check_features("avx2")
-        env = emulated_env("avx2") | {"PYTHONPATH": os.pathsep.join([str(python_dir("avx2")), os.getcwd()])}
+        check_features("avx2")  # the build is there and has AVX2 and nothing newer
         child = subprocess.run([sys.executable, "-m", "benchmarks.llama_cpp_metadata", *sys.argv[1:], "--in-child"],
-                               env=env)
+                               env=emulated_env("avx2"))
         sys.exit(child.returncode)
     row = measure(args.gguf, args.count, args.batch, args.threads) | {"cpu": args.cpu}
     print(json.dumps(row, indent=1))

@@ -18,7 +18,7 @@ precision; agreement counts tokens equal to float32's at the same position, docu
 whole, and fields with equal values. ``--gguf`` adds the ``llama_cpp`` backend on GGUF files of
 the same weights: the shipped Q4_1 (what float32 is unpacked from), and Q8_0 / F16 / Q4_K_M
 written from it by llama.cpp's quantiser (``quantised_smollm2``); on ``--cpu avx2`` llama.cpp is
-the build for that class when ``benchmarks/llama_cpp_build.py`` made one.
+the build for that class when ``benchmarks/llama_cpp_build.py`` made one (``emulated_env``).
 """
 
 from __future__ import annotations
