@@ -40,12 +40,15 @@ class LlamaDecodeError(RuntimeError):
     """llama_decode failed: no room left in the KV cache, or an internal error."""
 
 
+INSTALL_HINT = ("the llama_cpp backend needs llama-cpp-python: pip install -e '.[llama-cpp]' "
+                "(it builds llama.cpp from source, a few minutes)")
+
+
 def _llama():
     try:
         import llama_cpp
     except ImportError as exc:
-        raise ModelLoadError("the llama_cpp backend needs llama-cpp-python: pip install -e '.[llama-cpp]' "
-                             "(it builds llama.cpp from source, a few minutes)") from exc
+        raise ModelLoadError(INSTALL_HINT) from exc
     return llama_cpp
 
 
@@ -78,7 +81,7 @@ class LlamaCppEngine:
     # were no faster: SmolLM2, 8 documents, 2 threads, 28.2 and 30.2 s unified, 32.6 and 42.2 s not.
     unified_cache = True
 
-    _model = _ctx = None  # what close() frees, set as they are made
+    _model = _ctx = _batch = None  # what close() frees, set as they are made
 
     def __init__(self, path: Path, threads: int):
         L = _llama()
@@ -106,9 +109,7 @@ class LlamaCppEngine:
         self._prefix: tuple[int, ...] | None = None
 
     def close(self) -> None:
-        if self._ctx:
-            self._L.llama_free(self._ctx)
-            self._ctx = None
+        self._free_context()
         if self._model:
             self._L.llama_model_free(self._model)
             self._model = None
@@ -150,9 +151,7 @@ class LlamaCppEngine:
 
     def _new_context(self, cells: int, sequences: int) -> None:
         L = self._L
-        if self._ctx:
-            L.llama_free(self._ctx)
-            self._ctx, self._prefix = None, None
+        self._free_context()
         params = L.llama_context_default_params()
         params.n_ctx = cells
         params.n_batch = min(_MAX_BATCH_TOKENS, cells)
@@ -168,8 +167,17 @@ class LlamaCppEngine:
                                  "key/value cache); lower the batch size")
         self._cells, self._sequences = cells, sequences
         self._batch_tokens = params.n_batch
+        self._batch = L.llama_batch_init(self._batch_tokens, 0, 1)  # reused by every call of the context
         log.info("llama.cpp context: %d cells (%.2f GiB KV cache), %d sequences, %d threads",
                  cells, cells * self.cell_bytes / 2**30, sequences, self.threads)
+
+    def _free_context(self) -> None:
+        if self._batch is not None:
+            self._L.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            self._L.llama_free(self._ctx)
+            self._ctx, self._prefix = None, None
 
     def _memory(self):
         if not self._ctx:
@@ -184,26 +192,23 @@ class LlamaCppEngine:
                   for seq, ids, first in feeds for j, token in enumerate(ids)]
         logits = np.empty((len(feeds) if outputs else 0, self.vocab_size), dtype=np.float32)
         done = 0
-        batch = L.llama_batch_init(self._batch_tokens, 0, 1)
-        try:
-            for start in range(0, len(tokens), self._batch_tokens):
-                chunk = tokens[start : start + self._batch_tokens]
-                for k, (seq, token, position, wanted) in enumerate(chunk):
-                    batch.token[k], batch.pos[k] = token, position
-                    batch.n_seq_id[k], batch.seq_id[k][0] = 1, seq
-                    batch.logits[k] = wanted
-                batch.n_tokens = len(chunk)
-                code = L.llama_decode(self._ctx, batch)
-                if code != 0:
-                    why = "no room in the KV cache" if code == 1 else f"llama_decode returned {code}"
-                    raise LlamaDecodeError(f"llama.cpp could not run {len(chunk)} tokens: {why}")
-                wanted = sum(1 for *_, w in chunk if w)
-                if wanted:
-                    block = np.ctypeslib.as_array(L.llama_get_logits(self._ctx), shape=(wanted, self.vocab_size))
-                    logits[done : done + wanted] = block
-                    done += wanted
-        finally:
-            L.llama_batch_free(batch)
+        batch = self._batch
+        for start in range(0, len(tokens), self._batch_tokens):
+            chunk = tokens[start : start + self._batch_tokens]
+            for k, (seq, token, position, wanted) in enumerate(chunk):
+                batch.token[k], batch.pos[k] = token, position
+                batch.n_seq_id[k], batch.seq_id[k][0] = 1, seq
+                batch.logits[k] = wanted
+            batch.n_tokens = len(chunk)
+            code = L.llama_decode(self._ctx, batch)
+            if code != 0:
+                why = "no room in the KV cache" if code == 1 else f"llama_decode returned {code}"
+                raise LlamaDecodeError(f"llama.cpp could not run {len(chunk)} tokens: {why}")
+            wanted = sum(1 for *_, w in chunk if w)
+            if wanted:
+                block = np.ctypeslib.as_array(L.llama_get_logits(self._ctx), shape=(wanted, self.vocab_size))
+                logits[done : done + wanted] = block
+                done += wanted
         return logits
 
 

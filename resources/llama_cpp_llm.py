@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 
 from resources import memory_budget, torch_runtime
 from resources.backends import Chat, Generation, ModelLoadError, fingerprint
+from resources.llama_cpp_engine import INSTALL_HINT
 from resources.metadata_llm import check_context_window, gguf_checkpoint, postprocess, prompt_ids
 from resources.model_names import model_identity
 from resources.settings import env_default
@@ -170,7 +171,7 @@ def _llama_cpp_version() -> str:
     try:
         return version("llama-cpp-python")
     except PackageNotFoundError:
-        raise ModelLoadError("the llama_cpp backend needs llama-cpp-python: pip install -e '.[llama-cpp]'") from None
+        raise ModelLoadError(INSTALL_HINT) from None
 
 
 def _download(repo: str, filename: str) -> Path:
