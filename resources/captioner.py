@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 # rest derived as for the metadata LLM (resources/metadata_llm.py).
 CPU_MEMORY = memory_budget.MemoryModel(
     "BLIP-2 OPT-2.7B", 3.74,
-    weights_gib={"bfloat16": 6.97, "float16": 6.97, "float32": 13.93, "int8": 3.87},
+    weights_gib={"bfloat16": 6.97, "float16": 6.97, "float32": 13.93, "int8": 7.22},
     per_row_gib={"bfloat16": 0.031, "float16": 0.031, "float32": 0.062, "int8": 0.062},
-    overhead_gib=1.0, load_gib={"int8": 7.27}, batches=(1, 2, 4, 8, 16, 32),  # 32: the largest measured
+    overhead_gib=1.0, load_gib={"int8": 7.4}, batches=(1, 2, 4, 8, 16, 32),  # 32: the largest measured
 )
 # GPU memory by batch size on an H200, bf16 (benchmarks/results/full-cuda.json).
 GPU_PEAK_GIB = {64: 8.2, 128: 9.4, 256: 11.7}

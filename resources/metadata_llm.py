@@ -40,13 +40,14 @@ log = logging.getLogger(__name__)
 # Peak RSS of Phi-3.5-mini (3.82B parameters) writing metadata on a CPU (BENCHMARKS.md, "Peak memory
 # by precision"). bf16 at 32 and 64 rows measured (11.1, 14.0 GiB: benchmarks/results/full-cpu.json),
 # float32 at 16 rows measured on an AVX2 EPYC (18.0 GiB, issue 14); weights are parameters x bytes
-# (int8: linear layers 1 byte, embeddings and lm_head float32), a row's key/value cache and
+# (int8: linear layers 2 bytes, their weights held twice, by output and by input channel
+# (resources/int8_linear.py); embeddings and lm_head float32), a row's key/value cache and
 # activations double in float32 and int8 (float32 activations), int8 loads bf16 before quantising.
 CPU_MEMORY = memory_budget.MemoryModel(
     "Phi-3.5-mini", 3.82,
-    weights_gib={"bfloat16": 7.12, "float16": 7.12, "float32": 14.23, "int8": 4.11},
+    weights_gib={"bfloat16": 7.12, "float16": 7.12, "float32": 14.23, "int8": 7.48},
     per_row_gib={"bfloat16": 0.09, "float16": 0.09, "float32": 0.18, "int8": 0.18},
-    overhead_gib=1.1, load_gib={"int8": 7.54},
+    overhead_gib=1.1, load_gib={"int8": 7.6},
 )
 # GPU memory by batch size on an H200, bf16 (benchmarks/results/full-cuda.json).
 GPU_PEAK_GIB = {128: 16.3, 256: 25.2, 512: 44.7}

@@ -1,8 +1,8 @@
 """Numeric precision of a model step, chosen for the CPU class it runs on.
 
 A precision is a model resource's ``dtype`` setting: ``float32``, ``bfloat16``, ``float16`` or
-``int8`` (dynamic int8: every linear layer's weights int8 per output channel, its activations
-quantised per call, everything else float32; CPU only). ``auto`` is the fastest measured option
+``int8`` (every linear layer's weights int8 per output channel, its activations int8 per token
+with the widest channels in float32: resources/int8_linear.py; everything else float32; CPU only). ``auto`` is the fastest measured option
 whose outputs stay within the measured agreement with float32 (BENCHMARKS.md, "CPU classes").
 
 The CPU class comes from /proc/cpuinfo, capped by the vector capability torch itself uses, so
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,11 +35,12 @@ CPU_CLASSES = {
 }
 
 # What ``auto`` picks per CPU class and stage (BENCHMARKS.md, "CPU classes"). bf16 where the CPU
-# multiplies bf16 natively. Without that, bf16 is converted in software and slower than float32;
-# dynamic int8 is 1.8-3.5x faster per layer under AVX2 but its error is 8x bf16's (2.2% against
-# 0.29% per layer) and on SmolLM2 it kept 1 metadata field in 10 where bf16 kept 9: more change
-# than the default accepts anywhere. It is opt-in, and the fallback where float32 does not fit in
-# memory (resources/memory_budget.py). On the classes without bf16 the metadata LLM's default is not
+# multiplies bf16 natively. Without that, bf16 is converted in software and slower than float32.
+# int8 (per token, resources/int8_linear.py) captions 1.25x faster than float32 under AVX2, but on
+# SmolLM2 it changes the most likely next token at 1.5% of positions where bf16 and llama.cpp's
+# Q8_0 change 0.8-1.0%, and moves MiniLM's embeddings 16x as far as bf16 does: more change than the
+# default accepts. It is opt-in, and the fallback where float32 does not fit in memory
+# (resources/memory_budget.py). On the classes without bf16 the metadata LLM's default is not
 # torch at all but llama.cpp's Q8_0 kernels (dagster_project/profiles.py, LLAMA_CPP_CLASSES).
 AUTO_CPU = {
     "metadata_llm": {"amx": "bfloat16", "avx512_bf16": "bfloat16", "avx512": "float32", "avx2": "float32",
@@ -53,7 +53,7 @@ AUTO_CPU = {
 def help_text() -> str:
     """The ``dtype`` setting's description, from the same table ``resolve_precision`` reads."""
     return ("'auto', " + ", ".join(repr(p) for p in PRECISIONS) + ". 'int8' quantises every linear layer "
-            "(int8 weights and activations, CPU only); 'auto' is bf16 on CUDA, and on a CPU the measured choice "
+            "(int8 weights, activations int8 per token; CPU only); 'auto' is bf16 on CUDA, and on a CPU the measured choice "
             "for its class (BENCHMARKS.md, 'CPU classes'): bf16 with AMX or AVX512-BF16, else float32.")
 
 
@@ -102,7 +102,7 @@ def resolve_precision(dtype: str, device: str, stage: str) -> str:
     if dtype not in PRECISIONS:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(PRECISIONS)}")
     if dtype == "int8" and device.partition(":")[0] != "cpu":
-        raise ValueError("dtype 'int8' (dynamic int8 linear layers) runs on CPU only; use bfloat16 on a GPU")
+        raise ValueError("dtype 'int8' (int8 linear layers) runs on CPU only; use bfloat16 on a GPU")
     return dtype
 
 
@@ -110,7 +110,7 @@ def fingerprint_value(precision: str) -> str:
     """How a precision enters a reuse fingerprint: the plain dtypes as fingerprints held them
     before int8 existed (``torch.float32``), so results stored then are still reused."""
     if precision == "int8":
-        return "int8-dynamic"
+        return "int8-per-token"  # was "int8-dynamic" (FBGEMM, one scale per call): other outputs
     if precision not in _TORCH_DTYPES:
         raise ValueError(f"unknown precision {precision!r}")
     return f"torch.{precision}"  # str(torch.float32), as fingerprints held it
@@ -132,21 +132,11 @@ def compute_dtype(precision: str) -> torch.dtype:
 
 def apply_precision(model: torch.nn.Module, precision: str, keep: tuple[str, ...] = ()) -> torch.nn.Module:
     """``model`` (loaded in ``load_dtype(precision)``) in ``precision``: for int8 each linear layer
-    is quantised one at a time, so the peak is the bf16 model plus one layer in float32, not a
-    whole float32 copy. Linear layers whose name ends with one of ``keep`` stay float32."""
+    is quantised one at a time (resources/int8_linear.py), so the peak is the bf16 model plus one
+    layer in float32, not a whole float32 copy. Linear layers whose name ends with one of ``keep``
+    stay float32."""
     if precision != "int8":
         return model
-    import torch
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
-    from torch.ao.quantization import per_channel_dynamic_qconfig
+    from resources.int8_linear import quantise_linears
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao's deprecation notices, once per layer
-        for name, module in list(model.named_modules()):
-            for child_name, child in list(module.named_children()):
-                full = f"{name}.{child_name}" if name else child_name
-                if type(child) is not torch.nn.Linear or full.endswith(keep):
-                    continue
-                child.float().qconfig = per_channel_dynamic_qconfig
-                setattr(module, child_name, DynamicInt8Linear.from_float(child))
-    return model.float()  # embeddings, norms and kept layers: float32 compute
+    return quantise_linears(model, keep).float()  # embeddings, norms and kept layers: float32 compute

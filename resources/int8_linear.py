@@ -1,0 +1,79 @@
+"""int8 linear layers: activations quantised per token, their widest channels kept in float32.
+
+PyTorch's dynamic int8 linear layers (FBGEMM) quantise a whole call's activations with one
+scale, on CPUs without VNNI to 7 bits (``reduce_range``): one large activation anywhere in the
+call coarsens every other token. On SmolLM2 that flipped one next token in five against
+float32 (BENCHMARKS.md, "int8 per token"). Here, as in LLM.int8() (Dettmers et al., 2022):
+
+- every input row (one token) gets its own scale, every output channel of the weight its own;
+- the input channels with the largest values in the call (``OUTLIER_SHARE`` of them: the
+  "outlier features" that per-token scales handle worst) are multiplied in float32, by the
+  same int8 weights dequantised, and added to the int8 product.
+
+The int8 x int8 -> int32 product is ``torch._int_mm``: oneDNN's integer GEMM, with whatever the
+CPU has (AVX2, AVX-512 VNNI, AMX). A fixed share, rather than LLM.int8()'s magnitude threshold,
+keeps the cost the same for every input and every model (random weights included).
+"""
+
+from __future__ import annotations
+
+import torch
+
+OUTLIER_SHARE = 1 / 64  # of a layer's input channels, per call (BENCHMARKS.md: 1/128 and 0 measured too)
+_TINY = 1e-12  # the scale of an all-zero row: anything but 0
+
+
+def _scale(values: torch.Tensor, dim: int) -> torch.Tensor:
+    return values.abs().amax(dim=dim, keepdim=True).clamp_min(_TINY) / 127.0
+
+
+def _to_int8(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    # Times the reciprocal: torch's broadcast division is 20x slower here (5.4 ms against 0.26 ms
+    # for one ViT-g call's activations); the two differ only on exact halves.
+    return values.mul(scale.reciprocal()).round_().to(torch.int8)
+
+
+class Int8Linear(torch.nn.Module):
+    """``torch.nn.Linear``'s forward in int8 (see the module doc), built from a float linear layer."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.outliers = max(1, round(self.in_features * OUTLIER_SHARE))
+        weight = linear.weight.detach().float()
+        scale = _scale(weight, dim=1)
+        # (out, in) row-major, multiplied transposed: the layout oneDNN's integer GEMM is fastest with.
+        self.register_buffer("weight_int8", _to_int8(weight, scale))
+        # The same, (in, out): a call's wide channels are then contiguous rows to gather, not
+        # columns strided across the whole matrix (8 of a decode step's 15 ms at OPT's sizes).
+        self.register_buffer("weight_int8_by_input", self.weight_int8.t().contiguous())
+        self.register_buffer("weight_scale", scale.flatten())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).float()
+        wide = rows.abs().amax(dim=0).topk(self.outliers).indices
+        wide_part = rows[:, wide]
+        rows = rows.index_fill(1, wide, 0.0)
+        scale = _scale(rows, dim=1)
+        out = torch._int_mm(_to_int8(rows, scale), self.weight_int8.t()).float()
+        out.mul_(scale).mul_(self.weight_scale)
+        out.addmm_(wide_part, self.weight_int8_by_input[wide].float().mul_(self.weight_scale))
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, float32_channels={self.outliers}")
+
+
+def quantise_linears(model: torch.nn.Module, keep: tuple[str, ...] = ()) -> torch.nn.Module:
+    """Replace every ``torch.nn.Linear`` whose name does not end with one of ``keep`` by an
+    ``Int8Linear``, one at a time: the peak is the model as loaded plus one layer in float32."""
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if type(child) is torch.nn.Linear and not full.endswith(keep):
+                setattr(module, child_name, Int8Linear(child))
+    return model
