@@ -2,8 +2,9 @@
 
 A precision is a model resource's ``dtype`` setting: ``float32``, ``bfloat16``, ``float16`` or
 ``int8`` (every linear layer's weights int8 per output channel, its activations int8 per token
-with the widest channels in float32: resources/int8_linear.py; everything else float32; CPU only). ``auto`` is the fastest measured option
-whose outputs stay within the measured agreement with float32 (BENCHMARKS.md, "CPU classes").
+with the widest channels in float32: resources/int8_linear.py; everything else float32; CPU
+only). ``auto`` is the fastest measured option whose outputs stay within the measured agreement
+with float32 (BENCHMARKS.md, "CPU classes").
 
 The CPU class comes from /proc/cpuinfo, capped by the vector capability torch itself uses, so
 ``ATEN_CPU_CAPABILITY=avx2`` (how this project emulates an AVX2-only CPU) makes ``auto`` choose
@@ -53,8 +54,8 @@ AUTO_CPU = {
 def help_text() -> str:
     """The ``dtype`` setting's description, from the same table ``resolve_precision`` reads."""
     return ("'auto', " + ", ".join(repr(p) for p in PRECISIONS) + ". 'int8' quantises every linear layer "
-            "(int8 weights, activations int8 per token; CPU only); 'auto' is bf16 on CUDA, and on a CPU the measured choice "
-            "for its class (BENCHMARKS.md, 'CPU classes'): bf16 with AMX or AVX512-BF16, else float32.")
+            "(int8 weights, activations int8 per token; CPU only); 'auto' is bf16 on CUDA, and on a CPU the "
+            "measured choice for its class (BENCHMARKS.md, 'CPU classes'): bf16 with AMX or AVX512-BF16, else float32.")
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
