@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
+from unittest.mock import patch
 
 import click
 
@@ -87,10 +88,6 @@ def bench(models, models_dir, images, count, naive_count, device, dtype, caption
 
     Example: pixelsift bench --side-by-side --count 16 --llm-batch 16
     """
-    # One stage at a time, each with every core, as `pixelsift run` runs them. Without this a stage
-    # took the threads of a step sharing the machine with another (one of two cores): captions
-    # under AVX2 took 10.9 s per image that way and 7.7 s with both cores (BENCHMARKS.md, "int8 per token").
-    os.environ.setdefault("PIXELSIFT_STEPS_AT_ONCE", "1")
     if side_by_side:
         from benchmarks import serving
 
@@ -118,8 +115,14 @@ def bench(models, models_dir, images, count, naive_count, device, dtype, caption
     )
     target = output or Path("benchmarks/results") / f"{models}-{resolve_device(device)}.json"
     command = _command_line(click.get_current_context())
-    result = run_benchmark(config, log=lambda line: click.echo(line, err=True),
-                           on_result=lambda partial: write_json(partial, target, command, complete=False))
+    # One stage at a time, each with every core, as `pixelsift run` runs them. Without this a stage
+    # took the threads of a step sharing the machine with another (one of two cores): captions
+    # under AVX2 took 10.9 s per image that way and 7.7 s with both cores (BENCHMARKS.md, "int8
+    # per token"). Set for the run only, so a caller's process (a test) keeps its own budget.
+    one_step = {"PIXELSIFT_STEPS_AT_ONCE": os.environ.get("PIXELSIFT_STEPS_AT_ONCE", "1")}
+    with patch.dict(os.environ, one_step):
+        result = run_benchmark(config, log=lambda line: click.echo(line, err=True),
+                               on_result=lambda partial: write_json(partial, target, command, complete=False))
     click.echo(table(result))
     write_json(result, target, command)
     click.echo(f"\nraw figures: {target}")
