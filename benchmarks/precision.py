@@ -87,13 +87,14 @@ def fbgemm_int8(model):
     from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
     from torch.ao.quantization import per_channel_dynamic_qconfig
 
+    from resources.int8_linear import replace_linears
+
+    def dynamic(layer):
+        layer.float().qconfig = per_channel_dynamic_qconfig
+        return DynamicInt8Linear.from_float(layer)
+
     torch.backends.quantized.engine = "x86"
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if type(child) is torch.nn.Linear and not f"{name}.{child_name}".endswith("lm_head"):
-                child.float().qconfig = per_channel_dynamic_qconfig
-                setattr(module, child_name, DynamicInt8Linear.from_float(child))
-    return model.float()
+    return replace_linears(model, dynamic, keep=("lm_head",)).float()
 
 
 # (out_features, in_features) of each linear layer in one layer of BLIP-2's ViT-g/14 (39 layers).

@@ -17,14 +17,17 @@ keeps the cost the same for every input and every model (random weights included
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 OUTLIER_SHARE = 1 / 64  # of a layer's input channels, per call (BENCHMARKS.md: 1/128 and 0 measured too)
 _TINY = 1e-12  # the scale of an all-zero row: anything but 0
 
 
-def _scale(values: torch.Tensor, dim: int) -> torch.Tensor:
-    return values.abs().amax(dim=dim, keepdim=True).clamp_min(_TINY) / 127.0
+def _scale(magnitude: torch.Tensor, dim: int) -> torch.Tensor:
+    """The int8 scale along ``dim`` of values whose absolute values are ``magnitude``."""
+    return magnitude.amax(dim=dim, keepdim=True).clamp_min(_TINY) / 127.0
 
 
 def _to_int8(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -41,7 +44,7 @@ class Int8Linear(torch.nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.outliers = max(1, round(self.in_features * OUTLIER_SHARE))
         weight = linear.weight.detach().float()
-        scale = _scale(weight, dim=1)
+        scale = _scale(weight.abs(), dim=1)
         # (out, in) row-major, multiplied transposed: the layout oneDNN's integer GEMM is fastest with.
         self.register_buffer("weight_int8", _to_int8(weight, scale))
         # The same, (in, out): a call's wide channels are then contiguous rows to gather, not
@@ -52,10 +55,11 @@ class Int8Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
-        wide = rows.abs().amax(dim=0).topk(self.outliers).indices
+        magnitude = rows.abs()  # one pass serves both the wide channels and the rows' scales
+        wide = magnitude.amax(dim=0).topk(self.outliers).indices
         wide_part = rows[:, wide]
         rows = rows.index_fill(1, wide, 0.0)
-        scale = _scale(rows, dim=1)
+        scale = _scale(magnitude.index_fill_(1, wide, 0.0), dim=1)
         out = torch._int_mm(_to_int8(rows, scale), self.weight_int8.t()).float()
         out.mul_(scale).mul_(self.weight_scale)
         out.addmm_(wide_part, self.weight_int8_by_input[wide].float().mul_(self.weight_scale))
@@ -68,12 +72,18 @@ class Int8Linear(torch.nn.Module):
                 f"bias={self.bias is not None}, float32_channels={self.outliers}")
 
 
-def quantise_linears(model: torch.nn.Module, keep: tuple[str, ...] = ()) -> torch.nn.Module:
-    """Replace every ``torch.nn.Linear`` whose name does not end with one of ``keep`` by an
-    ``Int8Linear``, one at a time: the peak is the model as loaded plus one layer in float32."""
+def replace_linears(model: torch.nn.Module, make: Callable[[torch.nn.Linear], torch.nn.Module],
+                    keep: tuple[str, ...] = ()) -> torch.nn.Module:
+    """Replace every ``torch.nn.Linear`` whose name does not end with one of ``keep`` by
+    ``make(layer)``, one at a time: the peak is the model as loaded plus one layer in float32."""
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
             if type(child) is torch.nn.Linear and not full.endswith(keep):
-                setattr(module, child_name, Int8Linear(child))
+                setattr(module, child_name, make(child))
     return model
+
+
+def quantise_linears(model: torch.nn.Module, keep: tuple[str, ...] = ()) -> torch.nn.Module:
+    """Every linear layer not named in ``keep`` as an ``Int8Linear`` (see ``replace_linears``)."""
+    return replace_linears(model, Int8Linear, keep)
