@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput
 from resources.backends import Chat
+from resources.json_text import SEPARATORS
 
 # The text BLIP-2's caption continues; empty means an unconditional caption.
 CAPTION_PROMPT = ""
@@ -69,11 +70,11 @@ def cluster_chat(captions: list[str]) -> Chat:
     return _chat(CLUSTER_INSTRUCTION, cluster_input(captions))
 
 
-# The schemas are in it too: they are the grammar the output is constrained by.
+# The schemas and separators are in it too: they are the grammar the output is constrained by.
 PROMPT_VERSION = hashlib.sha256(
     "\x00".join([
         SYSTEM, METADATA_INSTRUCTION, CLUSTER_INSTRUCTION, caption_input("x"), cluster_input(["x"]),
         json.dumps(ImageMetadataOutput.model_json_schema(), sort_keys=True),
-        json.dumps(ClusterLabelOutput.model_json_schema(), sort_keys=True),
+        json.dumps(ClusterLabelOutput.model_json_schema(), sort_keys=True), json.dumps(SEPARATORS),
     ]).encode()
 ).hexdigest()[:12]

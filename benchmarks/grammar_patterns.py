@@ -22,6 +22,8 @@ from pathlib import Path
 import xgrammar as xgr
 from transformers import AutoTokenizer
 
+from resources.json_text import SEPARATORS, json_text
+
 DOCUMENTS = {
     "ImageMetadataOutput": {"primary_category": "animals", "tags": ["cat", "sleeping cat", "wooden table", "pet", "indoors"],
                             "detected_objects": [{"name": "cat", "confidence": 0.9}, {"name": "table", "confidence": 0.8}],
@@ -43,11 +45,11 @@ def measure(module, info: xgr.TokenizerInfo, tokenizer) -> dict[str, dict[str, f
     out = {}
     for name, doc in DOCUMENTS.items():
         schema = getattr(module, name)
-        text = json.dumps({k: doc[k] for k in schema.model_fields}, ensure_ascii=False)  # xgrammar's separators
+        text = json_text({k: doc[k] for k in schema.model_fields})
         schema.model_validate_json(text)
         start = time.perf_counter()
         grammar = xgr.GrammarCompiler(info, cache_enabled=False).compile_json_schema(
-            json.dumps(schema.model_json_schema()), any_whitespace=False)
+            json.dumps(schema.model_json_schema()), any_whitespace=False, separators=SEPARATORS)
         compile_s = time.perf_counter() - start
         matcher, mask = xgr.GrammarMatcher(grammar), xgr.allocate_token_bitmask(1, info.vocab_size)
         ids, spent = tokenizer(text, add_special_tokens=False)["input_ids"], 0.0

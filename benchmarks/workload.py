@@ -11,10 +11,10 @@ Captions fed to the LLM are the realistic ones below, not the random model's.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput
+from resources.json_text import json_text
 
 CAPTION_TOKENS = 20
 
@@ -85,6 +85,5 @@ IMAGES_PER_CLUSTER = 10  # assumption for amortising cluster labels: one cluster
 
 
 def document(value) -> str:
-    """The JSON text the grammar allows for a value: fields in schema order, one line, xgrammar's
-    default separators ", " and ": " (the same as ``json.dumps``)."""
-    return json.dumps(value.model_dump())
+    """The JSON text the grammar allows for a value: fields in schema order, as ``json_text`` writes it."""
+    return json_text(value.model_dump())

@@ -15,6 +15,8 @@ import xgrammar as xgr
 from pydantic import BaseModel
 from transformers import PreTrainedTokenizerBase
 
+from resources.json_text import SEPARATORS
+
 _SPELLED_MAX = 4096  # forced strings remembered per tokenizer
 
 
@@ -32,7 +34,7 @@ class SchemaGrammars:
         # xgrammar 0.2.8 ("per_rule_fsm_hashes ... has_value() is false", e.g. our Sentence
         # pattern; mlc-ai/xgrammar#647), and each schema is compiled once below anyway.
         self._compiler = xgr.GrammarCompiler(self.info, cache_enabled=False)
-        self._compiled: dict[str, xgr.CompiledGrammar] = {}
+        self._compiled: dict[tuple[str, tuple[str, str]], xgr.CompiledGrammar] = {}
         # The exact bytes each token stands for, as the grammar sees them (byte-level and
         # byte-fallback vocabularies decoded), so output text is exactly what was matched.
         self._token_bytes: list[bytes] = self.info.decoded_vocab
@@ -48,10 +50,11 @@ class SchemaGrammars:
         self._spelled: dict[str, list[int]] = {}
 
     def compile(self, schema: type[BaseModel]) -> xgr.CompiledGrammar:
-        """The grammar for compact JSON (no free whitespace) valid against ``schema``."""
-        key = json.dumps(schema.model_json_schema())  # key order is the order fields are written
+        """The grammar for JSON valid against ``schema``, written as ``json_text`` writes it."""
+        text = json.dumps(schema.model_json_schema())  # key order is the order fields are written
+        key = (text, SEPARATORS)  # the separators as they are now: benchmarks/separators.py compares both
         if key not in self._compiled:
-            self._compiled[key] = self._compiler.compile_json_schema(key, any_whitespace=False)
+            self._compiled[key] = self._compiler.compile_json_schema(text, any_whitespace=False, separators=SEPARATORS)
         return self._compiled[key]
 
     def text(self, token_ids: Sequence[int]) -> str:
