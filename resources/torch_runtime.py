@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from resources.allocator import keep_freed_memory
 from resources.backends import ModelLoadError
 from resources.concurrency import MAX_CONCURRENT_STEPS, gpu_count
 from resources.gpu_slots import claim_gpu
@@ -193,6 +194,7 @@ def load_once(key: tuple, loader: Callable[[], Any], *, large: bool = False) -> 
     process, within the same memory. The resources hold no reference between calls.
     """
     apply_thread_budget()  # every model step loads its model first, in the step's own process
+    keep_freed_memory()
     with _lock:
         if key not in _cache:
             if large:
