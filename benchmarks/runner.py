@@ -24,7 +24,8 @@ from resources.captioner import CaptionerResource
 from resources.clip_embedder import ClipEmbedderResource
 from resources.metadata_llm import load_chat_model
 from resources.parallel import worker_count
-from resources.torch_runtime import resolve_device, resolve_dtype
+from resources.allocator import keep_freed_memory
+from resources.torch_runtime import apply_thread_budget, resolve_device, resolve_dtype
 
 @dataclass
 class BenchResult:
@@ -92,8 +93,13 @@ def machine_description(device: str) -> dict:
 def run_benchmark(config: BenchConfig, log=print, on_result=None) -> BenchResult:
     """Run the configured stages; ``on_result(result)`` is called after each measurement (partial saves)."""
     device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    dtype_name = str(dtype).removeprefix("torch.")
+    # What a model step's first load does (resources/torch_runtime.load_once): the LLM stages below
+    # load their model directly.
+    apply_thread_budget()
+    keep_freed_memory()
+    # int8 is a precision of the captioner and the metadata LLM (resources/precision.py), not a
+    # torch dtype; CLIP, which has no int8, stays float32 then.
+    dtype_name = "int8" if config.dtype == "int8" else str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
     result = BenchResult(
         config={
             "models": config.models_label, "images": str(config.images), "count": config.count,
@@ -131,7 +137,8 @@ def run_benchmark(config: BenchConfig, log=print, on_result=None) -> BenchResult
     if "clip_embeddings" in config.stages:
         for path, batch in naive + [("optimised", config.clip_batch)]:
             embedder = ClipEmbedderResource(model=config.models.clip, pretrained=config.models.clip_pretrained,
-                                            device=device, dtype=dtype_name, batch_size=batch)
+                                            device=device, dtype="float32" if dtype_name == "int8" else dtype_name,
+                                            batch_size=batch)
             record(stages.clip_stage(embedder, images[path], device, path))
         free_memory(device)
 
@@ -146,7 +153,7 @@ def run_benchmark(config: BenchConfig, log=print, on_result=None) -> BenchResult
     llm_stages = [s for s in ("image_metadata", "cluster_labels") if s in config.stages]
     if llm_stages:
         log("metadata LLM: loading")
-        chat = load_chat_model(config.models.phi3, device, dtype)
+        chat = load_chat_model(config.models.phi3, device, dtype_name)
         optimised = [DecodeSettings(b, prefix_cache=True, jump_forward=config.jump_forward) for b in config.llm_batch]
         for stage in llm_stages:
             workload = stages.metadata_workload if stage == "image_metadata" else stages.cluster_workload

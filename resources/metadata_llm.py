@@ -177,7 +177,8 @@ def load_chat_model(model_ref: str, device: str, dtype: torch.dtype | str) -> Ch
     or a GGUF file, in a torch dtype or a precision name (``resources/precision.py``).
 
     The one place a model is built. Int8 weight-only quantisation is not offered: on CPUs with
-    AMX it is slower than bf16 at the batch sizes used. Dynamic int8 (``dtype='int8'``) is offered.
+    AMX it is slower than bf16 at the batch sizes used. int8 weights and activations
+    (``dtype='int8'``, resources/int8_linear.py) are.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

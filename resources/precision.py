@@ -37,7 +37,7 @@ CPU_CLASSES = {
 
 # What ``auto`` picks per CPU class and stage (BENCHMARKS.md, "CPU classes"). bf16 where the CPU
 # multiplies bf16 natively. Without that, bf16 is converted in software and slower than float32.
-# int8 (per token, resources/int8_linear.py) captions 1.25x faster than float32 under AVX2, but on
+# int8 (per token, resources/int8_linear.py) captions 1.73x faster than float32 under AVX2, but on
 # SmolLM2 it changes the most likely next token at 1.5% of positions where bf16 and llama.cpp's
 # Q8_0 change 0.8-1.0%, and moves MiniLM's embeddings 16x as far as bf16 does: more change than the
 # default accepts. It is opt-in, and the fallback where float32 does not fit in memory
