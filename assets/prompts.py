@@ -71,10 +71,13 @@ def cluster_chat(captions: list[str]) -> Chat:
 
 
 # The schemas and separators are in it too: they are the grammar the output is constrained by.
+# The spaced separators were the grammar's before they were named, so they add nothing and the
+# results stored then are still reused.
 PROMPT_VERSION = hashlib.sha256(
     "\x00".join([
         SYSTEM, METADATA_INSTRUCTION, CLUSTER_INSTRUCTION, caption_input("x"), cluster_input(["x"]),
         json.dumps(ImageMetadataOutput.model_json_schema(), sort_keys=True),
-        json.dumps(ClusterLabelOutput.model_json_schema(), sort_keys=True), json.dumps(SEPARATORS),
+        json.dumps(ClusterLabelOutput.model_json_schema(), sort_keys=True),
+        *([] if SEPARATORS == (", ", ": ") else [json.dumps(SEPARATORS)]),
     ]).encode()
 ).hexdigest()[:12]

@@ -20,11 +20,11 @@ from benchmarks.config import STAGES, BenchConfig
 from benchmarks.measure import free_memory
 from benchmarks.stages import DecodeSettings, StageResult
 from benchmarks.workload import IMAGES_PER_CLUSTER
+from resources.allocator import keep_freed_memory
 from resources.captioner import CaptionerResource
 from resources.clip_embedder import ClipEmbedderResource
 from resources.metadata_llm import load_chat_model
 from resources.parallel import worker_count
-from resources.allocator import keep_freed_memory
 from resources.torch_runtime import apply_thread_budget, resolve_device, resolve_dtype
 
 @dataclass

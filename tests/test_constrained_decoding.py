@@ -188,3 +188,19 @@ def test_unpacked_bitmask_masks_exactly_what_xgrammar_masks(width):
     ours = logits.masked_fill(~allowed_tokens(words, width, vocab), float("-inf"))
     assert torch.equal(ours[:, :vocab], expected[:, :vocab])
     assert bool((ours[:, vocab:] == float("-inf")).all())  # ids past the vocabulary never win
+
+
+def test_other_separators_are_another_prompt_version(monkeypatch):
+    # They change what the model writes, so results stored under the spaced ones must not be reused.
+    import importlib
+
+    import assets.prompts
+    import resources.json_text
+
+    spaced = assets.prompts.PROMPT_VERSION
+    monkeypatch.setattr(resources.json_text, "SEPARATORS", resources.json_text.COMPACT)
+    try:
+        assert importlib.reload(assets.prompts).PROMPT_VERSION != spaced
+    finally:
+        monkeypatch.undo()
+        assert importlib.reload(assets.prompts).PROMPT_VERSION == spaced
