@@ -12,11 +12,13 @@ float32 (BENCHMARKS.md, "int8 per token"). Here, as in LLM.int8() (Dettmers et a
 
 The int8 x int8 -> int32 product is ``torch._int_mm``: oneDNN's integer GEMM, with whatever the
 CPU has (AVX2, AVX-512 VNNI, AMX). A fixed share, rather than LLM.int8()'s magnitude threshold,
-keeps the cost the same for every input and every model (random weights included).
+keeps the cost the same for every input and every model (random weights included). Where the
+CPU has no VNNI, the weights' scales leave room for its 16-bit sums (``pairs_saturate``).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -25,9 +27,36 @@ OUTLIER_SHARE = 1 / 64  # of a layer's input channels, per call (BENCHMARKS.md: 
 _TINY = 1e-12  # the scale of an all-zero row: anything but 0
 
 
+@functools.cache
+def pairs_saturate() -> bool:
+    """True where this CPU's integer GEMM adds two int8 products in 16 bits and saturates.
+
+    Without VNNI (AVX2-only CPUs, AVX-512 before Cascade Lake) oneDNN multiplies with
+    ``vpmaddubsw``: activations shifted to 1..255 times the weights at input channels k and k+1
+    (k even), summed in 16 bits. Two weights of one sign whose magnitudes add up to more than 128
+    overflow it: random int8 matrices came out 18% off under ONEDNN_MAX_CPU_ISA=AVX2
+    (BENCHMARKS.md, "int8 without VNNI"). Probed, not read from the CPU's flags, because oneDNN's
+    choice also follows ``ONEDNN_MAX_CPU_ISA``: the exact answer is 64 x 127 x 127.
+    """
+    high = torch.full((32, 64), 127, dtype=torch.int8)
+    return not bool((torch._int_mm(high, high.t().contiguous()) == 64 * 127 * 127).all())
+
+
 def _scale(magnitude: torch.Tensor, dim: int) -> torch.Tensor:
     """The int8 scale along ``dim`` of values whose absolute values are ``magnitude``."""
     return magnitude.amax(dim=dim, keepdim=True).clamp_min(_TINY) / 127.0
+
+
+def _pair_safe_scale(weight: torch.Tensor) -> torch.Tensor:
+    """Each output channel's scale such that its int8 weights at k and k+1 (k even), where they
+    share a sign, add up to at most 128 in magnitude: what ``vpmaddubsw`` sums without saturating.
+    Coarser than ``_scale`` only as far as the channel's largest such pair needs (see ``pairs_saturate``)."""
+    if weight.shape[1] % 2:
+        weight = torch.nn.functional.pad(weight, (0, 1))
+    even, odd = weight[:, 0::2], weight[:, 1::2]
+    # Rounding adds at most 0.5 to each, so pairs scaled to 127 stay within 128.
+    need = torch.where(even * odd > 0, even.abs() + odd.abs(), torch.maximum(even.abs(), odd.abs()))
+    return _scale(need, dim=1)
 
 
 def _to_int8(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -44,7 +73,7 @@ class Int8Linear(torch.nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.outliers = max(1, round(self.in_features * OUTLIER_SHARE))
         weight = linear.weight.detach().float()
-        scale = _scale(weight.abs(), dim=1)
+        scale = _pair_safe_scale(weight) if pairs_saturate() else _scale(weight.abs(), dim=1)
         # (out, in) row-major, multiplied transposed: the layout oneDNN's integer GEMM is fastest with.
         self.register_buffer("weight_int8", _to_int8(weight, scale))
         # The same, (in, out): a call's wide channels are then contiguous rows to gather, not

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -88,6 +91,32 @@ def test_int8_gives_each_token_its_own_scale():
 
     assert ours.shape == reference.shape == (8, 3, 64)
     assert error(ours) < 0.02 and error(per_call) > 0.5
+
+
+WITHOUT_VNNI = """
+import torch
+from resources.int8_linear import Int8Linear, _scale, _to_int8, pairs_saturate
+
+assert pairs_saturate()
+torch.manual_seed(0)
+linear = torch.nn.Linear(512, 256)  # uniform weights: many neighbours large together
+x = torch.randn(64, 512)
+layer = Int8Linear(linear)
+q = _to_int8(x, _scale(x.abs(), dim=1))
+exact = q.double() @ layer.weight_int8.double().t()
+with torch.inference_mode():
+    error = float((layer(x) - linear(x)).norm() / linear(x).norm())
+print(bool((torch._int_mm(q, layer.weight_int8.t()).double() == exact).all()), round(error, 4))
+"""
+
+
+def test_int8_stays_exact_where_the_cpu_sums_products_in_16_bits():
+    # oneDNN's kernels without VNNI (AVX2-only CPUs), forced here as on any x86 CPU: weights
+    # scaled the usual way saturated its 16-bit sums (tests fail with them: not exact).
+    env = os.environ | {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", WITHOUT_VNNI], env=env, capture_output=True, text=True, check=True)
+    exact, error = out.stdout.split()
+    assert exact == "True" and float(error) < 0.02
 
 
 def test_int8_agrees_with_float32_on_a_trained_model_next_token_by_next_token(smollm2_model_dir):
