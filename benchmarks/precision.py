@@ -22,8 +22,9 @@ the same weights: the shipped Q4_1 (what float32 is unpacked from), and Q8_0 / F
 written from it by llama.cpp's quantiser (``quantised_smollm2``); on ``--cpu avx2`` llama.cpp is
 the build for that class when ``benchmarks/llama_cpp_build.py`` made one (``emulated_env``).
 forced: SmolLM2 again, teacher-forced on float32's documents: at every document token, is each
-precision's most likely next token float32's, and the KL divergence of its distribution (int8
-integer arithmetic is exact, so the figures do not depend on the CPU class).
+precision's most likely next token float32's, and the KL divergence of its distribution (int8's
+figures differ a little by CPU class: without VNNI its weights are scaled for 16-bit sums,
+resources/int8_linear.py ``pairs_saturate``).
 encoder: all-MiniLM-L6-v2's sentence embeddings in each precision against float32's.
 int8 is ``dtype = "int8"`` (resources/int8_linear.py); int8-fbgemm is PyTorch's dynamic int8, what
 it was before.
