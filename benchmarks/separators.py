@@ -23,6 +23,7 @@ import time
 import warnings
 from unittest import mock
 
+
 def _parsed(texts: list[str]) -> list[dict | None]:
     out = []
     for text in texts:
@@ -82,8 +83,8 @@ def measure(llm, captions: list[str], references: list[dict]) -> dict:
         "quality_against_good_answers": {k: quality(docs[-len(references):], references)
                                          for k, docs in (("compact", compact), ("spaced", spaced))},
         "differing": [{"caption": c, "spaced": s, "compact": k}
-                      for c, s, k in zip(captions, runs["spaced"]["texts"], runs["compact"]["texts"])
-                      if json.loads(s or "null") != json.loads(k or "null")],
+                      for c, s, k, a, b in zip(captions, runs["spaced"]["texts"], runs["compact"]["texts"], spaced, compact)
+                      if a != b],
     }
 
 

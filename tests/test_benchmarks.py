@@ -84,3 +84,20 @@ def test_photo_writer_makes_decodable_jpegs_of_the_asked_size(tmp_path, monkeypa
     files = sorted(tmp_path.iterdir())
     assert [f.name for f in files] == ["000.jpg", "001.jpg", "002.jpg"]
     assert all(Image.open(f).size == (96, 64) and Image.open(f).format == "JPEG" for f in files)
+
+
+def test_the_separators_benchmark_compares_both_formats_parsed(smollm2_model_dir):
+    # Two captions through the real metadata resource on SmolLM2: the compact documents are
+    # shorter in tokens, and both are compared by value, not by the spaces the grammar forced.
+    from benchmarks.separators import measure
+    from benchmarks.workload import EXAMPLES
+    from resources.metadata_llm import MetadataLLMResource
+
+    llm = MetadataLLMResource(model=smollm2_model_dir, device="cpu", dtype="float32", batch_size=2)
+    row = measure(llm, [e.caption for e in EXAMPLES[:2]], [EXAMPLES[1].metadata.model_dump()])
+    tokens = row["tokens_per_document"]
+    assert row["valid_documents"] == {"compact": 2, "spaced": 2}
+    assert tokens["compact"] < tokens["spaced"]
+    assert 0 <= row["field_agreement"] <= 1 and row["documents_equal"] + len(row["differing"]) == 2
+    assert set(row["quality_against_good_answers"]["spaced"]) == {"primary_category", "scene_type", "tags_f1",
+                                                                  "object_names_f1"}
