@@ -112,8 +112,9 @@ class _ImportClock(importlib.abc.MetaPathFinder):
             _time_model_loads(module, self.marks)
 
 
-def child(marks_path: Path, argv: list[str]) -> int:
-    """Run ``pixelsift argv`` in this process, writing the marks to ``marks_path`` on the way out."""
+def child(marks_path: Path, argv: list[str], steer: bool = False) -> int:
+    """Run ``pixelsift argv`` in this process, writing the marks to ``marks_path`` on the way out;
+    ``steer``: random-weight LLMs write the workload's documents (benchmarks/steered_run.py)."""
     marks = _Marks()
     marks.points["interpreter started"] = time.time()
     sys.meta_path.insert(0, _ImportClock(marks))
@@ -123,6 +124,10 @@ def child(marks_path: Path, argv: list[str]) -> int:
         from dagster_project.cli import main
 
         marks.points["CLI imported"] = time.time()
+        if steer:  # after the mark: its imports (torch among them) are timed as the command's own
+            from benchmarks.steered_run import install
+
+            install()
         main.main(args=argv, prog_name="pixelsift")
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -133,14 +138,14 @@ def child(marks_path: Path, argv: list[str]) -> int:
     return code
 
 
-def timed_command(argv: list[str], env: dict[str, str], scratch: Path) -> tuple[float, float, dict]:
+def timed_command(argv: list[str], env: dict[str, str], scratch: Path, steer: bool = False) -> tuple[float, float, dict]:
     """Run ``pixelsift argv`` through the timing child: (spawn time, exit time, its marks)."""
     import subprocess
 
     marks_path = scratch / "timeline.json"
     start = time.time()
-    subprocess.run([sys.executable, "-m", "benchmarks.run_timeline", str(marks_path), "--", *argv], env=env,
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "benchmarks.run_timeline", str(marks_path), *(["--steer"] if steer else []),
+                    "--", *argv], env=env, check=True, stdout=subprocess.DEVNULL)
     return start, time.time(), json.loads(marks_path.read_text())
 
 
@@ -206,6 +211,8 @@ def format_timeline(phases: list[tuple], spawned: float, collections: dict | Non
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[2] != "--":
-        sys.exit("usage: python -m benchmarks.run_timeline MARKS.json -- run --batch KEY ...")
-    sys.exit(child(Path(sys.argv[1]), sys.argv[3:]))
+    arguments = sys.argv[1:]
+    steer = "--steer" in arguments[: arguments.index("--")] if "--" in arguments else False
+    if len(arguments) < 2 or "--" not in arguments or arguments.index("--") != 1 + steer:
+        sys.exit("usage: python -m benchmarks.run_timeline MARKS.json [--steer] -- run --batch KEY ...")
+    sys.exit(child(Path(arguments[0]), arguments[arguments.index("--") + 1:], steer))

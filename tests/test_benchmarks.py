@@ -58,6 +58,29 @@ def test_a_run_cut_short_keeps_the_stages_it_measured(tmp_path, monkeypatch):
     }
 
 
+def test_a_steered_run_is_the_real_command_writing_the_workload(tmp_path, monkeypatch):
+    """benchmarks/end_to_end --steer --count: `pixelsift run` on random weights, its captions and LLM
+    documents steered to the workload's (else the LLM is skipped or writes to its budget)."""
+    import pyarrow.parquet as pq
+
+    from benchmarks.end_to_end import run
+
+    monkeypatch.setenv("PIXELSIFT_TINY_MODELS_DIR", str(tmp_path / "models"))
+    figures = run("sample", "data/images", None, steer=True, count=12, scratch=tmp_path / "run")
+    assert (figures["images"], figures["fallback_rows"]) == (12, 0)
+    assert figures["wall_s_per_image"] > figures["stage_sum_s_per_image"] > 0
+    assert {"captions", "image_metadata", "cluster_labels"} <= set(figures["step_s"])
+    warehouse = tmp_path / "run" / "warehouse"
+    rows = pq.read_table(warehouse / "image_metadata" / "batch=sample").to_pylist()
+    assert len({r["image_id"] for r in rows}) == 12  # 12 distinct images from the folder's 10: none reused
+    names = {e.metadata.suggested_cluster_name for e in EXAMPLES}
+    assert all(r["json_valid"] and r["suggested_cluster_name"] in names for r in rows)
+    captions = pq.read_table(warehouse / "captions" / "batch=sample").to_pylist()
+    assert {r["caption"] for r in captions} <= {e.caption for e in EXAMPLES}
+    labels = pq.read_table(warehouse / "cluster_labels" / "batch=sample").to_pylist()
+    assert labels and {r["cluster_name"] for r in labels} <= {label.cluster_name for _, label in CLUSTER_EXAMPLES}
+
+
 def test_full_size_configurations_have_the_published_parameter_counts():
     with torch.device("meta"):
         phi = Phi3ForCausalLM(phi35_mini_config(bos=1, eos=2, pad=3))
