@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from resources.allocator import keep_freed_memory
+from resources.allocator import keep_freed_memory, return_freed_memory
 from resources.backends import ModelLoadError
 from resources.concurrency import MAX_CONCURRENT_STEPS, gpu_count
 from resources.gpu_slots import claim_gpu
@@ -217,6 +217,7 @@ def _release_large() -> None:
         _cache.pop(key, None)
     _large.clear()
     gc.collect()
+    return_freed_memory()  # the released model's weights were heap blocks (allocator.py)
     import torch
 
     if torch.cuda.is_available():

@@ -34,3 +34,32 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     assert default > 10 * 100
     assert kept < default / 20
 
+
+
+RELEASE_PROBE = """
+import os, sys
+import numpy as np
+from resources import torch_runtime
+
+def rss_gib():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+pins = []
+def weights():  # a large model's weights: 2 GiB in 100 MiB tensors, as heap blocks under the raised limits
+    blocks = [np.ones(100 * 2**17) for _ in range(20)]
+    pins.append(np.ones(2**17))  # something allocated after them that lives on: the heap's top stays used
+    return blocks
+
+torch_runtime.load_once(("first",), weights, large=True)
+before = rss_gib()
+torch_runtime.load_once(("second",), lambda: None, large=True)  # releases the first
+print(before, rss_gib())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_a_released_large_model_gives_its_memory_back_to_the_os():
+    out = subprocess.run([sys.executable, "-c", RELEASE_PROBE], capture_output=True, text=True, check=True)
+    loaded, released = map(float, out.stdout.split())
+    assert loaded > 2.0
+    assert released < loaded - 1.8  # the weights' 2 GiB, though they sat below a live block
