@@ -37,13 +37,10 @@ from PIL import Image
 
 from benchmarks.run_timeline import format_timeline, run_spans, timed_command, timeline
 
-# Distinct pixels for each copy of a file: a batch of N images from a folder of fewer.
-_VARIANTS = (None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180)
-
-
 def make_batch(source: Path, out: Path, count: int) -> None:
-    """``count`` image files in ``out``: ``source``'s decodable images, then their variants."""
+    """``count`` distinct image files in ``out`` from ``source``'s decodable images."""
     from assets.batch_files import list_batch_files
+    from benchmarks.image_copies import distinct_copies, most_distinct
 
     images = []
     for path in list_batch_files(source):
@@ -52,12 +49,11 @@ def make_batch(source: Path, out: Path, count: int) -> None:
                 images.append(image.convert("RGB"))
         except OSError:
             continue
-    if count > len(images) * len(_VARIANTS):
-        raise SystemExit(f"--count {count}: {source} gives at most {len(images) * len(_VARIANTS)} distinct images")
+    if count > most_distinct(images):
+        raise SystemExit(f"--count {count}: {source} gives at most {most_distinct(images)} distinct images")
     out.mkdir(parents=True)
-    for i in range(count):
-        image, variant = images[i % len(images)], _VARIANTS[i // len(images)]
-        (image if variant is None else image.transpose(variant)).save(out / f"{i:04d}.jpg", quality=92)
+    for i, image in enumerate(distinct_copies(images, count)):
+        image.save(out / f"{i:04d}.jpg", quality=92)
 
 
 def run(batch: str, images_root: str, llm: str | None, breakdown: bool = False, *, config: str | None = None,

@@ -211,8 +211,13 @@ def format_timeline(phases: list[tuple], spawned: float, collections: dict | Non
 
 
 if __name__ == "__main__":
-    arguments = sys.argv[1:]
-    steer = "--steer" in arguments[: arguments.index("--")] if "--" in arguments else False
-    if len(arguments) < 2 or "--" not in arguments or arguments.index("--") != 1 + steer:
-        sys.exit("usage: python -m benchmarks.run_timeline MARKS.json [--steer] -- run --batch KEY ...")
-    sys.exit(child(Path(arguments[0]), arguments[arguments.index("--") + 1:], steer))
+    import argparse  # the standard library's, a few milliseconds before the first mark
+
+    split = sys.argv.index("--") if "--" in sys.argv else len(sys.argv)
+    parser = argparse.ArgumentParser(usage="python -m benchmarks.run_timeline MARKS.json [--steer] -- run --batch KEY ...")
+    parser.add_argument("marks", type=Path, help="where the child writes its clock readings")
+    parser.add_argument("--steer", action="store_true", help="random-weight LLMs write the workload's documents")
+    options = parser.parse_args(sys.argv[1:split])
+    if split + 1 >= len(sys.argv):
+        parser.error("the pixelsift arguments follow --")
+    sys.exit(child(options.marks, sys.argv[split + 1:], options.steer))

@@ -24,6 +24,7 @@ from resources.parallel import process_map, thread_map
 from assets.prompts import CAPTION_PROMPT, cluster_chat, metadata_chat
 from assets.llm_schemas import ClusterLabelOutput, ImageMetadataOutput
 from resources.backends import Chat
+from benchmarks.image_copies import distinct_copies
 from benchmarks.measure import measured
 from benchmarks.steering import DocumentSteering
 from benchmarks.workload import CAPTION_TOKENS, CLUSTER_EXAMPLES, EXAMPLES, IMAGES_PER_CLUSTER, document
@@ -63,8 +64,7 @@ class StageResult:
 
 
 def load_images(folder: Path, count: int) -> list[Image.Image]:
-    """``count`` images from ``folder`` as the models see them, cycling through its files (mirrored on
-    odd passes, so repeats are different pixels; the models' cost does not depend on content)."""
+    """``count`` distinct images from ``folder`` as the models see them (``benchmarks/image_copies.py``)."""
     decoded = []
     for path in list_batch_files(folder):
         try:
@@ -73,11 +73,7 @@ def load_images(folder: Path, count: int) -> list[Image.Image]:
             continue
     if not decoded:
         raise ValueError(f"no decodable images in {folder}")
-    out = []
-    for i in range(count):
-        image = decoded[i % len(decoded)]
-        out.append(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if (i // len(decoded)) % 2 else image)
-    return out
+    return distinct_copies(decoded, count)
 
 
 MODEL_STAGES_OPENING = 2  # captions and clip_embeddings each open every image (palettes: palette_stage)
