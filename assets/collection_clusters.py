@@ -244,8 +244,10 @@ def _collection_cluster_labels(context: AssetExecutionContext, config: ClusterLa
     for cluster_id, caption in found:
         if caption is not None:
             captions[cluster_id].append(caption)
-    rows, reused = label_clusters(config, ModelStep.of(context, settings, COLLECTION_CLUSTER_LABELS), metadata_llm,
-                                  captions, {int(c): int(n) for c, n in totals.items()})
+    # A batch's cluster with the same representatives' captions got this very label (the same model,
+    # prompt and captions: the same fingerprint), so a collection of one batch is not labelled twice.
+    step = ModelStep.of(context, settings, COLLECTION_CLUSTER_LABELS, also_from=("cluster_labels",))
+    rows, reused = label_clusters(config, step, metadata_llm, captions, {int(c): int(n) for c, n in totals.items()})
     context.add_output_metadata({"clusters": len(rows), "reused": reused, "labelled_now": len(rows) - reused})
     return pa.Table.from_pylist(rows, schema=COLLECTION_CLUSTER_LABELS)
 

@@ -35,13 +35,17 @@ class ModelStep:
     batch: str
     table: pa.Schema  # the asset's Parquet schema, which saved chunks use too
     logger: logging.Logger
+    # Other assets whose rows are this one's results where the fingerprints are equal (the same
+    # model, prompt and input): looked up too, never written to.
+    also_from: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, context: AssetExecutionContext, settings: PixelsiftSettings, table: pa.Schema) -> ModelStep:
+    def of(cls, context: AssetExecutionContext, settings: PixelsiftSettings, table: pa.Schema,
+           also_from: tuple[str, ...] = ()) -> ModelStep:
         """The step Dagster is running: its asset, its batch partition (an asset of the whole collection:
         ``WHOLE_COLLECTION``, the name its saved chunks go under), its log."""
         batch = context.partition_key if context.has_partition_key else WHOLE_COLLECTION
-        return cls(settings, "/".join(context.asset_key.path), batch, table, context.log)
+        return cls(settings, "/".join(context.asset_key.path), batch, table, context.log, also_from)
 
     def split_reusable(self, fingerprints: Mapping[K, str], *, key_column: str | None) -> tuple[dict[K, dict], list[K]]:
         """(an earlier row for each item that has one, the items left to compute, in order).
@@ -52,9 +56,10 @@ class ModelStep:
         found: dict[tuple, dict] = {}
         if self.settings.reuse_results:
             wanted = {(item if key_column else None, fp) for item, fp in fingerprints.items()}
-            for row in _earlier_rows(self.settings.warehouse_dir, self.asset, wanted, key_column):
-                key = (row[key_column] if key_column else None, row["fingerprint"])
-                found.setdefault(key, row)
+            for asset in (self.asset, *self.also_from):
+                for row in _earlier_rows(self.settings.warehouse_dir, asset, wanted, key_column):
+                    key = (row[key_column] if key_column else None, row["fingerprint"])
+                    found.setdefault(key, row)
         reused, todo = {}, []
         for item, fp in fingerprints.items():
             row = found.get((item if key_column else None, fp))

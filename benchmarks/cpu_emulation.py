@@ -62,3 +62,27 @@ def check_emulation(cpu: str) -> dict[str, str]:
     if cpu == "avx2" and (found.get("torch_capability") != "AVX2" or "AVX2" not in found.get("onednn_isa", "")):
         raise RuntimeError(f"AVX2 emulation did not take: {found}")
     return found
+
+
+_SPEED = """
+import time, torch
+a, b = torch.randn(1024, 4096), torch.randn(4096, 4096)
+for _ in range(3):
+    a @ b
+rates = []
+for _ in range(5):
+    start = time.perf_counter()
+    for _ in range(4):
+        a @ b
+    rates.append(4 * 2 * 1024 * 4096 * 4096 / (time.perf_counter() - start) / 1e9)
+print(sorted(rates)[2])
+"""
+
+
+def float32_gflops(cpu: str) -> float:
+    """This machine's float32 matmul rate now (GFLOP/s, median of 5, every core) under ``cpu``'s caps.
+    The machines are shared: a figure taken beside it says how fast the machine was at the time,
+    so runs of different hours or machines can be compared (BENCHMARKS.md: 150-170 for an idle
+    2-core EPYC under the AVX2 caps)."""
+    out = subprocess.run([sys.executable, "-c", _SPEED], env=emulated_env(cpu), capture_output=True, text=True, check=True)
+    return round(float(out.stdout), 1)

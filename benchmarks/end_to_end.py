@@ -60,7 +60,7 @@ def run(batch: str, images_root: str, llm: str | None, breakdown: bool = False, 
         steer: bool = False, cpu: str = "native", count: int = 0, scratch: Path | None = None) -> dict:
     """The figures of one run; its warehouse, Dagster home and images are left in ``scratch``
     (default: a new temporary folder)."""
-    from benchmarks.cpu_emulation import emulated_env
+    from benchmarks.cpu_emulation import emulated_env, float32_gflops
 
     scratch = Path(tempfile.mkdtemp(prefix="pixelsift-e2e-")) if scratch is None else scratch
     if count:
@@ -69,6 +69,7 @@ def run(batch: str, images_root: str, llm: str | None, breakdown: bool = False, 
     env = emulated_env(cpu) | {"DAGSTER_HOME": str(scratch / "home"), "PIXELSIFT_WAREHOUSE_DIR": str(scratch / "warehouse"),
                                "PIXELSIFT_IMAGES_ROOT": images_root, "PIXELSIFT_REPORTS_DIR": str(scratch / "reports")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(Path.cwd())) if p)
+    speed_before = float32_gflops(cpu)
     arguments = (["run", "--batch", batch, "--models", "tiny"] + (["--metadata-llm", llm] if llm else [])
                  + (["--config", config] if config else []))
     if breakdown:
@@ -81,6 +82,7 @@ def run(batch: str, images_root: str, llm: str | None, breakdown: bool = False, 
         command = "benchmarks.steered_run" if steer else "dagster_project.cli"
         subprocess.run([sys.executable, "-m", command, *arguments], env=env, check=True, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - start
+    speed = (speed_before, float32_gflops(cpu))
     part = lambda asset: pq.read_table(scratch / "warehouse" / asset / f"batch={batch}").to_pylist()  # noqa: E731
     rows = part("image_metadata")
     metadata = [r for r in rows if r["status"] == "ok"]
@@ -98,7 +100,9 @@ def run(batch: str, images_root: str, llm: str | None, breakdown: bool = False, 
     return {"images": n, "fallback_rows": fallbacks, "wall_s_per_image": wall / n, "stage_sum_s_per_image": stage_sum, "wall_s": wall,
             "llm_s_per_image": sum(r["llm_ms"] for r in metadata) / n / 1000,
             # the largest child this process waited for: the command (a file's mapped pages included)
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, "step_s": steps}
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, "step_s": steps,
+            # how fast the (shared) machine was just before and after: float32 GFLOP/s under the same caps
+            "float32_gflops_before_after": speed}
 
 
 def main() -> None:

@@ -229,6 +229,10 @@ def test_cli_runs_the_tiny_profile_and_queries(tmp_path, tiny_models):
     for name in PER_IMAGE + ["cluster_labels"]:
         assert "batch=sample" in run.stdout and name in run.stdout
         assert partition_file(tmp_path / "wh", name, "sample").exists()
+    # A collection of one batch has that batch's clusters: their labels are the batch's, reused.
+    shared = query(tmp_path / "wh", "select c.reused from collection_cluster_labels c "
+                                    "join cluster_labels b using (fingerprint)").fetchall()
+    assert shared and all(reused for (reused,) in shared)
     out = subprocess.run(cli + ["query", "select count(*) as n from captions", "--format", "csv"], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.split() == ["n", "10"]
