@@ -8,10 +8,10 @@ layer, so every layer's were fresh pages the kernel had to fault in and zero: BL
 float32. With the limits raised they took none, and the vision tower ran 1.45x (int8) and 1.2x
 (float32) faster for 0.4 GiB more peak memory (BENCHMARKS.md, "Page faults").
 
-The other side of that: with the mmap limit raised, a model's weights are heap blocks too, and
-freeing the model hands back only the heap's top. BLIP-2 at float32 left 3.9 GiB resident after
-it was released, beside the next model.
-``return_freed_memory`` gives it all back when a large model is released.
+The other side: with the mmap limit raised, a model's weights are heap blocks too, and freeing
+the model handed back only the heap's top. Full-size BLIP-2 in float32 (14.7 GiB resident) still
+held 4.8 GiB after it was released, there beside the next large model; ``return_freed_memory``
+after a release brought it to 0.9 (BENCHMARKS.md, "Freed weights").
 """
 
 from __future__ import annotations
