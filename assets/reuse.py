@@ -56,10 +56,9 @@ class ModelStep:
         found: dict[tuple, dict] = {}
         if self.settings.reuse_results:
             wanted = {(item if key_column else None, fp) for item, fp in fingerprints.items()}
-            for asset in (self.asset, *self.also_from):
-                for row in _earlier_rows(self.settings.warehouse_dir, asset, wanted, key_column):
-                    key = (row[key_column] if key_column else None, row["fingerprint"])
-                    found.setdefault(key, row)
+            for row in _earlier_rows(self.settings.warehouse_dir, (self.asset, *self.also_from), wanted, key_column):
+                key = (row[key_column] if key_column else None, row["fingerprint"])
+                found.setdefault(key, row)
         reused, todo = {}, []
         for item, fp in fingerprints.items():
             row = found.get((item if key_column else None, fp))
@@ -73,13 +72,13 @@ class ModelStep:
         return Progress(self, total)
 
 
-def _earlier_rows(warehouse_dir: str, asset: str, wanted: set[tuple], key_column: str | None) -> list[dict]:
-    """Stored rows of ``asset`` (partitions and saved chunks) matching one of the ``wanted`` (key,
-    fingerprint) pairs (key None: the fingerprint alone), except those whose result was a fallback
-    for a model failure. The keys are matched in the query: matching the fingerprint alone brought
+def _earlier_rows(warehouse_dir: str, assets: tuple[str, ...], wanted: set[tuple], key_column: str | None) -> list[dict]:
+    """Stored rows of ``assets`` (partitions and saved chunks), in one query, matching one of the
+    ``wanted`` (key, fingerprint) pairs (key None: the fingerprint alone), except those whose result
+    was a fallback for a model failure. The keys are matched in the query: matching the fingerprint alone brought
     back every row one model ever made (the whole collection, vectors and all, into Python) for each
     batch, so a backfill grew as batches x collection."""
-    files = reusable_files(warehouse_dir, asset)
+    files = [f for asset in assets for f in reusable_files(warehouse_dir, asset)]
     if not files or not wanted:
         return []
     con = duckdb.connect(":memory:")

@@ -25,8 +25,8 @@ def test_random_gguf_with_model_shapes_loads_in_llama_cpp_and_gives_finite_logit
 
     shapes = gguf_shapes.SHAPES["tiny"]
     path = gguf_shapes.write_f16(shapes, tmp_path / "tiny.gguf")
-    # logits_all: every token's row is written. Without it only the last one is, and the others are
-    # the array's uninitialised memory (np.ndarray), which held NaNs in one CI run.
+    # logits_all: every token's row is written. Without it llama-cpp-python writes none of them, and
+    # `scores` is the array's uninitialised memory (np.ndarray), which held NaNs in one CI run.
     model = Llama(str(path), n_ctx=64, logits_all=True, verbose=False)
     assert model.n_embd() == shapes.hidden and model.n_vocab() == 49152  # SmolLM2's tokenizer
     model.eval(model.tokenize(b"a tabby cat sitting on a wooden floor"))
