@@ -90,7 +90,7 @@ def fbgemm_int8(model):
 
     from resources.int8_linear import replace_linears
 
-    def dynamic(layer):
+    def dynamic(_, layer):
         layer.float().qconfig = per_channel_dynamic_qconfig
         return DynamicInt8Linear.from_float(layer)
 

@@ -53,7 +53,7 @@ def _load(source: str, device: str, chosen: str) -> tuple[Blip2ForConditionalGen
     model = Blip2ForConditionalGeneration.from_pretrained(source, dtype=precision.load_dtype(chosen),
                                                           use_safetensors=True)
     # The OPT decoder's lm_head stays float32: it picks every token.
-    return precision.apply_precision(model.to(device).eval(), chosen, keep=("lm_head",)), processor
+    return precision.apply_precision(model.to(device).eval(), chosen, keep=("lm_head",), source=source), processor
 
 
 def _generated_lengths(new_ids: torch.Tensor, eos_ids: set[int]) -> list[int]:

@@ -68,18 +68,28 @@ def _to_int8(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 class Int8Linear(torch.nn.Module):
     """``torch.nn.Linear``'s forward in int8 (see the module doc), built from a float linear layer."""
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Linear, stored: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """``stored``: this layer's ``weight_int8`` and ``weight_scale`` as an earlier quantisation
+        of the same weights made them (``resources/int8_cache.py``), instead of quantising again."""
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.outliers = max(1, round(self.in_features * OUTLIER_SHARE))
-        weight = linear.weight.detach().float()
-        scale = _pair_safe_scale(weight) if pairs_saturate() else _scale(weight.abs(), dim=1)
+        if stored is None:
+            weight = linear.weight.detach().float()
+            scale = _pair_safe_scale(weight) if pairs_saturate() else _scale(weight.abs(), dim=1)
+            weight_int8 = _to_int8(weight, scale)
+        else:
+            weight_int8, scale = stored
+            if (weight_int8.dtype, tuple(weight_int8.shape), scale.numel()) != (
+                    torch.int8, (self.out_features, self.in_features), self.out_features):
+                raise ValueError(f"stored int8 weights {tuple(weight_int8.shape)} do not fit a layer of "
+                                 f"{self.in_features} -> {self.out_features}")
         # (out, in) row-major, multiplied transposed: the layout oneDNN's integer GEMM is fastest with.
-        self.register_buffer("weight_int8", _to_int8(weight, scale))
+        self.register_buffer("weight_int8", weight_int8)
         # The same, (in, out): a call's wide channels are then contiguous rows to gather, not
         # columns strided across the whole matrix (8 of a decode step's 15 ms at OPT's sizes).
         self.register_buffer("weight_int8_by_input", self.weight_int8.t().contiguous())
-        self.register_buffer("weight_scale", scale.flatten())
+        self.register_buffer("weight_scale", scale.flatten().float())
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,18 +111,18 @@ class Int8Linear(torch.nn.Module):
                 f"bias={self.bias is not None}, float32_channels={self.outliers}")
 
 
-def replace_linears(model: torch.nn.Module, make: Callable[[torch.nn.Linear], torch.nn.Module],
+def replace_linears(model: torch.nn.Module, make: Callable[[str, torch.nn.Linear], torch.nn.Module],
                     keep: tuple[str, ...] = ()) -> torch.nn.Module:
     """Replace every ``torch.nn.Linear`` whose name does not end with one of ``keep`` by
-    ``make(layer)``, one at a time: the peak is the model as loaded plus one layer in float32."""
+    ``make(name, layer)``, one at a time: the peak is the model as loaded plus one layer in float32."""
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
             if type(child) is torch.nn.Linear and not full.endswith(keep):
-                setattr(module, child_name, make(child))
+                setattr(module, child_name, make(full, child))
     return model
 
 
 def quantise_linears(model: torch.nn.Module, keep: tuple[str, ...] = ()) -> torch.nn.Module:
     """Every linear layer not named in ``keep`` as an ``Int8Linear`` (see ``replace_linears``)."""
-    return replace_linears(model, Int8Linear, keep)
+    return replace_linears(model, lambda _, layer: Int8Linear(layer), keep)

@@ -190,12 +190,13 @@ def load_chat_model(model_ref: str, device: str, dtype: torch.dtype | str) -> Ch
     gguf = gguf_checkpoint(model_ref)
     if gguf is not None:
         tokenizer, model = _load_gguf(gguf, dtype)
+        source = str(gguf)
     else:
         source = _resolve_source(model_ref)
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
     # lm_head stays float32: one layer of 32 in Phi-3.5, and it picks every token.
-    model = precision.apply_precision(model.to(device).eval(), chosen, keep=("lm_head",))
+    model = precision.apply_precision(model.to(device).eval(), chosen, keep=("lm_head",), source=source)
     stop_ids = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} - {None}
     grammars = SchemaGrammars(tokenizer, model.config.vocab_size, {t for t in stop_ids if t < model.config.vocab_size})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

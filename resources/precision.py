@@ -131,13 +131,16 @@ def compute_dtype(precision: str) -> torch.dtype:
     return torch.float32 if precision == "int8" else getattr(torch, precision)
 
 
-def apply_precision(model: torch.nn.Module, precision: str, keep: tuple[str, ...] = ()) -> torch.nn.Module:
+def apply_precision(model: torch.nn.Module, precision: str, keep: tuple[str, ...] = (),
+                    source: str | None = None) -> torch.nn.Module:
     """``model`` (loaded in ``load_dtype(precision)``) in ``precision``: for int8 each linear layer
     is quantised one at a time (resources/int8_linear.py), so the peak is the bf16 model plus one
-    layer in float32, not a whole float32 copy. Linear layers whose name ends with one of ``keep``
-    stay float32."""
+    layer in float32, not a whole float32 copy; the int8 layers of the weights ``source`` names are
+    kept on disk and read back on later loads (resources/int8_cache.py). Linear layers whose name
+    ends with one of ``keep`` stay float32."""
     if precision != "int8":
         return model
-    from resources.int8_linear import quantise_linears
+    from resources.int8_cache import quantise_cached, weights_identity
 
-    return quantise_linears(model, keep).float()  # embeddings, norms and kept layers: float32 compute
+    identity = weights_identity(source) if source else None
+    return quantise_cached(model, identity, keep).float()  # embeddings, norms and kept layers: float32 compute

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -83,6 +84,19 @@ def smollm2_model_dir(request, tmp_path_factory) -> str:
 
     cache = getattr(request.config, "cache", None)  # None under `-p no:cacheprovider`: once per session then
     return str(smollm2_dir(cache.mkdir("smollm2") if cache else tmp_path_factory.mktemp("smollm2")))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _int8_cache_of_this_session(tmp_path_factory):
+    """The int8 layers tests quantise are cached in this session's temporary folder, not the
+    user's cache (resources/int8_cache.py): no test starts from what an earlier run left there."""
+    saved = os.environ.get("PIXELSIFT_INT8_CACHE")
+    os.environ["PIXELSIFT_INT8_CACHE"] = str(tmp_path_factory.mktemp("int8_cache"))
+    yield
+    if saved is None:
+        os.environ.pop("PIXELSIFT_INT8_CACHE", None)
+    else:
+        os.environ["PIXELSIFT_INT8_CACHE"] = saved
 
 
 @pytest.fixture
