@@ -54,7 +54,8 @@ AUTO_CPU = {
 def help_text() -> str:
     """The ``dtype`` setting's description, from the same table ``resolve_precision`` reads."""
     return ("'auto', " + ", ".join(repr(p) for p in PRECISIONS) + ". 'int8' quantises every linear layer "
-            "(int8 weights, activations int8 per token; CPU only); 'auto' is bf16 on CUDA, and on a CPU the "
+            "(int8 weights, activations int8 per token; CPU only; quantised at the first load, then read "
+            "from PIXELSIFT_INT8_CACHE); 'auto' is bf16 on CUDA, and on a CPU the "
             "measured choice for its class (BENCHMARKS.md, 'CPU classes'): bf16 with AMX or AVX512-BF16, else float32.")
 
 

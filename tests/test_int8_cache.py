@@ -145,3 +145,15 @@ def test_the_file_is_named_by_content_cpu_rule_and_kept_layers(blip2_dir, tmp_pa
     assert len(names) == 4
     # A hub id with no local snapshot has nothing to name its weights by, so it is not cached.
     assert int8_cache.weights_identity("pixelsift-tests/no-such-model") is None
+
+
+def test_the_load_benchmark_times_a_quantised_then_a_cached_load(blip2_dir):
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "benchmarks.int8_load", "--captioner", str(blip2_dir), "--loads", "2"],
+                          capture_output=True, text=True, check=True)
+    rows = json.loads(done.stdout[done.stdout.index("{\n"):])["rows"]
+    assert [(r["task"], r["load"]) for r in rows] == [("captioner", "quantised"), ("captioner", "cached")]
+    assert all(r["load_s"] > 0 and r["peak_rss_gib"] > 0 for r in rows)
