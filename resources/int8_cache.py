@@ -1,7 +1,8 @@
 """A model's int8 layers kept on disk, so each model is quantised once per machine, not at every load.
 
-Quantising is most of an int8 load: full-size BLIP-2 loaded in 54 s with int8 against 19 s in
-float32, Phi-3.5-mini in 53 s (BENCHMARKS.md, "`pixelsift run` wall time"). Each ``pixelsift run``
+Quantising is most of an int8 load: full-size BLIP-2 took 105 s to load in int8 and 19 s with
+its layers read from here, Phi-3.5-mini 84 s and 19 s (BENCHMARKS.md, "int8 quantised once per
+machine"). Each ``pixelsift run``
 loads its models again, and each model step of a UI run does so in a process of its own. So the
 first load quantises as before and writes every int8 layer's weights and scales to
 ``cache_dir()``; later loads read them in place of quantising. The rest of the model (embeddings,
