@@ -157,3 +157,18 @@ def test_the_load_benchmark_times_a_quantised_then_a_cached_load(blip2_dir):
     rows = json.loads(done.stdout[done.stdout.index("{\n"):])["rows"]
     assert [(r["task"], r["load"]) for r in rows] == [("captioner", "quantised"), ("captioner", "cached")]
     assert all(r["load_s"] > 0 and r["peak_rss_gib"] > 0 for r in rows)
+
+
+def test_a_hub_model_is_named_by_its_local_snapshot_commit(tmp_path, monkeypatch):
+    # The hub's own cache layout, written by hand (no network here): what a download leaves.
+    import huggingface_hub.constants as hub
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--pixelsift-tests--tiny"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert int8_cache.weights_identity("pixelsift-tests/tiny") == f"pixelsift-tests/tiny@{commit}"
