@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from resources.int8_linear import Int8Linear, pairs_saturate, replace_linears
+from resources.model_names import model_identity, user_cache
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +39,12 @@ _SUFFIXES = ("weight_int8", "weight_scale")
 
 def cache_dir() -> Path:
     """``PIXELSIFT_INT8_CACHE``, else ``$XDG_CACHE_HOME/pixelsift/int8`` (``~/.cache/...``)."""
-    configured = os.environ.get("PIXELSIFT_INT8_CACHE")
-    if configured:
-        return Path(configured).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pixelsift" / "int8"
+    return user_cache("PIXELSIFT_INT8_CACHE", "int8")
 
 
 def weights_identity(source: str) -> str | None:
     """What names ``source``'s weights by content: a local model's files' hash, a hub model's
     snapshot commit (from the local hub cache, no network); None where neither can be had."""
-    from resources.model_names import model_identity
-
     identity = model_identity(source)
     if "@sha256:" in identity:
         return identity

@@ -59,13 +59,18 @@ def model_identity(model_id: str) -> str:
     return f"{portable_model_name(model_id)}@sha256:{digest.hexdigest()[:16]}"
 
 
-def hash_cache_file() -> Path:
-    """Where file hashes are kept between processes: ``PIXELSIFT_MODEL_HASH_CACHE``, else
-    ``$XDG_CACHE_HOME/pixelsift/model_file_hashes.json`` (``~/.cache/...``)."""
-    configured = os.environ.get("PIXELSIFT_MODEL_HASH_CACHE")
+def user_cache(variable: str, name: str) -> Path:
+    """Where pixelsift keeps what it derives from models between processes: the path in the
+    environment variable ``variable``, else ``name`` under ``$XDG_CACHE_HOME/pixelsift`` (``~/.cache/...``)."""
+    configured = os.environ.get(variable)
     if configured:
         return Path(configured).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pixelsift" / "model_file_hashes.json"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pixelsift" / name
+
+
+def hash_cache_file() -> Path:
+    """Where file hashes are kept between processes (``PIXELSIFT_MODEL_HASH_CACHE``)."""
+    return user_cache("PIXELSIFT_MODEL_HASH_CACHE", "model_file_hashes.json")
 
 
 def _file_hash(path: Path) -> str:
