@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from resources import int8_linear
 from resources.int8_linear import Int8Linear, pairs_saturate, replace_linears
 from resources.model_names import model_identity, user_cache
 
@@ -65,8 +66,6 @@ def cache_file(identity: str, keep: tuple[str, ...]) -> Path:
 def quantise_cached(model: torch.nn.Module, identity: str | None, keep: tuple[str, ...] = ()) -> torch.nn.Module:
     """``int8_linear.quantise_linears(model, keep)``, reading the int8 layers from the cache where
     ``identity``'s are there, and writing them there where they are not."""
-    from resources.int8_linear import quantise_linears
-
     path = cache_file(identity, keep) if identity else None
     if path is not None and path.is_file():
         try:
@@ -75,7 +74,7 @@ def quantise_cached(model: torch.nn.Module, identity: str | None, keep: tuple[st
             log.warning("int8 cache %s could not be used (%s: %s); quantising again", path, type(exc).__name__, exc)
     # Layers a failed read already replaced are the cached ones, equal to freshly quantised ones;
     # quantise_linears takes only the plain linear layers left.
-    model = quantise_linears(model, keep)
+    model = int8_linear.quantise_linears(model, keep)
     if path is not None:
         _save_layers(model, path, identity)
     return model
