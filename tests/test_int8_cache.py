@@ -170,5 +170,4 @@ def test_a_hub_model_is_named_by_its_local_snapshot_commit(tmp_path, monkeypatch
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert int8_cache.weights_identity("pixelsift-tests/tiny") == f"pixelsift-tests/tiny@{commit}"
