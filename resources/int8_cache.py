@@ -34,8 +34,8 @@ from resources.model_names import model_identity, user_cache
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump whenever what Int8Linear stores (weight_int8, weight_scale) changes meaning
-_SUFFIXES = ("weight_int8", "weight_scale")
+FORMAT = 2  # bump whenever what Int8Linear stores changes meaning (2: weights by input channel)
+_SUFFIXES = ("weight_int8_by_input", "weight_scale")
 
 
 def cache_dir() -> Path:

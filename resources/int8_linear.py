@@ -10,16 +10,28 @@ float32 (BENCHMARKS.md, "int8 per token"). Here, as in LLM.int8() (Dettmers et a
   "outlier features" that per-token scales handle worst) are multiplied in float32, by the
   same int8 weights dequantised, and added to the int8 product.
 
-The int8 x int8 -> int32 product is ``torch._int_mm``: oneDNN's integer GEMM, with whatever the
-CPU has (AVX2, AVX-512 VNNI, AMX). A fixed share, rather than LLM.int8()'s magnitude threshold,
-keeps the cost the same for every input and every model (random weights included). Where the
-CPU has no VNNI, the weights' scales leave room for its 16-bit sums (``pairs_saturate``).
+The integer product is one of two kernels (``kernel()``), whichever is faster on the CPU found:
+
+- ``fbgemm`` where the CPU has no VNNI (AVX2-only CPUs): FBGEMM's dynamic int8 linear layer, its
+  weights packed once at load. Under AVX2 it took 1.7-6x less time than oneDNN's for 1-64 rows
+  (BENCHMARKS.md, "int8 on FBGEMM's kernels"), most at the few rows of a decode step, where
+  oneDNN's re-reads the whole weight every call. FBGEMM quantises a call's activations with one
+  scale, so each row is divided by its own largest value first and the output multiplied back:
+  per-token scales through a per-call kernel (the product is linear in each row);
+- ``onednn`` elsewhere (VNNI, AMX): ``torch._int_mm``, as fast as FBGEMM or faster there from 16 rows.
+
+A fixed share of wide channels, rather than LLM.int8()'s magnitude threshold, keeps the cost the
+same for every input and every model (random weights included). Where the CPU has no VNNI, the
+weights' scales leave room for its 16-bit sums (``pairs_saturate``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Callable
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
 
 import torch
 
@@ -27,19 +39,68 @@ OUTLIER_SHARE = 1 / 64  # of a layer's input channels, per call (BENCHMARKS.md: 
 _TINY = 1e-12  # the scale of an all-zero row: anything but 0
 
 
+def _saturates(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
+    """True where ``product(a, w)`` (int8 rows times int8 weights (out, in), 64 input channels)
+    adds two int8 products in 16 bits and saturates: the exact answer is 64 x 127 x 127."""
+    high = torch.full((32, 64), 127, dtype=torch.int8)
+    return not bool((product(high, high).round() == 64 * 127 * 127).all())
+
+
+@contextlib.contextmanager
+def _engine(name: str) -> Iterator[None]:
+    # Which kernels torch's quantised ops pack for is a process-wide setting; packed weights keep
+    # theirs, so it is needed only while packing.
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
+
+
+def _fbgemm_pack(weight_int8: torch.Tensor) -> torch.ScriptObject:
+    """``weight_int8`` (out, in) packed for FBGEMM, as integers with scale 1: the float scales are
+    applied outside, as for oneDNN's product."""
+    rows = weight_int8.shape[0]
+    with warnings.catch_warnings():
+        # torch 2.14 deprecates quantised tensors (torchao's are to replace them); the pinned torch
+        # has them, and FBGEMM's packing takes nothing else.
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions", category=UserWarning)
+        quantised = torch._make_per_channel_quantized_tensor(
+            weight_int8.contiguous(), torch.ones(rows, dtype=torch.double), torch.zeros(rows, dtype=torch.long), 0)
+    with _engine("fbgemm"):
+        return torch.ops.quantized.linear_prepack(quantised, None)
+
+
+def _fbgemm_product(a: torch.Tensor, weight_int8: torch.Tensor) -> torch.Tensor:
+    # The probe's rows are all 127 (one sign): FBGEMM's own quantisation takes them to 255, and
+    # 255 x 127 x 2 saturates 16 bits as 127 x 127 x 2 x 2 does in oneDNN's shifted form.
+    return torch.ops.quantized.linear_dynamic(a.float() / 127, _fbgemm_pack(weight_int8), False) * 127
+
+
+@functools.cache
+def kernel() -> str:
+    """The integer GEMM this process multiplies with: 'fbgemm' where FBGEMM is built in and its
+    sums saturate (no VNNI: AVX2-only CPUs, AVX-512 before Cascade Lake; FBGEMM follows
+    ``FBGEMM_ENABLE_INSTRUCTIONS``), 'onednn' elsewhere. Probed, not read from the CPU's flags,
+    because each library's choice also follows its own variable (benchmarks/cpu_emulation.py)."""
+    if "fbgemm" in torch.backends.quantized.supported_engines and _saturates(_fbgemm_product):
+        return "fbgemm"
+    return "onednn"
+
+
 @functools.cache
 def pairs_saturate() -> bool:
-    """True where this CPU's integer GEMM adds two int8 products in 16 bits and saturates.
+    """True where this process's integer GEMM (``kernel()``) adds two int8 products in 16 bits and saturates.
 
-    Without VNNI (AVX2-only CPUs, AVX-512 before Cascade Lake) oneDNN multiplies with
-    ``vpmaddubsw``: activations shifted to 1..255 times the weights at input channels k and k+1
-    (k even), summed in 16 bits. Two weights of one sign whose magnitudes add up to more than 128
-    overflow it: random int8 matrices came out 18% off under ONEDNN_MAX_CPU_ISA=AVX2
-    (BENCHMARKS.md, "int8 without VNNI"). Probed, not read from the CPU's flags, because oneDNN's
-    choice also follows ``ONEDNN_MAX_CPU_ISA``: the exact answer is 64 x 127 x 127.
+    Without VNNI, oneDNN and FBGEMM multiply with ``vpmaddubsw``: unsigned 8-bit activations (up
+    to 255) times the weights at input channels k and k+1 (k even), summed in 16 bits. Two weights
+    of one sign whose magnitudes add up to more than 128 overflow it: random int8 matrices came
+    out 18% off under ONEDNN_MAX_CPU_ISA=AVX2 (BENCHMARKS.md, "int8 without VNNI").
     """
-    high = torch.full((32, 64), 127, dtype=torch.int8)
-    return not bool((torch._int_mm(high, high.t().contiguous()) == 64 * 127 * 127).all())
+    if kernel() == "fbgemm":
+        return True
+    return _saturates(lambda a, w: torch._int_mm(a, w.t().contiguous()))
 
 
 def _scale(magnitude: torch.Tensor, dim: int) -> torch.Tensor:
@@ -69,37 +130,55 @@ class Int8Linear(torch.nn.Module):
     """``torch.nn.Linear``'s forward in int8 (see the module doc), built from a float linear layer."""
 
     def __init__(self, linear: torch.nn.Linear, stored: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """``stored``: this layer's ``weight_int8`` and ``weight_scale`` as an earlier quantisation
-        of the same weights made them (``resources/int8_cache.py``), instead of quantising again."""
+        """``stored``: this layer's ``weight_int8_by_input`` and ``weight_scale`` as an earlier
+        quantisation of the same weights made them (``resources/int8_cache.py``), instead of
+        quantising again."""
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.outliers = max(1, round(self.in_features * OUTLIER_SHARE))
         if stored is None:
             weight = linear.weight.detach().float()
             scale = _pair_safe_scale(weight) if pairs_saturate() else _scale(weight.abs(), dim=1)
-            weight_int8 = _to_int8(weight, scale)
+            by_input = _to_int8(weight, scale).t().contiguous()
         else:
-            weight_int8, scale = stored
-            if (weight_int8.dtype, tuple(weight_int8.shape), scale.numel()) != (
-                    torch.int8, (self.out_features, self.in_features), self.out_features):
-                raise ValueError(f"stored int8 weights {tuple(weight_int8.shape)} do not fit a layer of "
+            by_input, scale = stored
+            if (by_input.dtype, tuple(by_input.shape), scale.numel()) != (
+                    torch.int8, (self.in_features, self.out_features), self.out_features):
+                raise ValueError(f"stored int8 weights {tuple(by_input.shape)} do not fit a layer of "
                                  f"{self.in_features} -> {self.out_features}")
-        # (out, in) row-major, multiplied transposed: the layout oneDNN's integer GEMM is fastest with.
-        self.register_buffer("weight_int8", weight_int8)
-        # The same, (in, out): a call's wide channels are then contiguous rows to gather, not
-        # columns strided across the whole matrix (8 of a decode step's 15 ms at OPT's sizes).
-        self.register_buffer("weight_int8_by_input", self.weight_int8.t().contiguous())
+        # (in, out): a call's wide channels are contiguous rows to gather, not columns strided
+        # across the whole matrix (8 of a decode step's 15 ms at OPT's sizes).
+        self.register_buffer("weight_int8_by_input", by_input)
         self.register_buffer("weight_scale", scale.flatten().float())
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
+        self.kernel = kernel()
+        self._packed: torch.ScriptObject | None = None
+        self.register_buffer("weight_int8", None, persistent=False)
+
+    def prepare(self) -> "Int8Linear":
+        """Lay the weights out for the product, once: packed for FBGEMM (0.7 s per 50 M weights,
+        one core: ``prepare_all`` packs a model's layers on every core at load), or (out, in)
+        row-major for oneDNN, multiplied transposed, the layout its integer GEMM is fastest with."""
+        if self._packed is None and self.weight_int8 is None:
+            if self.kernel == "fbgemm":
+                self._packed = _fbgemm_pack(self.weight_int8_by_input.t())
+            else:
+                self.weight_int8 = self.weight_int8_by_input.t().contiguous()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.prepare()
         rows = x.reshape(-1, self.in_features).float()
         magnitude = rows.abs()  # one pass serves both the wide channels and the rows' scales
         wide = magnitude.amax(dim=0).topk(self.outliers).indices
         wide_part = rows[:, wide]
         rows = rows.index_fill(1, wide, 0.0)
         scale = _scale(magnitude.index_fill_(1, wide, 0.0), dim=1)
-        out = torch._int_mm(_to_int8(rows, scale), self.weight_int8.t()).float()
+        if self._packed is not None:
+            # Every row to [-127, 127]: FBGEMM's one scale for the call is then each row's own.
+            out = torch.ops.quantized.linear_dynamic(rows.mul_(scale.reciprocal()), self._packed, False)
+        else:
+            out = torch._int_mm(_to_int8(rows, scale), self.weight_int8.t()).float()
         out.mul_(scale).mul_(self.weight_scale)
         out.addmm_(wide_part, self.weight_int8_by_input[wide].float().mul_(self.weight_scale))
         if self.bias is not None:
@@ -108,7 +187,7 @@ class Int8Linear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, float32_channels={self.outliers}")
+                f"bias={self.bias is not None}, float32_channels={self.outliers}, kernel={self.kernel}")
 
 
 def replace_linears(model: torch.nn.Module, make: Callable[[str, torch.nn.Linear], torch.nn.Module],
@@ -126,3 +205,13 @@ def replace_linears(model: torch.nn.Module, make: Callable[[str, torch.nn.Linear
 def quantise_linears(model: torch.nn.Module, keep: tuple[str, ...] = ()) -> torch.nn.Module:
     """Every linear layer not named in ``keep`` as an ``Int8Linear`` (see ``replace_linears``)."""
     return replace_linears(model, lambda _, layer: Int8Linear(layer), keep)
+
+
+def prepare_all(model: torch.nn.Module) -> torch.nn.Module:
+    """``Int8Linear.prepare`` for every int8 layer of ``model``, a layer per core at a time: FBGEMM
+    packs on one core, so a model's 3.6 billion weights took about 50 s one by one (forward would
+    otherwise pack each layer at its first call)."""
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        list(pool.map(Int8Linear.prepare, layers))
+    return model

@@ -142,6 +142,8 @@ def apply_precision(model: torch.nn.Module, precision: str, keep: tuple[str, ...
     if precision != "int8":
         return model
     from resources.int8_cache import quantise_cached, weights_identity
+    from resources.int8_linear import prepare_all
 
     identity = weights_identity(source) if source else None
-    return quantise_cached(model, identity, keep).float()  # embeddings, norms and kept layers: float32 compute
+    # .float(): embeddings, norms and kept layers compute in float32
+    return prepare_all(quantise_cached(model, identity, keep).float())
