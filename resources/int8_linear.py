@@ -35,6 +35,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from resources.settings import env_default
+
 OUTLIER_SHARE = 1 / 64  # of a layer's input channels, per call (BENCHMARKS.md: 1/128 and 0 measured too)
 _TINY = 1e-12  # the scale of an all-zero row: anything but 0
 
@@ -78,12 +80,22 @@ def _fbgemm_product(a: torch.Tensor, weight_int8: torch.Tensor) -> torch.Tensor:
     return torch.ops.quantized.linear_dynamic(a.float() / 127, _fbgemm_pack(weight_int8), False) * 127
 
 
+KERNELS = ("fbgemm", "onednn")
+
+
 @functools.cache
 def kernel() -> str:
     """The integer GEMM this process multiplies with: 'fbgemm' where FBGEMM is built in and its
     sums saturate (no VNNI: AVX2-only CPUs, AVX-512 before Cascade Lake; FBGEMM follows
     ``FBGEMM_ENABLE_INSTRUCTIONS``), 'onednn' elsewhere. Probed, not read from the CPU's flags,
-    because each library's choice also follows its own variable (benchmarks/cpu_emulation.py)."""
+    because each library's choice also follows its own variable (benchmarks/cpu_emulation.py).
+    ``PIXELSIFT_INT8_KERNEL`` (fbgemm or onednn) overrides the choice: for comparing them, or a
+    way around one that misbehaves on some CPU."""
+    chosen = env_default("INT8_KERNEL", "auto")
+    if chosen in KERNELS:
+        return chosen
+    if chosen != "auto":
+        raise ValueError(f"PIXELSIFT_INT8_KERNEL={chosen!r}: choose auto, {' or '.join(KERNELS)}")
     if "fbgemm" in torch.backends.quantized.supported_engines and _saturates(_fbgemm_product):
         return "fbgemm"
     return "onednn"
@@ -99,7 +111,7 @@ def pairs_saturate() -> bool:
     out 18% off under ONEDNN_MAX_CPU_ISA=AVX2 (BENCHMARKS.md, "int8 without VNNI").
     """
     if kernel() == "fbgemm":
-        return True
+        return _saturates(_fbgemm_product)
     return _saturates(lambda a, w: torch._int_mm(a, w.t().contiguous()))
 
 
