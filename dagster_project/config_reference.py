@@ -67,7 +67,8 @@ in every step process, and again only when it changes;
 `PIXELSIFT_INT8_CACHE` (default `$XDG_CACHE_HOME/pixelsift/int8`, else under `~/.cache`) keeps the
 int8 layers of each model loaded with `dtype = "int8"` (about 3.6 GiB for BLIP-2 OPT-2.7B or
 Phi-3.5-mini), so a model is quantised once per machine, not at every load; delete it to reclaim
-the space;
+the space; `PIXELSIFT_INT8_KERNEL` (`auto`, `fbgemm` or `onednn`) names the integer kernel int8
+multiplies with, where `auto` (the default) takes FBGEMM's on CPUs without VNNI and oneDNN's elsewhere;
 `DAGSTER_HOME` (default `data/dagster_home` when started through `pixelsift`) holds run history.
 
 **Which model backs each task** (`captioner`, `metadata_llm` for metadata and cluster labels,

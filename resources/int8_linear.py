@@ -13,11 +13,12 @@ float32 (BENCHMARKS.md, "int8 per token"). Here, as in LLM.int8() (Dettmers et a
 The integer product is one of two kernels (``kernel()``), whichever is faster on the CPU found:
 
 - ``fbgemm`` where the CPU has no VNNI (AVX2-only CPUs): FBGEMM's dynamic int8 linear layer, its
-  weights packed once at load. Under AVX2 it took 1.7-6x less time than oneDNN's for 1-64 rows
-  (BENCHMARKS.md, "int8 on FBGEMM's kernels"), most at the few rows of a decode step, where
-  oneDNN's re-reads the whole weight every call. FBGEMM quantises a call's activations with one
-  scale, so each row is divided by its own largest value first and the output multiplied back:
-  per-token scales through a per-call kernel (the product is linear in each row);
+  weights packed once at load. Under AVX2, a Phi-3.5-mini decode step took 1.6x less time with it
+  at 32 rows and 2.9x at 2, a prefill 10% more (BENCHMARKS.md, "int8 on FBGEMM's kernels"):
+  oneDNN's call of 1 row costs about what one of 16 does there. FBGEMM quantises a call's
+  activations with one scale, so each row is divided by its own largest value first and the
+  output multiplied back: per-token scales through a per-call kernel (the product is linear in
+  each row);
 - ``onednn`` elsewhere (VNNI, AMX): ``torch._int_mm``, as fast as FBGEMM or faster there from 16 rows.
 
 A fixed share of wide channels, rather than LLM.int8()'s magnitude threshold, keeps the cost the

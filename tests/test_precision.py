@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from resources import precision
+from resources import int8_linear, precision
 from resources.captioner import CaptionerResource
 from resources.int8_linear import Int8Linear
 from resources.metadata_llm import MetadataLLMResource
@@ -71,19 +71,26 @@ def test_int8_quantises_every_linear_layer_but_the_kept_ones():
     assert precision.load_dtype("int8") == torch.bfloat16 and precision.compute_dtype("int8") == torch.float32
 
 
-def test_int8_gives_each_token_its_own_scale():
-    # One token 1000x louder than the rest: with one scale per call (FBGEMM, what int8 was) the quiet
-    # tokens round to nothing; per token each keeps its own precision.
+@pytest.mark.parametrize("kernel", int8_linear.KERNELS)
+def test_int8_gives_each_token_its_own_scale(kernel, monkeypatch):
+    # One token 1000x louder than the rest: with one scale per call (PyTorch's dynamic int8 on
+    # FBGEMM, what int8 was) the quiet tokens round to nothing; per token each keeps its own
+    # precision, on either integer kernel (FBGEMM's is per call, so each row is scaled before it).
     from benchmarks.precision import fbgemm_int8
 
+    if kernel == "fbgemm" and "fbgemm" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch has no FBGEMM (not an x86 build)")
+    monkeypatch.setattr(int8_linear, "kernel", lambda: kernel)
     torch.manual_seed(0)
     linear = torch.nn.Linear(256, 64)
     x = torch.randn(8, 3, 256)
     x[0, 0] *= 1000
     with torch.inference_mode():
         reference = linear(x)
-        ours = Int8Linear(linear)(x)
+        layer = Int8Linear(linear)
+        ours = layer(x)
         per_call = fbgemm_int8(torch.nn.Sequential(copy.deepcopy(linear)))(x)
+    assert layer.kernel == kernel and (layer._packed is not None) == (kernel == "fbgemm")
     quiet = (slice(1, None),)  # every row but the loud token's
 
     def error(out):
@@ -127,6 +134,16 @@ def test_int8_stays_exact_where_the_cpu_sums_products_in_16_bits(capped):
     if "FBGEMM_ENABLE_INSTRUCTIONS" in capped:
         assert kernel == "fbgemm"  # the faster kernel without VNNI (BENCHMARKS.md, "int8 on FBGEMM's kernels")
     assert float(run("unsafe")[2]) > 0.05
+
+
+def test_an_unknown_int8_kernel_is_refused(monkeypatch):
+    monkeypatch.setenv("PIXELSIFT_INT8_KERNEL", "mkl")
+    int8_linear.kernel.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="PIXELSIFT_INT8_KERNEL='mkl': choose auto, fbgemm or onednn"):
+            int8_linear.kernel()
+    finally:
+        int8_linear.kernel.cache_clear()
 
 
 def test_int8_agrees_with_float32_on_a_trained_model_next_token_by_next_token(smollm2_model_dir):
