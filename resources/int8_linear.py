@@ -50,11 +50,15 @@ def _saturates(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) ->
 
 
 @contextlib.contextmanager
-def _engine(name: str) -> Iterator[None]:
-    # Which kernels torch's quantised ops pack for is a process-wide setting; packed weights keep
-    # theirs, so it is needed only while packing.
+def _fbgemm_engine() -> Iterator[None]:
+    # Which kernels torch's quantised ops pack for is a process-wide setting, not a thread's;
+    # packed weights keep theirs, so it is needed only while packing. Where it is FBGEMM already
+    # (prepare_all's threads) it is left alone: threads switching it back and forth would race.
     before = torch.backends.quantized.engine
-    torch.backends.quantized.engine = name
+    if before == "fbgemm":
+        yield
+        return
+    torch.backends.quantized.engine = "fbgemm"
     try:
         yield
     finally:
@@ -71,7 +75,7 @@ def _fbgemm_pack(weight_int8: torch.Tensor) -> torch.ScriptObject:
         warnings.filterwarnings("ignore", message=".*quantized tensor creation functions", category=UserWarning)
         quantised = torch._make_per_channel_quantized_tensor(
             weight_int8.contiguous(), torch.ones(rows, dtype=torch.double), torch.zeros(rows, dtype=torch.long), 0)
-    with _engine("fbgemm"):
+    with _fbgemm_engine():
         return torch.ops.quantized.linear_prepack(quantised, None)
 
 
@@ -225,6 +229,7 @@ def prepare_all(model: torch.nn.Module) -> torch.nn.Module:
     packs on one core, so a model's 3.6 billion weights took about 50 s one by one (forward would
     otherwise pack each layer at its first call)."""
     layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
-    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+    engine = _fbgemm_engine() if any(layer.kernel == "fbgemm" for layer in layers) else contextlib.nullcontext()
+    with engine, ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
         list(pool.map(Int8Linear.prepare, layers))
     return model

@@ -100,6 +100,24 @@ def test_int8_gives_each_token_its_own_scale(kernel, monkeypatch):
     assert error(ours) < 0.02 and error(per_call) > 0.5
 
 
+def test_int8_layers_are_packed_on_every_core_and_the_process_engine_is_left_as_it_was(monkeypatch):
+    # prepare_all packs layers in threads; torch's quantised engine is one process-wide setting,
+    # which threads switching it each for itself would leave at random.
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch has no FBGEMM (not an x86 build)")
+    monkeypatch.setattr(int8_linear, "kernel", lambda: "fbgemm")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(8)])
+    x = torch.randn(5, 64)
+    with torch.inference_mode():
+        reference = model(x)
+        before = torch.backends.quantized.engine
+        quantised = int8_linear.prepare_all(int8_linear.quantise_linears(model))
+        assert torch.backends.quantized.engine == before
+        assert all(layer._packed is not None for layer in quantised)
+        assert (quantised(x) - reference).norm() / reference.norm() < 0.05
+
+
 WITHOUT_VNNI = """
 import sys
 import torch
