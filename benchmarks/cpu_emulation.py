@@ -11,6 +11,7 @@ Memory bandwidth, caches and clock stay this machine's: emulated figures are est
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -86,3 +87,15 @@ def float32_gflops(cpu: str) -> float:
     2-core EPYC under the AVX2 caps)."""
     out = subprocess.run([sys.executable, "-c", _SPEED], env=emulated_env(cpu), capture_output=True, text=True, check=True)
     return round(float(out.stdout), 1)
+
+
+def measure_in_child(module: str, cpu: str) -> None:
+    """Run ``python -m module`` again with this process's arguments and ``--in-child``, capped to
+    ``cpu``, and print ``{"emulation": what the kernels use, "rows": the JSON the child printed}``.
+    The child's stderr (progress, errors) passes through; its failure is this process's."""
+    checked = check_emulation(cpu)
+    child = subprocess.run([sys.executable, "-m", module, *sys.argv[1:], "--in-child"], env=emulated_env(cpu),
+                           stdout=subprocess.PIPE, text=True)
+    if child.returncode:
+        sys.exit(child.returncode)
+    print(json.dumps({"emulation": checked, "rows": json.loads(child.stdout)}, indent=1))

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -110,18 +110,11 @@ def main() -> None:
     parser.add_argument("--in-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.in_child:
-        from benchmarks.cpu_emulation import check_emulation, emulated_env
+        from benchmarks.cpu_emulation import measure_in_child
 
-        checked = check_emulation(args.cpu)
-        child = subprocess.run([sys.executable, "-m", "benchmarks.int8_kernels", *sys.argv[1:], "--in-child"],
-                               env=emulated_env(args.cpu), stdout=subprocess.PIPE, text=True)
-        if child.returncode:
-            sys.exit(child.returncode)
-        print(json.dumps({"emulation": checked, "rows": json.loads(child.stdout)}, indent=1))
+        measure_in_child("benchmarks.int8_kernels", args.cpu)
         return
     warnings.simplefilter("ignore")
-    import os
-
     os.environ.setdefault("PIXELSIFT_STEPS_AT_ONCE", "1")  # every core for the one measurement
     rows = measure_model(args.model) if args.part == "model" else measure_layers()
     print(json.dumps(rows))

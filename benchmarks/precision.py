@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -344,14 +342,9 @@ def main() -> None:
     parser.add_argument("--in-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.in_child:
-        from benchmarks.cpu_emulation import check_emulation, emulated_env
+        from benchmarks.cpu_emulation import measure_in_child
 
-        checked = check_emulation(args.cpu)
-        child = subprocess.run([sys.executable, "-m", "benchmarks.precision", *sys.argv[1:], "--in-child"],
-                               env=emulated_env(args.cpu), capture_output=True, text=True)
-        if child.returncode:
-            sys.exit(child.stderr)
-        print(json.dumps({"emulation": checked, "rows": json.loads(child.stdout)}, indent=1))
+        measure_in_child("benchmarks.precision", args.cpu)
         return
     warnings.simplefilter("ignore")
     os.environ.setdefault("PIXELSIFT_STEPS_AT_ONCE", "1")  # every core for the one measurement
