@@ -13,7 +13,8 @@ A cached layer is the freshly quantised one, bit for bit: the file is named by t
 (``FORMAT``), the CPU's pair-saturation rule (``int8_linear.pairs_saturate``: it changes the scales)
 and the layers kept in float32. A model with no such identity is not cached. A file that cannot
 be read or does not match the model is quantised over and rewritten; one that cannot be written
-(read-only or full disk) leaves the load as it was, with a warning.
+(read-only or full disk) leaves the load as it was, with a warning. Writing a model's file removes
+that model's files of an earlier ``FORMAT``, which nothing reads any more.
 """
 
 from __future__ import annotations
@@ -113,3 +114,21 @@ def _save_layers(model: torch.nn.Module, path: Path, identity: str) -> None:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
         log.warning("int8 layers not cached in %s (%s); the next load quantises again", path.parent, exc)
+        return
+    _remove_older_formats(path.parent, identity)
+
+
+def _remove_older_formats(folder: Path, identity: str) -> None:
+    """Delete this model's files of an earlier ``FORMAT``: no load reads them again, and each is a
+    few GiB. Files of other models, of this format, or unreadable are left as they are."""
+    from safetensors import safe_open
+
+    for other in folder.glob("*.safetensors"):
+        try:
+            with safe_open(str(other), framework="pt") as stored:
+                meta = stored.metadata() or {}
+            if meta.get("identity") == identity and int(meta.get("format", FORMAT)) < FORMAT:
+                other.unlink()
+                log.info("removed %s: int8 layers of format %s, now %d", other, meta["format"], FORMAT)
+        except Exception:  # noqa: BLE001 - not ours to judge: leave it
+            continue

@@ -114,6 +114,23 @@ def test_layers_cached_for_another_model_are_not_taken(blip2_dir, phi3_dir, cach
     _assert_same(fresh, again)
 
 
+def test_an_earlier_format_of_the_same_model_is_removed_when_the_new_one_is_written(phi3_dir, cache):
+    from safetensors.torch import save_file
+
+    identity = int8_cache.weights_identity(str(phi3_dir))
+    cache.mkdir(parents=True)
+    layer = {"x.weight_int8": torch.zeros(2, 2, dtype=torch.int8)}
+    older = cache / "older.safetensors"
+    save_file(layer, str(older), metadata={"format": str(int8_cache.FORMAT - 1), "identity": identity})
+    other_model = cache / "other.safetensors"
+    save_file(layer, str(other_model), metadata={"format": str(int8_cache.FORMAT - 1), "identity": identity + "x"})
+    not_ours = cache / "not-ours.safetensors"
+    not_ours.write_bytes(b"not a safetensors file")
+    _phi3(phi3_dir)
+    written = int8_cache.cache_file(identity, ("lm_head",))  # the metadata LLM keeps lm_head in float32
+    assert {f.name for f in cache.glob("*.safetensors")} == {written.name, other_model.name, not_ours.name}
+
+
 def test_a_cache_that_cannot_be_written_leaves_the_load_as_it_was(blip2_dir, tmp_path, monkeypatch, caplog):
     blocked = tmp_path / "a_file"
     blocked.write_text("not a directory")
