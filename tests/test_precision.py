@@ -138,7 +138,7 @@ print(int8_linear.kernel(), int8_linear.pairs_saturate(), round(error, 4))
 @pytest.mark.parametrize("capped", [{"ONEDNN_MAX_CPU_ISA": "AVX2"},
                                     {"ONEDNN_MAX_CPU_ISA": "AVX2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}],
                          ids=["onednn-avx2", "both-avx2"])
-def test_int8_stays_exact_where_the_cpu_sums_products_in_16_bits(capped):
+def test_int8_scales_its_weights_for_a_kernel_that_sums_products_in_16_bits(capped):
     # Integer GEMMs without VNNI (AVX2-only CPUs), forced here as on any x86 CPU: the kernel
     # int8 picks is probed as saturating, and the weights scaled for it; scaled the usual way,
     # its 16-bit sums saturated (about 12% off on these weights, 1.1% with pair-safe scales).
