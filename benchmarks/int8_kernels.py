@@ -3,13 +3,17 @@ and oneDNN's ``torch._int_mm`` (``resources/int8_linear.py``, ``kernel()``).
 
     python -m benchmarks.int8_kernels --cpu avx2 layers                  # Phi-3.5-mini's linear shapes
     python -m benchmarks.int8_kernels --cpu avx2 model --model data/models/bench/phi35
+    python -m benchmarks.int8_kernels --cpu avx2 groups                  # FBGEMM, a call per group
 
 ``layers``: for each of Phi-3.5-mini's four linear shapes, ``--copies`` layers of the same int8
 weights (so the weights come from memory, as in a model, not from the cache), each called in
 turn at every rows-per-call, the kernels interleaved round by round; milliseconds per layer call,
 medians. ``model``: the full-size model loaded by the pipeline's loader in int8, both layouts kept,
 one forward of the whole model at a decode step's shapes (rows x 1 token) and a prefill's, per
-kernel. ``--cpu avx2`` runs it in a child process capped to AVX2 (``benchmarks/cpu_emulation.py``).
+kernel. ``groups``: FBGEMM on Phi-3.5-mini's shapes with one call per group of input channels,
+what a scale per group (``benchmarks/int8_variants.py``, ``groups-N``) would cost on this kernel:
+the calls and the sum of their outputs only (the rows' scaling per group would come on top), group
+sizes interleaved, ms per layer call. ``--cpu avx2`` runs it in a child process capped to AVX2 (``benchmarks/cpu_emulation.py``).
 """
 
 from __future__ import annotations
@@ -102,9 +106,48 @@ def measure_model(model_dir: str, rounds: int = 3) -> list[dict]:
     return results
 
 
+def measure_groups(rows_per_call=(2, 32, 1024), sizes=(None, 512, 256, 128), copies: int = 4,
+                   rounds: int = 3) -> list[dict]:
+    import torch
+
+    from benchmarks.int8 import PHI35_LINEARS
+    from resources.int8_linear import _fbgemm_pack
+
+    torch.manual_seed(0)
+    results = []
+    for shape_name, (out_features, in_features) in PHI35_LINEARS.items():
+        weight = torch.randint(-64, 64, (out_features, in_features), dtype=torch.int8)
+        packed = {size or in_features: [[_fbgemm_pack(weight[:, i : i + (size or in_features)])
+                                         for i in range(0, in_features, size or in_features)] for _ in range(copies)]
+                  for size in sizes}
+        with torch.inference_mode():
+            for rows in rows_per_call:
+                x = torch.randn(rows, in_features)
+
+                def run(size):
+                    for layer in packed[size]:
+                        out = torch.ops.quantized.linear_dynamic(x[:, :size], layer[0], False)
+                        for j, group in enumerate(layer[1:], 1):
+                            out.add_(torch.ops.quantized.linear_dynamic(x[:, j * size : (j + 1) * size], group, False))
+
+                times = {size: [] for size in packed}
+                for _ in range(rounds + 1):  # the first round warms up
+                    for size in packed:
+                        started = time.perf_counter()
+                        run(size)
+                        times[size].append(time.perf_counter() - started)
+                whole = statistics.median(times[in_features][1:])
+                for size, seconds in times.items():
+                    ms = statistics.median(seconds[1:])
+                    results.append({"shape": shape_name, "rows": rows, "group": size,
+                                    "ms": round(ms / copies * 1000, 2), "vs_one_call": round(ms / whole, 2)})
+                    print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["layers", "model"])
+    parser.add_argument("part", choices=["layers", "model", "groups"])
     parser.add_argument("--cpu", choices=["native", "avx2"], default="native")
     parser.add_argument("--model", help="model: a Phi-3-architecture directory (benchmarks/full_size.py)")
     parser.add_argument("--in-child", action="store_true", help=argparse.SUPPRESS)
@@ -116,7 +159,7 @@ def main() -> None:
         return
     warnings.simplefilter("ignore")
     os.environ.setdefault("PIXELSIFT_STEPS_AT_ONCE", "1")  # every core for the one measurement
-    rows = measure_model(args.model) if args.part == "model" else measure_layers()
+    rows = {"model": lambda: measure_model(args.model), "groups": measure_groups, "layers": measure_layers}[args.part]()
     print(json.dumps(rows))
 
 

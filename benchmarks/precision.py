@@ -53,6 +53,13 @@ CAPTIONS = [
 ]
 
 
+def benchmark_captions(count: int | None = None) -> list[str]:
+    """``CAPTIONS``, then the workload's captions (benchmarks/workload.py): 18 in all, the first ``count``."""
+    from benchmarks.workload import EXAMPLES
+
+    return [*CAPTIONS, *(e.caption for e in EXAMPLES)][:count]
+
+
 def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
@@ -242,14 +249,9 @@ def _next_token_agreement(reference: list, other: list) -> dict:
     return {"positions": positions, "top1_agreement": same / positions, "mean_kl": kl / positions}
 
 
-def measure_forced(model_dir: str, precisions=("bfloat16", "int8", "int8-fbgemm"), captions=CAPTIONS,
-                   gguf: tuple[str, ...] = ()) -> list[dict]:
-    """Teacher-forced agreement: float32's metadata documents fed back to every precision, and at each
-    of their tokens the next-token distribution compared with float32's. Unlike the free-running
-    comparison (one early flip changes the rest of a document), every position counts once."""
-    import copy
-
-    import numpy as np
+def forced_reference(model_dir: str, captions=CAPTIONS):
+    """float32's metadata documents for ``captions``: the loaded float32 model, each (prompt +
+    document ids, where the document starts), and float32's next-token logits over each document."""
     import torch
 
     from assets.llm_schemas import ImageMetadataOutput
@@ -267,7 +269,22 @@ def measure_forced(model_dir: str, precisions=("bfloat16", "int8", "int8-fbgemm"
                                                tokenize=False, add_generation_prompt=True)
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         sequences.append((torch.tensor([ids + tokenizer(document, add_special_tokens=False)["input_ids"]]), len(ids)))
-    base = _forced_logits(loaded.model, sequences)
+    return loaded, sequences, _forced_logits(loaded.model, sequences)
+
+
+def measure_forced(model_dir: str, precisions=("bfloat16", "int8", "int8-fbgemm"), captions=CAPTIONS,
+                   gguf: tuple[str, ...] = ()) -> list[dict]:
+    """Teacher-forced agreement: float32's metadata documents fed back to every precision, and at each
+    of their tokens the next-token distribution compared with float32's. Unlike the free-running
+    comparison (one early flip changes the rest of a document), every position counts once."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from resources.metadata_llm import MetadataLLMResource
+
+    loaded, sequences, base = forced_reference(model_dir, captions)
     rows = []
     for p in precisions:
         if p == "int8-fbgemm":
@@ -332,7 +349,8 @@ def main() -> None:
     parser.add_argument("part", choices=["layers", "vision", "smollm2", "forced", "encoder"])
     parser.add_argument("--cpu", choices=["native", "avx2"], default="native")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--captions", type=int, default=len(CAPTIONS))
+    parser.add_argument("--captions", type=int, default=len(CAPTIONS),
+                        help="smollm2, forced: how many captions; 8 are the module's own, 9-18 the workload's")
     parser.add_argument("--rounds", type=int, default=2, help="smollm2: rounds; 1 times the load too")
     parser.add_argument("--model", help="smollm2: a saved copy (tests' cache) instead of unpacking the GGUF")
     parser.add_argument("--precisions", default="float32,bfloat16,int8",
@@ -353,7 +371,7 @@ def main() -> None:
     elif args.part == "forced":
         from resources.smollm2 import smollm2_gguf_path
 
-        rows = measure_forced(args.model or str(smollm2_gguf_path()), captions=CAPTIONS[: args.captions],
+        rows = measure_forced(args.model or str(smollm2_gguf_path()), captions=benchmark_captions(args.captions),
                               precisions=tuple(args.precisions.split(",")),
                               gguf=tuple(q for q in args.gguf.split(",") if q))
     elif args.part == "encoder":
@@ -363,7 +381,7 @@ def main() -> None:
     else:
         from resources.smollm2 import smollm2_gguf_path
 
-        rows = measure_smollm2(args.model or str(smollm2_gguf_path()), captions=CAPTIONS[: args.captions],
+        rows = measure_smollm2(args.model or str(smollm2_gguf_path()), captions=benchmark_captions(args.captions),
                                rounds=args.rounds, precisions=tuple(args.precisions.split(",")),
                                gguf=tuple(q for q in args.gguf.split(",") if q))
     print(json.dumps(rows))

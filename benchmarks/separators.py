@@ -95,10 +95,10 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     os.environ.setdefault("PIXELSIFT_STEPS_AT_ONCE", "1")  # every core for the one measurement
-    from benchmarks.precision import CAPTIONS, quantised_smollm2
+    from benchmarks.precision import benchmark_captions, quantised_smollm2
     from benchmarks.workload import EXAMPLES
 
-    captions = CAPTIONS + [e.caption for e in EXAMPLES]
+    captions = benchmark_captions()
     references = [e.metadata.model_dump() for e in EXAMPLES]
     if args.gguf:
         from resources.llama_cpp_llm import LlamaCppLLMResource

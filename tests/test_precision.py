@@ -100,6 +100,33 @@ def test_int8_gives_each_token_its_own_scale(kernel, monkeypatch):
     assert error(ours) < 0.02 and error(per_call) > 0.5
 
 
+@pytest.mark.parametrize("kernel", int8_linear.KERNELS)
+def test_the_int8_variants_benchmark_rounds_as_the_int8_layers_do(kernel, monkeypatch):
+    # benchmarks/int8_variants.py weighs rounding schemes in float32 arithmetic; its figures say
+    # something about int8 only if its "now" is what Int8Linear computes.
+    from benchmarks.int8_variants import RoundedLinear
+
+    if kernel == "fbgemm" and "fbgemm" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch has no FBGEMM (not an x86 build)")
+    monkeypatch.setattr(int8_linear, "kernel", lambda: kernel)
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(512, 128)
+    x = torch.randn(16, 512)
+    x[:, 7] *= 30  # an outlier channel, kept in float32 by both
+    with torch.inference_mode():
+        reference, real = linear(x), Int8Linear(linear)(x)
+        rounded = RoundedLinear(linear, pair_safe=int8_linear.pairs_saturate())(x)
+
+    def distance(a, b):
+        return float((a - b).norm() / b.norm())
+
+    if kernel == "onednn":  # the same integers, multiplied exactly: only float32's rounding differs
+        assert distance(rounded, real) < 1e-5
+    else:  # FBGEMM rounds each call on its own unsigned grid: other roundings, as coarse
+        assert 0.7 < distance(rounded, reference) / distance(real, reference) < 1.4
+    assert distance(real, reference) > 1e-3  # the layer does round
+
+
 def test_int8_layers_are_packed_on_every_core_and_the_process_engine_is_left_as_it_was(monkeypatch):
     # prepare_all packs layers in threads; torch's quantised engine is one process-wide setting,
     # which threads switching it each for itself would leave at random.
