@@ -38,11 +38,12 @@ CPU_CLASSES = {
 # What ``auto`` picks per CPU class and stage (BENCHMARKS.md, "CPU classes"). bf16 where the CPU
 # multiplies bf16 natively. Without that, bf16 is converted in software and slower than float32.
 # int8 (per token, resources/int8_linear.py) captions 1.73x faster than float32 under AVX2, but on
-# SmolLM2 it changes the most likely next token at 1.5-1.6% of positions (with VNNI, under AVX2)
-# where bf16 and llama.cpp's Q8_0 change 0.8-1.0%, and moves MiniLM's embeddings 16-22x as far as
-# bf16 does (BENCHMARKS.md, "int8 without VNNI"): more change than the default accepts. It is
-# opt-in, and the fallback where float32 does not fit in memory (resources/memory_budget.py). On the classes without bf16 the metadata LLM's default is not
-# torch at all but llama.cpp's Q8_0 kernels (dagster_project/profiles.py, LLAMA_CPP_CLASSES).
+# SmolLM2 it changes the most likely next token at 1.5% of positions where bf16 and llama.cpp's
+# Q8_0 change 1.0-1.1% (18 captions, under AVX2), and moves MiniLM's embeddings 16-22x as far as
+# bf16 does (BENCHMARKS.md, "int8 against the accepted precisions on 18 captions", "int8 without
+# VNNI"): more change than the default accepts. It is opt-in, and the fallback where float32 does
+# not fit in memory (resources/memory_budget.py). On the classes without bf16 the metadata LLM's
+# default is not torch at all but llama.cpp's Q8_0 kernels (dagster_project/profiles.py, LLAMA_CPP_CLASSES).
 AUTO_CPU = {
     "metadata_llm": {"amx": "bfloat16", "avx512_bf16": "bfloat16", "avx512": "float32", "avx2": "float32",
                      "other": "float32"},
