@@ -16,7 +16,9 @@ without VNNI need) unless a variant says ``vnni``; activations per token; the wi
 call's input channels are not rounded (``int8_linear.OUTLIER_SHARE``). ``groups N``: weights and
 activations get a scale per N input channels (what llama.cpp's Q8_0 does with N = 32; an integer
 kernel would need a call per group). ``smooth``: SmoothQuant's per-channel scales (alpha 0.5),
-calibrated on the workload's ten documents (benchmarks/workload.py), which are not the measured captions.
+calibrated on the workload's ten documents (benchmarks/workload.py), which are not the measured captions;
+``fixed-wide``: the channels kept unrounded are the ones widest in that calibration, the same for
+every call, instead of each call's widest (int8 could then drop its second copy of the weights).
 Weights are rounded to bf16 first, as the int8 load reads them.
 """
 
@@ -51,6 +53,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "groups-96": ({"group": 96}, {}),
     "groups-32-no-wide": ({"group": 32, "wide": 0}, {}),
     "smooth": ({"smooth": True}, {}),
+    "fixed-wide": ({"fixed_wide": True}, {}),
 }
 
 
@@ -59,7 +62,7 @@ class RoundedLinear(torch.nn.Module):
 
     def __init__(self, linear: torch.nn.Linear, group: int | None = None, wide: float = OUTLIER_SHARE,
                  pair_safe: bool = True, weights: bool = True, activations: bool = True,
-                 smooth: torch.Tensor | None = None):
+                 smooth: torch.Tensor | None = None, fixed_wide: torch.Tensor | None = None):
         super().__init__()
         weight = linear.weight.detach().float()
         self.k = weight.shape[1]
@@ -67,6 +70,7 @@ class RoundedLinear(torch.nn.Module):
         self.wide = max(1, round(self.k * wide)) if wide else 0
         self.activations = activations
         self.smooth = smooth
+        self.fixed_wide = fixed_wide
         if smooth is not None:  # x @ W.T == (x / s) @ (W * s).T
             weight = weight * smooth
         if weights:
@@ -86,7 +90,7 @@ class RoundedLinear(torch.nn.Module):
             rows = rows / self.smooth
         out = 0
         if self.wide:
-            wide = rows.abs().amax(0).topk(self.wide).indices
+            wide = self.fixed_wide if self.fixed_wide is not None else rows.abs().amax(0).topk(self.wide).indices
             out = rows[:, wide] @ self.weight[:, wide].t()
             rows = rows.index_fill(1, wide, 0.0)
         if self.activations:
@@ -139,6 +143,8 @@ def rounded_model(model: torch.nn.Module, variant: str, maxima: dict[str, torch.
         if chosen.pop("smooth", False):  # SmoothQuant, alpha 0.5
             weight_max = layer.weight.detach().float().abs().amax(0).clamp_min(1e-5)
             chosen["smooth"] = (maxima[name].clamp_min(1e-5) / weight_max).sqrt().clamp_min(1e-5)
+        if chosen.pop("fixed_wide", False):  # the channels widest in calibration, the same for every call
+            chosen["fixed_wide"] = maxima[name].topk(max(1, round(layer.in_features * OUTLIER_SHARE))).indices
         return RoundedLinear(layer, **chosen)
 
     return replace_linears(copy.deepcopy(model), make, keep=("lm_head",))
@@ -149,8 +155,8 @@ def measure(model_dir: str, captions: list[str], variants: list[str]) -> list[di
 
     loaded, sequences, base = forced_reference(model_dir, captions)
     as_loaded = copy.deepcopy(loaded.model).bfloat16().float()  # the weights int8 is rounded from
-    maxima = calibration_maxima(as_loaded, loaded.tokenizer) if any(
-        VARIANTS[v][0].get("smooth") for v in variants) else {}
+    calibrated = any(VARIANTS[v][0].get("smooth") or VARIANTS[v][0].get("fixed_wide") for v in variants)
+    maxima = calibration_maxima(as_loaded, loaded.tokenizer) if calibrated else {}
     return [{"variant": v} | _next_token_agreement(base, _forced_logits(rounded_model(as_loaded, v, maxima), sequences))
             for v in variants]
 
