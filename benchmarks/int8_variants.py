@@ -1,5 +1,6 @@
-"""Where int8's change to a trained model comes from, and what finer roundings would buy, before
-building a kernel for any of them.
+"""Where int8's change to a trained model comes from, and what finer roundings would buy.
+
+Measured before building a kernel for any of them:
 
     python -m benchmarks.int8_variants --captions 18
     python -m benchmarks.int8_variants --captions 18 --variants now,down-float32
@@ -12,12 +13,12 @@ so its row checks the method against the real layers' figures in BENCHMARKS.md).
 token the share whose most likely next token is float32's, and the mean KL divergence.
 
 Weights are rounded per output channel, pair-safe (``int8_linear._pair_safe_scale``, what CPUs
-without VNNI need) unless a variant says ``vnni``; activations per token; the widest 1/64 of a
-call's input channels are not rounded (``int8_linear.OUTLIER_SHARE``). ``groups N``: weights and
+without VNNI need) unless a variant says ``vnni``; activations per token, except those of the
+widest 1/64 of a call's input channels (``int8_linear.OUTLIER_SHARE``). ``groups-N``: weights and
 activations get a scale per N input channels (what llama.cpp's Q8_0 does with N = 32; an integer
 kernel would need a call per group). ``smooth``: SmoothQuant's per-channel scales (alpha 0.5),
 calibrated on the workload's ten documents (benchmarks/workload.py), which are not the measured captions;
-``fixed-wide``: the channels kept unrounded are the ones widest in that calibration, the same for
+``fixed-wide``: the channels whose activations are kept unrounded are the ones widest in that calibration, the same for
 every call, instead of each call's widest (int8 could then drop its second copy of the weights).
 Weights are rounded to bf16 first, as the int8 load reads them.
 """
