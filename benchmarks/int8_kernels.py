@@ -117,9 +117,9 @@ def measure_groups(rows_per_call=(2, 32, 1024), sizes=(None, 512, 256, 128), cop
     results = []
     for shape_name, (out_features, in_features) in PHI35_LINEARS.items():
         weight = torch.randint(-64, 64, (out_features, in_features), dtype=torch.int8)
-        packed = {size or in_features: [[_fbgemm_pack(weight[:, i : i + (size or in_features)])
-                                         for i in range(0, in_features, size or in_features)] for _ in range(copies)]
-                  for size in sizes}
+        packed = {size: [[_fbgemm_pack(weight[:, i : i + size]) for i in range(0, in_features, size)]
+                         for _ in range(copies)]
+                  for size in (s or in_features for s in sizes)}  # None: one call for the whole layer
         with torch.inference_mode():
             for rows in rows_per_call:
                 x = torch.randn(rows, in_features)

@@ -108,6 +108,7 @@ def calibration_maxima(model: torch.nn.Module, tokenizer) -> dict[str, torch.Ten
     """Each linear layer's largest |input| per channel over the workload's prompts and documents."""
     from assets.prompts import metadata_chat
     from benchmarks.workload import EXAMPLES, document
+    from resources.metadata_llm import _render
 
     maxima: dict[str, torch.Tensor] = {}
 
@@ -120,10 +121,7 @@ def calibration_maxima(model: torch.nn.Module, tokenizer) -> dict[str, torch.Ten
     hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if type(m) is torch.nn.Linear]
     with torch.inference_mode():
         for example in EXAMPLES:
-            chat = metadata_chat(example.caption)
-            prompt = tokenizer.apply_chat_template([{"role": "system", "content": chat.system},
-                                                    {"role": "user", "content": chat.user}],
-                                                   tokenize=False, add_generation_prompt=True)
+            prompt = _render(tokenizer, metadata_chat(example.caption))  # as the pipeline renders it
             ids = tokenizer(prompt + document(example.metadata), add_special_tokens=False)["input_ids"]
             model(torch.tensor([ids]))
     for hook in hooks:

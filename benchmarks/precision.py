@@ -256,7 +256,7 @@ def forced_reference(model_dir: str, captions=CAPTIONS):
 
     from assets.llm_schemas import ImageMetadataOutput
     from assets.prompts import metadata_chat
-    from resources.metadata_llm import MetadataLLMResource
+    from resources.metadata_llm import MetadataLLMResource, _render
 
     chats = [metadata_chat(c) for c in captions]
     reference = MetadataLLMResource(model=model_dir, device="cpu", dtype="float32", batch_size=len(chats))
@@ -264,10 +264,7 @@ def forced_reference(model_dir: str, captions=CAPTIONS):
     loaded = reference._load()
     tokenizer, sequences = loaded.tokenizer, []
     for chat, document in zip(chats, documents):
-        prompt = tokenizer.apply_chat_template([{"role": "system", "content": chat.system},
-                                                {"role": "user", "content": chat.user}],
-                                               tokenize=False, add_generation_prompt=True)
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(_render(tokenizer, chat), add_special_tokens=False)["input_ids"]
         sequences.append((torch.tensor([ids + tokenizer(document, add_special_tokens=False)["input_ids"]]), len(ids)))
     return loaded, sequences, _forced_logits(loaded.model, sequences)
 

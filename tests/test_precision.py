@@ -16,6 +16,16 @@ from resources.int8_linear import Int8Linear
 from resources.metadata_llm import MetadataLLMResource
 
 AMX_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8"})
+HAS_FBGEMM = "fbgemm" in torch.backends.quantized.supported_engines
+
+
+@pytest.fixture(params=int8_linear.KERNELS)
+def int8_kernel(request, monkeypatch) -> str:
+    """Each integer kernel in turn as the one int8 layers multiply with (FBGEMM where torch has it)."""
+    if request.param == "fbgemm" and not HAS_FBGEMM:
+        pytest.skip("this torch has no FBGEMM (not an x86 build)")
+    monkeypatch.setattr(int8_linear, "kernel", lambda: request.param)
+    return request.param
 
 
 def test_the_cpu_class_is_capped_by_the_capability_torch_uses():
@@ -71,16 +81,12 @@ def test_int8_quantises_every_linear_layer_but_the_kept_ones():
     assert precision.load_dtype("int8") == torch.bfloat16 and precision.compute_dtype("int8") == torch.float32
 
 
-@pytest.mark.parametrize("kernel", int8_linear.KERNELS)
-def test_int8_gives_each_token_its_own_scale(kernel, monkeypatch):
+def test_int8_gives_each_token_its_own_scale(int8_kernel):
     # One token 1000x louder than the rest: with one scale per call (PyTorch's dynamic int8 on
     # FBGEMM, what int8 was) the quiet tokens round to nothing; per token each keeps its own
     # precision, on either integer kernel (FBGEMM's is per call, so each row is scaled before it).
     from benchmarks.precision import fbgemm_int8
 
-    if kernel == "fbgemm" and "fbgemm" not in torch.backends.quantized.supported_engines:
-        pytest.skip("this torch has no FBGEMM (not an x86 build)")
-    monkeypatch.setattr(int8_linear, "kernel", lambda: kernel)
     torch.manual_seed(0)
     linear = torch.nn.Linear(256, 64)
     x = torch.randn(8, 3, 256)
@@ -90,7 +96,7 @@ def test_int8_gives_each_token_its_own_scale(kernel, monkeypatch):
         layer = Int8Linear(linear)
         ours = layer(x)
         per_call = fbgemm_int8(torch.nn.Sequential(copy.deepcopy(linear)))(x)
-    assert layer.kernel == kernel and (layer._packed is not None) == (kernel == "fbgemm")
+    assert layer.kernel == int8_kernel and (layer._packed is not None) == (int8_kernel == "fbgemm")
     quiet = (slice(1, None),)  # every row but the loud token's
 
     def error(out):
@@ -100,15 +106,11 @@ def test_int8_gives_each_token_its_own_scale(kernel, monkeypatch):
     assert error(ours) < 0.02 and error(per_call) > 0.5
 
 
-@pytest.mark.parametrize("kernel", int8_linear.KERNELS)
-def test_the_int8_variants_benchmark_rounds_as_the_int8_layers_do(kernel, monkeypatch):
+def test_the_int8_variants_benchmark_rounds_as_the_int8_layers_do(int8_kernel):
     # benchmarks/int8_variants.py weighs rounding schemes in float32 arithmetic; its figures say
     # something about int8 only if its "now" is what Int8Linear computes.
     from benchmarks.int8_variants import RoundedLinear
 
-    if kernel == "fbgemm" and "fbgemm" not in torch.backends.quantized.supported_engines:
-        pytest.skip("this torch has no FBGEMM (not an x86 build)")
-    monkeypatch.setattr(int8_linear, "kernel", lambda: kernel)
     torch.manual_seed(0)
     linear = torch.nn.Linear(512, 128)
     x = torch.randn(16, 512)
@@ -120,7 +122,7 @@ def test_the_int8_variants_benchmark_rounds_as_the_int8_layers_do(kernel, monkey
     def distance(a, b):
         return float((a - b).norm() / b.norm())
 
-    if kernel == "onednn":  # the same integers, multiplied exactly: only float32's rounding differs
+    if int8_kernel == "onednn":  # the same integers, multiplied exactly: only float32's rounding differs
         assert distance(rounded, real) < 1e-5
     else:  # FBGEMM rounds each call on its own unsigned grid: other roundings, as coarse
         assert 0.7 < distance(rounded, reference) / distance(real, reference) < 1.4
@@ -130,7 +132,7 @@ def test_the_int8_variants_benchmark_rounds_as_the_int8_layers_do(kernel, monkey
 def test_int8_layers_are_packed_on_every_core_and_the_process_engine_is_left_as_it_was(monkeypatch):
     # prepare_all packs layers in threads; torch's quantised engine is one process-wide setting,
     # which threads switching it each for itself would leave at random.
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
+    if not HAS_FBGEMM:
         pytest.skip("this torch has no FBGEMM (not an x86 build)")
     monkeypatch.setattr(int8_linear, "kernel", lambda: "fbgemm")
     torch.manual_seed(0)
